@@ -1,0 +1,47 @@
+"""gradcam-cli: explain what a PyTorch image classifier looked at.
+
+The public surface, loaded lazily so that `import gradcam_cli` (and `gradcam --help`) does not
+import torch:
+
+    from gradcam_cli import Explainer, load_model
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "models",
+    "LoadedModel": "models",
+    "Explainer": "explainer",
+    "ImageExplanation": "explainer",
+    "RenderOptions": "explainer",
+    "explain_batch": "engine",
+    "BatchExplanation": "engine",
+    "Preprocess": "preprocess",
+    "GradcamError": "errors",
+    "METHODS": "methods",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from .engine import BatchExplanation as BatchExplanation
+    from .engine import explain_batch as explain_batch
+    from .errors import GradcamError as GradcamError
+    from .explainer import Explainer as Explainer
+    from .explainer import ImageExplanation as ImageExplanation
+    from .explainer import RenderOptions as RenderOptions
+    from .methods import METHODS as METHODS
+    from .models import LoadedModel as LoadedModel
+    from .models import load_model as load_model
+    from .preprocess import Preprocess as Preprocess
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'gradcam_cli' has no attribute '{name}'")

@@ -1,0 +1,79 @@
+"""One exception base for the library; the CLI maps it to one stderr line and an exit code.
+
+Every message says what went wrong and what to do next. Importing this module is cheap
+(no torch), so the CLI can catch these errors without paying for torch at start-up.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "GradcamError",
+    "UsageError",
+    "UnknownModelError",
+    "ModelDownloadError",
+    "WeightsError",
+    "UnknownLayerError",
+    "LayerError",
+    "TargetError",
+    "ImageReadError",
+    "did_you_mean",
+]
+
+# Exit codes are a public contract (README "Exit codes").
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
+
+class GradcamError(Exception):
+    """Base of every error this library raises on purpose."""
+
+    exit_code: int = EXIT_USAGE
+
+
+class UsageError(GradcamError):
+    """A bad option value or combination, found before any image is processed."""
+
+
+class UnknownModelError(GradcamError):
+    """The model name or model spec does not name anything we can build."""
+
+
+class ModelDownloadError(GradcamError):
+    """Pretrained weights could not be fetched (offline, hub down, ...)."""
+
+
+class WeightsError(GradcamError):
+    """A weights file could not be read, is unsafe, or does not fit the architecture."""
+
+
+class UnknownLayerError(GradcamError):
+    """A dotted layer path that names no module of the model."""
+
+
+class LayerError(GradcamError):
+    """The layer exists but cannot be explained (not spatial, called several times, ...)."""
+
+
+class TargetError(GradcamError):
+    """A --target that names no class of the model."""
+
+
+class ImageReadError(GradcamError):
+    """One input could not be read as an image; the run records it and goes on."""
+
+    exit_code = EXIT_SOME_FAILED
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ' Did you mean X?' (with a leading space) or '' when nothing is close."""
+    matches = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+    if not matches:
+        return ""
+    if len(matches) == 1:
+        return f" Did you mean '{matches[0]}'?"
+    quoted = ", ".join(f"'{m}'" for m in matches)
+    return f" Did you mean one of {quoted}?"
