@@ -1,0 +1,244 @@
+"""Layers: dotted paths, a probe of every module's output, and the automatic choice.
+
+A layer is named by its dotted path (`layer4`, `layer4.2`); integer parts index a module's
+children in order, negative ones from the end (`features.-1`); `layer4[2]` is accepted as
+`layer4.2`. A module that runs several times per forward (a shared `nn.ReLU`) is refused unless
+one call is chosen with `@N` (`layer1.0.relu@2`): we never silently pick one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import LayerError, UnknownLayerError, UsageError, did_you_mean
+from .modelstate import frozen_eval, removing
+
+__all__ = [
+    "LayerRef",
+    "LayerInfo",
+    "Probe",
+    "parse_layers",
+    "resolve_layer",
+    "probe_layers",
+    "extract_logits",
+]
+
+# Modules that pass their input through unchanged: never the automatic choice.
+_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d)
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """A resolved target: the module's canonical dotted name and, optionally, which call."""
+
+    name: str
+    call: int | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.call is None else f"{self.name}@{self.call}"
+
+
+def parse_layers(value: str | Sequence[str] | None) -> list[str]:
+    """`"layer4, layer3"` or ["layer4", "layer3"] → ["layer4", "layer3"]: order kept, no repeats."""
+    if value is None:
+        return []
+    parts = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
+    names = [p.strip() for p in parts if p.strip()]
+    if not names and value:
+        raise UsageError("--layer is empty; give a dotted path such as layer4 or features.-1")
+    return list(dict.fromkeys(names))
+
+
+def resolve_layer(model: nn.Module, path: str) -> LayerRef:
+    """A user's layer path → its canonical LayerRef, or UnknownLayerError with a suggestion."""
+    text, call = _split_call(path)
+    parts = [p for p in re.sub(r"\[(-?\d+)\]", r".\1", text).split(".") if p != ""]
+    if not parts:
+        raise UnknownLayerError(f"'{path}' names no layer; use a dotted path such as layer4")
+    module, names = model, []
+    for part in parts:
+        child_name = _child_name(module, part)
+        if child_name is None:
+            raise UnknownLayerError(_unknown_layer_message(model, path, names, part, module))
+        names.append(child_name)
+        module = module._modules[child_name]
+    return LayerRef(".".join(names), call)
+
+
+def _split_call(path: str) -> tuple[str, int | None]:
+    text, sep, index = path.strip().partition("@")
+    if not sep:
+        return text, None
+    if not index.isdigit():
+        raise UsageError(f"'{path}': the call index after '@' must be a number (e.g. relu@0)")
+    return text, int(index)
+
+
+def _child_name(module: nn.Module, part: str) -> str | None:
+    children = [name for name, child in module._modules.items() if child is not None]
+    if part in children:
+        return part
+    if re.fullmatch(r"-?\d+", part):
+        index = int(part)
+        if -len(children) <= index < len(children):
+            return children[index]
+    return None
+
+
+def _unknown_layer_message(
+    model: nn.Module, path: str, found: list[str], part: str, parent: nn.Module
+) -> str:
+    where = ".".join(found) or "the model"
+    children = [name for name, child in parent._modules.items() if child is not None]
+    if not children:
+        return f"unknown layer '{path}': {where} has no sub-modules, so '{part}' cannot be found"
+    all_names = [name for name, _ in model.named_modules() if name]
+    # Siblings first: a typo usually sits at the level where the walk stopped.
+    hint = did_you_mean(part, children) or did_you_mean(".".join([*found, part]), all_names)
+    shown = ", ".join(children[:12]) + (", ..." if len(children) > 12 else "")
+    return (
+        f"unknown layer '{path}': {where} has no child '{part}' (its children: {shown})."
+        f"{hint} See all layers with `gradcam layers MODEL`."
+    )
+
+
+def extract_logits(output: object) -> torch.Tensor:
+    """The [B, num_classes] logits of a model output: a tensor, `.logits`, a dict or a tuple."""
+    if isinstance(output, torch.Tensor):
+        logits = output
+    elif hasattr(output, "logits") and isinstance(output.logits, torch.Tensor):
+        logits = output.logits
+    elif isinstance(output, dict) and output:
+        logits = output.get("logits", next(iter(output.values())))
+        return extract_logits(logits)
+    elif isinstance(output, list | tuple) and output:
+        return extract_logits(output[0])
+    else:
+        raise LayerError(f"the model returned {type(output).__name__}, not logits; "
+                         "wrap it so that forward returns a [batch, classes] tensor")
+    if logits.dim() > 2 and all(size == 1 for size in logits.shape[2:]):
+        logits = logits.flatten(1)  # a 1×1 conv head: [B, C, 1, 1]
+    if logits.dim() == 1:
+        logits = logits.unsqueeze(1)  # one logit per image
+    if logits.dim() != 2:
+        raise LayerError(f"the model's output has shape {list(logits.shape)}, not "
+                         "[batch, classes]; gradcam explains image classifiers")
+    return logits
+
+
+# -- the probe: one forward and backward at the model's input size -----------------------------
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    kind: str  # the module's class name
+    shape: tuple[int, ...] | None  # output shape of its first call, None when not a tensor
+    calls: int
+    order: int  # when its first call finished, in forward order; -1 when never called
+    reaches_logits: bool
+    reason: str  # why it cannot be a target; "" when it can
+
+    @property
+    def usable(self) -> bool:
+        return not self.reason
+
+
+@dataclass(frozen=True)
+class Probe:
+    layers: list[LayerInfo]
+    num_outputs: int  # width of the model's logits
+
+    def get(self, name: str) -> LayerInfo:
+        for info in self.layers:
+            if info.name == name:
+                return info
+        raise KeyError(name)
+
+    def default_layer(self) -> str:
+        """The last layer, in forward order, with a spatial output that the logits depend on."""
+        candidates = [i for i in self.layers if i.usable and i.kind not in _pass_through_names()]
+        if not candidates:
+            raise LayerError(
+                "found no layer with a spatial [B, C, H, W] output that the logits depend on; "
+                "name one with --layer (see `gradcam layers MODEL`)"
+            )
+        return max(candidates, key=lambda info: info.order).name
+
+
+def _pass_through_names() -> set[str]:
+    return {cls.__name__ for cls in _PASS_THROUGH}
+
+
+def probe_layers(model: nn.Module, input_size: tuple[int, int], device: torch.device | str = "cpu",
+                 ) -> Probe:
+    """Run one image through the model and record what every module outputs.
+
+    A full backward from a random mix of the logits tells which outputs the logits depend on.
+    It is done once per run, on one image, so its cost does not matter.
+    """
+    records: dict[str, dict] = {}
+    outputs: list[tuple[str, torch.Tensor]] = []
+    counter = iter(range(1 << 62))
+    handles: list = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: object, output: object) -> None:
+            rec = records.setdefault(name, {"calls": 0, "shape": None, "order": -1})
+            rec["calls"] += 1
+            if rec["calls"] == 1:
+                rec["order"] = next(counter)
+                if isinstance(output, torch.Tensor):
+                    rec["shape"] = tuple(output.shape)
+                    if output.requires_grad:
+                        outputs.append((name, output))
+
+        return hook
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, *input_size, generator=generator).to(device).requires_grad_(True)
+    named = [(name, module) for name, module in model.named_modules() if name]
+    with frozen_eval(model), removing(handles), torch.enable_grad():
+        for name, module in named:
+            handles.append(module.register_forward_hook(make_hook(name)))
+        try:
+            logits = extract_logits(model(x))
+        except LayerError:
+            raise
+        except Exception as exc:
+            raise UsageError(
+                f"the model failed on a {input_size[0]}×{input_size[1]} input ({exc}); "
+                "set the size it expects with --input-size"
+            ) from exc
+        mix = torch.randn(logits.shape, generator=generator).to(logits.device)
+        grads = torch.autograd.grad((logits * mix).sum(), [t for _, t in outputs],
+                                    allow_unused=True) if outputs else []
+    reaches = {name: g is not None and bool(g.abs().sum() > 0)
+               for (name, _), g in zip(outputs, grads, strict=True)}
+    infos = [_layer_info(name, module, records.get(name), reaches.get(name, False))
+             for name, module in named]
+    return Probe(infos, num_outputs=logits.shape[1])
+
+
+def _layer_info(name: str, module: nn.Module, rec: dict | None, reaches: bool) -> LayerInfo:
+    kind = type(module).__name__
+    if rec is None:
+        return LayerInfo(name, kind, None, 0, -1, False, "not called in forward")
+    shape = rec["shape"]
+    reason = ""
+    if shape is None:
+        reason = "output is not a tensor"
+    elif len(shape) != 4:
+        reason = f"output {list(shape)} is not a [B, C, H, W] map"
+    elif shape[2] * shape[3] <= 1:
+        reason = "output is 1×1: no spatial extent"
+    elif rec["calls"] > 1:
+        reason = f"runs {rec['calls']} times per forward (pick one with @N)"
+    elif not reaches:
+        reason = "the logits do not depend on it"
+    return LayerInfo(name, kind, shape, rec["calls"], rec["order"], reaches, reason)

@@ -1,0 +1,43 @@
+"""Leave the caller's model as we found it: modes, requires_grad and hooks, even on errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+__all__ = ["frozen_eval", "removing"]
+
+
+@contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and frozen parameters for the call; every flag restored afterwards.
+
+    Frozen parameters are what makes the split cheap: with nothing upstream of the target layer
+    requiring grad, autograd records nothing there, so the backbone costs what inference costs.
+    """
+    training = [(module, module.training) for module in model.modules()]
+    requires_grad = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        model.eval()
+        for param, _ in requires_grad:
+            param.requires_grad_(False)
+        yield model
+    finally:
+        for module, flag in training:
+            module.training = flag
+        for param, flag in requires_grad:
+            param.requires_grad_(flag)
+
+
+@contextmanager
+def removing(handles: list[RemovableHandle]) -> Iterator[list[RemovableHandle]]:
+    """Remove every hook registered into `handles`, whatever happens inside."""
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+        handles.clear()

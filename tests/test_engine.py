@@ -1,0 +1,207 @@
+"""The split is exact, batch-invariant, generalises CAM, and leaves the model as it was."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from gradcam_cli.engine import explain_batch
+from gradcam_cli.errors import LayerError, TargetError
+from gradcam_cli.layers import resolve_layer
+
+
+def reference_gradcam(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int]):
+    """Grad-CAM the textbook way: forward hook + tensor hook + loss.backward() on everything."""
+    model = copy.deepcopy(model).eval()
+    module = dict(model.named_modules())[layer]
+    store = {}
+
+    def hook(_module, _args, output):
+        store["A"] = output.detach().clone()
+        output.register_hook(lambda grad: store.__setitem__("dA", grad.detach().clone()))
+
+    handle = module.register_forward_hook(hook)
+    logits = model(x)
+    handle.remove()
+    logits[torch.arange(len(classes)), torch.tensor(classes)].sum().backward()
+    weights = store["dA"].mean(dim=(2, 3), keepdim=True)
+    return (weights * store["A"]).sum(dim=1).clamp(min=0)
+
+
+def max_relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours - ref).abs().max() / ref.abs().max())
+
+
+CASES = [
+    ("torchvision", "resnet18", "layer4"),
+    ("torchvision", "resnet18", "layer3"),
+    ("torchvision", "densenet121", "features"),  # F.relu(features, inplace=True) follows
+    ("timm", "resnet50", "layer4"),
+]
+
+
+def build(source: str, name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if source == "timm":
+        return timm.create_model(name, pretrained=False).eval()
+    return torchvision.models.get_model(name, weights=None).eval()
+
+
+@pytest.mark.parametrize(("source", "name", "layer"), CASES)
+def test_split_equals_full_backward(source, name, layer):
+    model = build(source, name)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        classes = model(x).argmax(dim=1).tolist()
+    ref = reference_gradcam(model, x, layer, classes)
+    result = explain_batch(model, x, [resolve_layer(model, layer)])
+    assert result.targets[:, 0].tolist() == classes
+    assert ref.max() > 0, "reference map is all zero: the comparison would prove nothing"
+    assert max_relative_error(result.maps[layer][:, 0], ref) <= 1e-4
+
+
+def test_several_layers_in_one_pass_match_their_references():
+    model = build("torchvision", "resnet18")
+    x = torch.randn(1, 3, 160, 160, generator=torch.Generator().manual_seed(2))
+    refs = [resolve_layer(model, name) for name in ("layer4", "layer2", "layer3.1")]
+    result = explain_batch(model, x, refs, classes=[7])
+    for ref in refs:
+        expected = reference_gradcam(model, x, ref.name, [7])
+        assert max_relative_error(result.maps[ref.name][:, 0], expected) <= 1e-4, ref.name
+
+
+def test_topk_maps_match_one_reference_per_class():
+    model = build("torchvision", "resnet18")
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    result = explain_batch(model, x, [resolve_layer(model, "layer3")], topk=3)
+    with torch.no_grad():
+        top3 = model(x).topk(3).indices[0].tolist()
+    assert result.targets[0].tolist() == top3
+    for rank, cls in enumerate(top3):
+        expected = reference_gradcam(model, x, "layer3", [cls])
+        assert max_relative_error(result.maps["layer3"][:, rank], expected) <= 1e-4
+
+
+def test_gradcam_equals_cam_over_z_for_gap_linear_head(gap_linear_model):
+    model = gap_linear_model
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    layer = resolve_layer(model, "3")  # the ReLU feeding the global average pool
+    result = explain_batch(model, x, [layer], topk=2)
+    features = model[:4](x)  # A: [B, 16, 16, 16]
+    z = features.shape[2] * features.shape[3]
+    fc_weight = model[6].weight
+    for rank in range(2):
+        classes = result.targets[:, rank]
+        cam = torch.einsum("bk,bkhw->bhw", fc_weight[classes], features)
+        expected = cam.clamp(min=0) / z
+        torch.testing.assert_close(result.maps["3"][:, rank], expected, rtol=1e-5, atol=1e-7)
+        assert expected.max() > 0
+
+
+def test_batch_of_four_equals_four_single_calls():
+    model = build("torchvision", "resnet18")
+    x = torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(5))
+    layer = [resolve_layer(model, "layer4")]
+    batched = explain_batch(model, x, layer, topk=2)
+    for i in range(4):
+        single = explain_batch(model, x[i : i + 1], layer, topk=2)
+        assert torch.equal(single.targets[0], batched.targets[i])
+        torch.testing.assert_close(single.maps["layer4"][0], batched.maps["layer4"][i],
+                                   rtol=1e-4, atol=1e-6)
+
+
+def model_state(model: nn.Module):
+    return {
+        "training": {name: m.training for name, m in model.named_modules()},
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+        "grad": {name: None if p.grad is None else p.grad.clone()
+                 for name, p in model.named_parameters()},
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                     for m in model.modules()),
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+    }
+
+
+def assert_same_state(before, after):
+    assert after["training"] == before["training"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["hooks"] == before["hooks"] == 0
+    assert before["grad"].keys() == after["grad"].keys()
+    for name, grad in before["grad"].items():
+        if grad is None:
+            assert after["grad"][name] is None, name
+        else:
+            assert torch.equal(grad, after["grad"][name]), name
+    for key, value in before["state"].items():
+        assert torch.equal(value, after["state"][key]), key
+
+
+@pytest.fixture
+def messy_model():
+    """A model in a mixed state: train mode, a frozen part, a parameter with a .grad."""
+    model = build("torchvision", "resnet18")
+    model.train()
+    model.layer1.eval()
+    model.conv1.weight.requires_grad_(False)
+    model.fc.weight.grad = torch.full_like(model.fc.weight, 0.25)
+    return model
+
+
+def test_model_is_restored_after_a_call(messy_model):
+    before = model_state(messy_model)
+    explain_batch(messy_model, torch.randn(2, 3, 64, 64), [resolve_layer(messy_model, "layer4")])
+    assert_same_state(before, model_state(messy_model))
+
+
+@pytest.mark.parametrize(
+    ("layer", "kwargs", "error"),
+    [
+        ("fc", {}, LayerError),  # not a spatial map: raised inside the forward hook
+        ("layer1.0.relu", {}, LayerError),  # runs twice per forward: raised after the forward
+        ("layer4", {"classes": [5000]}, TargetError),  # raised after the forward, before grads
+    ],
+)
+def test_model_is_restored_after_a_call_that_raised(messy_model, layer, kwargs, error):
+    before = model_state(messy_model)
+    with pytest.raises(error):
+        explain_batch(messy_model, torch.randn(1, 3, 64, 64),
+                      [resolve_layer(messy_model, layer)], **kwargs)
+    assert_same_state(before, model_state(messy_model))
+
+
+def test_backbone_records_no_graph_and_no_parameter_grads():
+    """Only the head is recorded: the leaf at the layer has no grad_fn history upstream."""
+    model = build("torchvision", "resnet18")
+    seen = {}
+
+    def spy(_module, _args, output):
+        seen["layer3_requires_grad"] = output.requires_grad
+
+    handle = model.layer3.register_forward_hook(spy)
+    try:
+        explain_batch(model, torch.randn(1, 3, 64, 64), [resolve_layer(model, "layer4")])
+    finally:
+        handle.remove()
+    assert seen["layer3_requires_grad"] is False
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_single_logit_model_explains_positive_and_negative_class():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 16))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    result = explain_batch(model, x, [resolve_layer(model, "1")], classes=[0, 1])
+    logit = model(x).flatten(1)
+    torch.testing.assert_close(result.scores, torch.cat([-logit, logit], 1).detach())
+    torch.testing.assert_close(result.probabilities[:, 1], torch.sigmoid(logit[:, 0]).detach())
+    # d(-z)/dA = -dz/dA: the negative class's weights are the positive's negated.
+    features = model[:2](x)
+    alpha = model[2].weight[0].mean(dim=(1, 2))  # dz/dA_kij = W_kij; Grad-CAM averages it
+    positive = torch.einsum("k,bkhw->bhw", alpha, features)
+    torch.testing.assert_close(result.maps["1"][:, 1], positive.clamp(min=0).detach())
+    torch.testing.assert_close(result.maps["1"][:, 0], (-positive).clamp(min=0).detach())
