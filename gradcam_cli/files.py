@@ -1,0 +1,153 @@
+"""Atomic writes confined to the output folder.
+
+Every artifact is written to a hidden temporary file in its final folder, flushed and fsynced,
+then renamed over the target with `os.replace`: a reader (or a crash) never sees half a PNG,
+and an interrupted run leaves no partial file behind. `resolve_inside` keeps every path under
+`--out`, whatever an input's name or a symlink in the output folder says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
+
+from .errors import UsageError
+
+__all__ = [
+    "PNG_COMPRESS_LEVEL",
+    "resolve_inside",
+    "write_bytes_atomic",
+    "write_png_atomic",
+    "write_npy_atomic",
+    "write_text_atomic",
+    "check_writable_dir",
+]
+
+# zlib level 1. Overlays are photos, which deflate shrinks little at any level. Measured on a
+# 640x480 overlay of a noisy synthetic photo: level 1 25 ms / 0.51 MB, level 3 37 ms / 0.50 MB,
+# Pillow's default 6 100 ms / 0.43 MB (12 MP: 1.0 s, 1.5 s, 4.5 s). Level 1 is 4x faster than
+# the default for files about 20% larger; level 0 (no compression) doubles the size.
+PNG_COMPRESS_LEVEL = 1
+
+
+def resolve_inside(out_dir: Path, relative: str) -> Path:
+    """Return `out_dir / relative`, refusing any path that would land outside `out_dir`.
+
+    `relative` is a POSIX path such as 'photos/cat.overlay.png'. Absolute paths, '..' parts and
+    symlinks (already in the output folder) that lead elsewhere raise UsageError.
+    """
+    parts = _relative_parts(relative)
+    target = Path(out_dir).joinpath(*parts)
+    # resolve() follows symlinks that already exist, so a link planted inside --out that points
+    # elsewhere is caught here, before anything is written through it.
+    base = Path(out_dir).resolve()
+    if not target.resolve().is_relative_to(base):
+        raise UsageError(
+            f"refusing to write '{relative}': it resolves outside --out {out_dir} "
+            "(a symlink points elsewhere); choose another output directory"
+        )
+    return target
+
+
+def _relative_parts(relative: str) -> tuple[str, ...]:
+    """The parts of a relative POSIX path; UsageError when it is absolute, empty or has '..'."""
+    posix = PurePosixPath(relative)
+    if not relative or posix.is_absolute() or PureWindowsPath(relative).anchor:
+        raise UsageError(f"refusing to write '{relative}': output paths must be relative")
+    if ".." in posix.parts or "\\" in relative:
+        raise UsageError(f"refusing to write '{relative}': output paths may not leave --out")
+    parts = tuple(part for part in posix.parts if part != ".")
+    if not parts:
+        raise UsageError(f"refusing to write '{relative}': it names no file")
+    return parts
+
+
+@functools.cache
+def _new_file_mode() -> int:
+    """Permission bits an ordinary new file gets (0o666 minus umask).
+
+    mkstemp creates files readable by the owner only; outputs are meant to be shared like any
+    file the user writes. There is no way to read the umask without setting it, so read it once.
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call `write(handle)` on a temporary file next to `path`, then rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden, so folder watchers and globs skip it; the name is cut to 100 bytes so that the
+    # prefix, the random part and '.tmp' stay under the 255-byte limit for any target name.
+    short_name = os.fsencode(path.name)[:100].decode("utf-8", errors="ignore")
+    prefix = f".{short_name}."
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, _new_file_mode())
+        os.replace(tmp_name, path)
+    except BaseException:
+        # BaseException too: Ctrl-C in the middle of a write must not leave a .tmp behind.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (parent folders are created)."""
+    _write_atomic(path, lambda handle: handle.write(data))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` as UTF-8 to `path` atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_png_atomic(path: Path, image: Image.Image) -> None:
+    """Write a Pillow image as PNG to `path` atomically (zlib level PNG_COMPRESS_LEVEL)."""
+    _write_atomic(
+        path,
+        lambda handle: image.save(
+            handle, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL
+        ),
+    )
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Write `array` in NumPy's .npy format to `path` atomically (no pickles)."""
+    _write_atomic(path, lambda handle: np.save(handle, np.asarray(array), allow_pickle=False))
+
+
+def check_writable_dir(out_dir: Path) -> None:
+    """Create `out_dir` if needed and prove a file can be written there; UsageError otherwise."""
+    out_dir = Path(out_dir)
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise NotADirectoryError(f"'{out_dir}' is a file, not a directory")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".gradcam-write-test-", suffix=".tmp", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write to --out {out_dir}: {_os_reason(exc)}; choose another directory"
+        ) from exc
+
+
+def _os_reason(exc: OSError) -> str:
+    """A short lower-case reason for an OSError ('permission denied', 'read-only file system')."""
+    if exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,401 @@
+"""Finding inputs (files, folders, globs, stdin) and decoding them the way a viewer shows them."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gradcam_cli.errors import ImageReadError, UsageError
+from gradcam_cli.inputs import IMAGE_EXTENSIONS, InputItem, collect_inputs, load_image
+
+RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
+
+
+def make_image(path: Path, colour=RED, size=(8, 6), fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, format=fmt)
+    return path
+
+
+def sources(items: list[InputItem]) -> list[str]:
+    return [item.source for item in items]
+
+
+def keys(items: list[InputItem]) -> list[str]:
+    return [item.key for item in items]
+
+
+def close(pixel, expected, tolerance=8) -> bool:
+    return all(abs(int(a) - int(b)) <= tolerance for a, b in zip(pixel, expected, strict=True))
+
+
+# -- collect_inputs: folders ---------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "photos"
+    make_image(root / "b.png")
+    make_image(root / "a.jpg")
+    make_image(root / "sub" / "c.JPG")
+    make_image(root / "sub" / "deeper" / "d.webp")
+    make_image(root / ".hidden.png")
+    make_image(root / ".git" / "x.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_folder_is_searched_recursively_sorted_skipping_hidden_and_non_images(tree):
+    items = collect_inputs([str(tree)])
+    assert sources(items) == [
+        str(tree / "a.jpg"),
+        str(tree / "b.png"),
+        str(tree / "sub" / "c.JPG"),
+        str(tree / "sub" / "deeper" / "d.webp"),
+    ]
+    assert keys(items) == ["a", "b", "sub/c", "sub/deeper/d"]
+    assert all(item.error is None and item.path.is_file() for item in items)
+
+
+def test_same_name_in_two_subfolders_keeps_folders_in_keys(tmp_path):
+    make_image(tmp_path / "in" / "a" / "cat.jpg")
+    make_image(tmp_path / "in" / "b" / "cat.jpg")
+    assert keys(collect_inputs([str(tmp_path / "in")])) == ["a/cat", "b/cat"]
+
+
+def test_symlink_loop_in_folder_does_not_hang(tmp_path):
+    root = tmp_path / "root"
+    make_image(root / "sub" / "cat.png")
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
+    items = collect_inputs([str(root)])
+    assert keys(items) == ["sub/cat"]
+
+
+def test_symlink_to_file_in_folder_is_found(tmp_path):
+    target = make_image(tmp_path / "elsewhere" / "dog.png")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "dog-link.png").symlink_to(target)
+    assert keys(collect_inputs([str(tmp_path / "in")])) == ["dog-link"]
+
+
+# -- collect_inputs: files, globs, stdin, missing ------------------------------------------
+
+
+def test_explicit_file_is_taken_whatever_its_extension(tree):
+    items = collect_inputs([str(tree / "notes.txt")])
+    assert items == [InputItem(str(tree / "notes.txt"), tree / "notes.txt", "notes")]
+
+
+def test_glob_matches_images_sorted_and_expands_folders(tree):
+    assert sources(collect_inputs([str(tree / "*")])) == [
+        str(tree / "a.jpg"),
+        str(tree / "b.png"),
+        str(tree / "sub" / "c.JPG"),
+        str(tree / "sub" / "deeper" / "d.webp"),
+    ]
+    # A folder matched by a glob keeps its own name in the keys.
+    assert keys(collect_inputs([str(tree / "s*")])) == ["sub/c", "sub/deeper/d"]
+
+
+def test_recursive_glob_skips_non_images_and_hidden(tree):
+    items = collect_inputs([str(tree / "**" / "*.*")])
+    assert sorted(keys(items)) == ["a", "b", "c", "d"]
+    assert not any("hidden" in s or ".git" in s or s.endswith(".txt") for s in sources(items))
+
+
+def test_glob_that_matches_nothing_adds_nothing(tree):
+    items = collect_inputs([str(tree / "a.jpg"), str(tree / "*.gif")])
+    assert keys(items) == ["a"]
+
+
+def test_stdin_paths_and_folders(tree):
+    stdin = io.StringIO(f"{tree / 'b.png'}\n\n   {tree / 'sub'}  \n")
+    items = collect_inputs([str(tree / "a.jpg"), "-"], stdin=stdin)
+    assert sources(items) == [
+        str(tree / "a.jpg"),
+        str(tree / "b.png"),
+        str(tree / "sub" / "c.JPG"),
+        str(tree / "sub" / "deeper" / "d.webp"),
+    ]
+    assert keys(items) == ["a", "b", "c", "deeper/d"]
+
+
+def test_dash_reads_sys_stdin_by_default(tree, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{tree / 'a.jpg'}\n"))
+    assert keys(collect_inputs(["-"])) == ["a"]
+
+
+def test_dash_line_on_stdin_is_a_file_name_not_another_read(tmp_path):
+    items = collect_inputs(["-"], stdin=io.StringIO("-\n"))
+    assert [(item.source, item.error) for item in items] == [("-", "no such file or directory")]
+
+
+def test_missing_path_becomes_an_item_with_error(tree):
+    items = collect_inputs([str(tree / "a.jpg"), str(tree / "nope.jpg")])
+    assert items[1] == InputItem(
+        str(tree / "nope.jpg"), tree / "nope.jpg", "nope", "no such file or directory"
+    )
+    assert items[0].error is None
+
+
+def test_symlink_loop_given_as_argument_says_why(tmp_path):
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    (item,) = collect_inputs([str(tmp_path / "loop.jpg")])
+    assert item.error == "too many levels of symbolic links"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_special_file_is_an_error_not_a_hang(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (item,) = collect_inputs([str(tmp_path / "pipe.jpg")])
+    assert item.error == "not a regular file"
+
+
+def test_same_file_reached_twice_is_listed_once(tree, tmp_path):
+    (tmp_path / "alias.jpg").symlink_to(tree / "a.jpg")
+    args = [str(tree / "a.jpg"), str(tree), str(tree / "a.jpg"), str(tmp_path / "alias.jpg")]
+    items = collect_inputs(args)
+    assert sources(items) == [
+        str(tree / "a.jpg"),
+        str(tree / "b.png"),
+        str(tree / "sub" / "c.JPG"),
+        str(tree / "sub" / "deeper" / "d.webp"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "make_args", [lambda d: [], lambda d: [str(d)], lambda d: [str(d / "*.png")]]
+)
+def test_nothing_found_is_a_usage_error(tmp_path, make_args):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no input images found in .*; give image files"):
+        collect_inputs(make_args(tmp_path / "empty"))
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+def test_same_stem_gets_numbered_suffix_in_order(tmp_path):
+    args = [make_image(tmp_path / "cat.jpg"), make_image(tmp_path / "cat.png")]
+    args.append(make_image(tmp_path / "other" / "cat.jpg"))
+    assert keys(collect_inputs([str(a) for a in args])) == ["cat", "cat-2", "cat-3"]
+
+
+def test_key_collisions_are_case_insensitive_and_avoid_generated_keys(tmp_path):
+    args = [make_image(tmp_path / "Cat.jpg"), make_image(tmp_path / "cat.png")]
+    args.append(make_image(tmp_path / "cat-2.jpg"))
+    assert keys(collect_inputs([str(a) for a in args])) == ["Cat", "cat-2", "cat-2-2"]
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("-rf.jpg", "_rf"),
+        (".secret.jpg", "_secret"),
+        ("café au lait.jpg", "café_au_lait"),
+        ("猫 (1).png", "猫__1_"),
+        ("a:b*?.png", "a_b__"),
+        ("..png", "_"),  # stem '.' must not become a path component meaning 'here'
+    ],
+)
+def test_keys_are_sanitised(tmp_path, name, key):
+    path = make_image(tmp_path / name, fmt="PNG")
+    assert keys(collect_inputs([str(path)])) == [key]
+
+
+def test_decomposed_unicode_gives_the_composed_key(tmp_path):
+    name = unicodedata.normalize("NFD", "café.png")
+    path = make_image(tmp_path / name)
+    assert keys(collect_inputs([str(path)])) == ["café"]
+
+
+def test_folder_components_are_sanitised_too(tmp_path):
+    make_image(tmp_path / "in" / "-x y" / "cat.png")
+    assert keys(collect_inputs([str(tmp_path / "in")])) == ["_x_y/cat"]
+
+
+def test_very_long_names_are_shortened(tmp_path):
+    path = make_image(tmp_path / ("é" * 120 + ".png"))
+    (key,) = keys(collect_inputs([str(path)]))
+    assert key == "é" * 100 and len(key.encode()) == 200
+
+
+# -- load_image: formats and modes ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".JPEG", ".png", ".webp", ".bmp", ".tif", ".tiff"])
+def test_every_listed_extension_decodes_to_rgb(tmp_path, suffix):
+    assert suffix.lower() in IMAGE_EXTENSIONS
+    path = make_image(tmp_path / f"x{suffix}", colour=(200, 30, 60), size=(10, 7))
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (10, 7)
+    assert close(image.getpixel((5, 3)), (200, 30, 60))
+
+
+@pytest.mark.parametrize(
+    ("mode", "colour", "expected"),
+    [("L", 77, (77, 77, 77)), ("1", 1, WHITE), ("CMYK", (0, 255, 255, 0), RED)],
+)
+def test_other_modes_convert_to_rgb(tmp_path, mode, colour, expected):
+    path = tmp_path / ("x.jpg" if mode in ("L", "CMYK") else "x.png")
+    Image.new(mode, (8, 8), colour).save(path)
+    with Image.open(path) as raw:
+        assert raw.mode == mode  # the file really holds that mode
+    image = load_image(path)
+    assert image.mode == "RGB" and close(image.getpixel((4, 4)), expected)
+
+
+def test_palette_colours_are_kept(tmp_path):
+    palette_image = Image.new("RGB", (4, 2), BLUE)
+    palette_image.paste(RED, (0, 0, 2, 2))
+    palette_image.convert("P").save(tmp_path / "p.png")
+    image = load_image(tmp_path / "p.png")
+    assert image.getpixel((0, 0)) == RED and image.getpixel((3, 1)) == BLUE
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    rgba = np.zeros((2, 3, 4), dtype=np.uint8)  # transparent black everywhere
+    rgba[0, 0] = (255, 0, 0, 255)  # opaque red
+    rgba[0, 1] = (0, 0, 0, 128)  # half-transparent black
+    Image.fromarray(rgba).save(tmp_path / "t.png")
+    image = load_image(tmp_path / "t.png")
+    assert image.getpixel((0, 0)) == RED
+    assert close(image.getpixel((1, 0)), (127, 127, 127), tolerance=1)
+    assert image.getpixel((2, 1)) == WHITE  # stored as black; a viewer shows white
+
+
+def test_grey_with_alpha_and_palette_transparency_become_white(tmp_path):
+    Image.new("LA", (2, 2), (0, 0)).save(tmp_path / "la.png")
+    palette = Image.new("P", (2, 2), 0)
+    palette.putpalette([0, 0, 0, 255, 0, 0])
+    palette.save(tmp_path / "p.png", transparency=0)
+    assert load_image(tmp_path / "la.png").getpixel((1, 1)) == WHITE
+    assert load_image(tmp_path / "p.png").getpixel((1, 1)) == WHITE
+
+
+SIXTEEN_BIT = np.array([[65535, 32768], [0, 257]], dtype=np.uint16)
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"), [("x16.png", "I;16"), ("x16b.tif", "I;16B"), ("x32.tif", "I")]
+)
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path, name, mode):
+    if mode == "I;16B":
+        source = Image.frombytes(mode, (2, 2), SIXTEEN_BIT.astype(">u2").tobytes())
+    else:
+        dtype = np.int32 if mode == "I" else np.uint16
+        source = Image.fromarray(SIXTEEN_BIT.astype(dtype))
+    source.save(tmp_path / name)
+    with Image.open(tmp_path / name) as raw:
+        assert raw.mode == mode
+    grey = np.asarray(load_image(tmp_path / name))[..., 0]
+    # 65535 -> 255 and 32768 -> 128 (Pillow's own convert would make 257 and 32768 both 255).
+    assert grey.tolist() == [[255, 128], [0, 1]]
+
+
+def test_float_image_is_scaled_by_its_max(tmp_path):
+    Image.fromarray(np.array([[0.0, 2.0], [4.0, 1.0]], dtype=np.float32)).save(tmp_path / "f.tif")
+    Image.fromarray(np.zeros((2, 2), dtype=np.float32)).save(tmp_path / "zero.tif")
+    assert np.asarray(load_image(tmp_path / "f.tif"))[..., 0].tolist() == [[0, 128], [255, 64]]
+    assert np.asarray(load_image(tmp_path / "zero.tif")).max() == 0
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    stored = Image.new("RGB", (40, 20), BLUE)
+    stored.paste(RED, (0, 0, 10, 10))  # red in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    stored.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    image = load_image(tmp_path / "rotated.jpg")
+    assert image.size == (20, 40)
+    # Rotated clockwise, the stored top-left corner is now the top-right one.
+    assert close(image.getpixel((17, 2)), RED, tolerance=30)
+    assert close(image.getpixel((2, 2)), BLUE, tolerance=30)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_animated_image_gives_first_frame(tmp_path, fmt):
+    frames = [Image.new("RGB", (8, 8), RED), Image.new("RGB", (8, 8), BLUE)]
+    path = tmp_path / f"anim.{fmt.lower()}"
+    extra = {"lossless": True} if fmt == "WEBP" else {}
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, **extra)
+    with Image.open(path) as raw:
+        assert getattr(raw, "n_frames", 1) == 2
+    image = load_image(path)
+    assert image.mode == "RGB" and close(image.getpixel((4, 4)), RED)
+
+
+# -- load_image: failures ------------------------------------------------------------------
+
+
+def _truncated(tmp_path, fmt):
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format=fmt)
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_file_fails_at_load(tmp_path, fmt):
+    path = _truncated(tmp_path, fmt)
+    with pytest.raises(
+        ImageReadError, match=rf"^cannot read .*cut\.{fmt.lower()}: truncated"
+    ) as err:
+        load_image(path)
+    assert "\n" not in str(err.value) and isinstance(err.value.__cause__, OSError)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("text", "not an image Pillow can decode"),
+        ("folder", "is a directory"),
+        ("missing", "no such file or directory"),
+    ],
+)
+def test_unreadable_inputs_raise_one_line_reason(tmp_path, kind, reason):
+    path = tmp_path / "photo.jpg"
+    if kind == "text":
+        path.write_text("hello, not a JPEG")
+    elif kind == "folder":
+        path.mkdir()
+    with pytest.raises(ImageReadError, match=f"^cannot read .*photo.jpg: {reason}"):
+        load_image(path)
+
+
+def test_unreadable_permissions(tmp_path, monkeypatch):
+    # Simulated: the suite runs as root in CI, and root can read a file with mode 0.
+    path = make_image(tmp_path / "x.png")
+
+    def denied(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Image, "open", denied)
+    with pytest.raises(ImageReadError, match="permission denied"):
+        load_image(path)
+
+
+def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
+    path = make_image(tmp_path / "big.png", size=(30, 30))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageReadError, match=r"image too large: 900 pixels.*bomb guard"):
+        load_image(path)
+
+
+def test_corrupt_data_after_valid_header_is_an_image_read_error(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), RED).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[60:80] = b"\xff" * 20  # inside the image data chunk
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match=r"^cannot read .*bad\.png: "):
+        load_image(tmp_path / "bad.png")
