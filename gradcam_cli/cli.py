@@ -1,0 +1,266 @@
+"""The `gradcam` command: options → one library call → exit code. Nothing else lives here.
+
+torch is imported inside the commands, never at module level, so `gradcam --help` stays fast.
+Exit codes: 0 every input explained; 1 some inputs failed; 2 usage or configuration error found
+before any image was processed (README "Exit codes").
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, GradcamError, UsageError
+from .methods import METHODS
+from .render import INTERPOLATIONS, NORMALIZATIONS
+
+app = typer.Typer(
+    name="gradcam",
+    help="Explain what a PyTorch image classifier looked at (Grad-CAM), from timm, torchvision "
+    "or your own model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+EXIT_INTERRUPTED = 130
+
+# -- option bundles shared by the commands ---------------------------------------------------
+
+ModelOpt = Annotated[str, typer.Option(
+    "--model", "-m", help="timm:NAME, torchvision:NAME, a bare NAME (timm first, then "
+    "torchvision), or path/to/file.py:callable / package.module:callable for your own model.")]
+PretrainedOpt = Annotated[bool, typer.Option(
+    "--pretrained/--no-pretrained", help="Download the model's pretrained weights "
+    "(--no-pretrained: random init, works offline).")]
+WeightsOpt = Annotated[Path | None, typer.Option(
+    "--weights", help="Local state_dict (.pt/.pth loaded with weights_only=True, or "
+    ".safetensors) for the named architecture.", dir_okay=False)]
+NumClassesOpt = Annotated[int | None, typer.Option(
+    "--num-classes", help="Build the model with N outputs (for checkpoints with another head).")]
+InputSizeOpt = Annotated[int | None, typer.Option(
+    "--input-size", help="Square input size in pixels (default: the model's own).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
+
+
+@contextmanager
+def _exit_codes(verbose: bool) -> Iterator[None]:
+    """Turn library errors into one stderr line and the documented exit code."""
+    try:
+        yield
+    except GradcamError as exc:
+        if verbose:
+            traceback.print_exc()
+        typer.echo(f"gradcam: error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # a bug, not a user error: still one line unless --verbose
+        if verbose:
+            traceback.print_exc()
+        typer.echo(f"gradcam: internal error: {type(exc).__name__}: {exc} "
+                   "(rerun with --verbose for the traceback)", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED) from None
+
+
+def _log(message: str) -> None:
+    typer.echo(f"gradcam: {message}", err=True)
+
+
+def _progress(done: int, total: int) -> None:
+    if sys.stderr.isatty():  # a progress line only on a terminal, never in logs or pipes
+        end = "\n" if done == total else ""
+        print(f"\rgradcam: {done}/{total} images", end=end, file=sys.stderr, flush=True)
+
+
+@app.command()
+def explain(
+    inputs: Annotated[list[str], typer.Argument(
+        help="Image files, folders (recursive), globs, or - to read paths from stdin.",
+        show_default=False)],
+    model: ModelOpt,
+    layer: Annotated[list[str] | None, typer.Option(
+        "--layer", "-l", help="Target layer(s): dotted path (layer4, layer4.2, features.-1), "
+        "comma-separated or repeated for several in one pass; name@N picks the Nth call of a "
+        "module that runs several times. Default: the last spatial layer the logits depend on."
+    )] = None,
+    method: Annotated[str, typer.Option(
+        help=f"Method: {', '.join(METHODS)}.")] = "gradcam",
+    target: Annotated[list[str] | None, typer.Option(
+        "--target", "-t", help="Class to explain, by index or label; repeat for several. "
+        "Default: the predicted class.")] = None,
+    topk: Annotated[int, typer.Option(
+        "--topk", "-k", help="Explain each image's K most probable classes.")] = 1,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output folder for PNGs and predictions.json.", file_okay=False)
+    ] = Path("gradcam_out"),
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Also print the JSON report to stdout (stdout then carries nothing "
+        "else).")] = False,
+    pretrained: PretrainedOpt = True,
+    weights: WeightsOpt = None,
+    num_classes: NumClassesOpt = None,
+    labels: Annotated[Path | None, typer.Option(
+        "--labels", help="Class names, one per line, in class-index order.", dir_okay=False)
+    ] = None,
+    input_size: InputSizeOpt = None,
+    mean: Annotated[tuple[float, float, float] | None, typer.Option(
+        "--mean", help="Normalisation mean, three numbers R G B.")] = None,
+    std: Annotated[tuple[float, float, float] | None, typer.Option(
+        "--std", help="Normalisation std, three numbers R G B.")] = None,
+    colormap: Annotated[str, typer.Option(
+        help="Any matplotlib colormap name (jet, turbo, viridis, inferno, ...).")] = "jet",
+    alpha: Annotated[float, typer.Option(
+        help="Heatmap opacity in the overlay, 0 to 1.")] = 0.5,
+    interpolation: Annotated[str, typer.Option(
+        help=f"Map upsampling: {', '.join(INTERPOLATIONS)}.")] = "bilinear",
+    normalize: Annotated[str, typer.Option(
+        help=f"Map scaling before upsampling and colouring: {', '.join(NORMALIZATIONS)} "
+        "(minmax: per map to [0, 1]; max: divide by the max; none: raw values clipped to "
+        "[0, 1]).")] = "minmax",
+    save_raw: Annotated[bool, typer.Option(
+        "--save-raw", help="Also write each raw map as .npy (float32, feature-map size, "
+        "after ReLU, before resizing or normalising).")] = False,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", help="Images per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")] = "auto",
+    verbose: VerboseOpt = False,
+) -> None:
+    """Explain images: overlay and heatmap PNGs per image × target × layer, plus a JSON report."""
+    with _exit_codes(verbose):
+        code = _explain(**locals())
+    raise typer.Exit(code)
+
+
+def _explain(*, inputs, model, layer, method, target, topk, out, json_out, pretrained, weights,
+             num_classes, labels, input_size, mean, std, colormap, alpha, interpolation,
+             normalize, save_raw, batch_size, device, verbose) -> int:
+    # Cheap checks first: a bad option costs no model load.
+    from .files import check_writable_dir
+    from .methods import get_method
+    from .render import check_alpha, check_interpolation, check_normalization, colormap_lut
+
+    get_method(method)
+    check_interpolation(interpolation)
+    check_normalization(normalize)
+    colormap_lut(colormap)
+    check_alpha(alpha)
+    if topk < 1:
+        raise UsageError(f"--topk must be at least 1, got {topk}")
+    if target and topk != 1:
+        raise UsageError("--target and --topk exclude each other: name classes or ask for top-k")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    check_writable_dir(out)
+    from .inputs import collect_inputs
+
+    items = collect_inputs(inputs, stdin=sys.stdin)
+
+    from .explainer import Explainer, RenderOptions
+    from .models import load_model
+    from .runner import REPORT_NAME, RunOptions, run_explain
+
+    loaded = load_model(model, pretrained=pretrained, weights=weights, num_classes=num_classes,
+                        labels_file=labels, input_size=input_size, mean=mean, std=std)
+    explainer = Explainer(loaded, layer, method=method, device=device)
+    classes = tuple(explainer.resolve_targets(target or []))
+    if explainer.layer_chosen_automatically:
+        _log(f"no --layer given: using '{explainer.layers[0]}' "
+             "(the last spatial layer the logits depend on)")
+    options = RunOptions(
+        out_dir=out, classes=classes, topk=topk, batch_size=batch_size, save_raw=save_raw,
+        render=RenderOptions(colormap=colormap, alpha=alpha, interpolation=interpolation,
+                             normalize=normalize),
+    )
+    report = run_explain(explainer, items, options, progress=_progress)
+    if json_out:
+        sys.stdout.write(report.to_json())
+        sys.stdout.flush()
+    for result in report.results:
+        if result.status != "ok":
+            _log(f"{result.input}: {result.error}")
+    summary = report.to_dict()["summary"]
+    _log(f"{summary['ok']}/{summary['images']} images explained in {summary['seconds']:.1f}s; "
+         f"report: {out / REPORT_NAME}")
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if report.errors else EXIT_OK
+
+
+@app.command()
+def layers(
+    model: Annotated[str, typer.Argument(help="Model spec, as for explain --model.",
+                                         show_default=False)],
+    input_size: InputSizeOpt = None,
+    num_classes: NumClassesOpt = None,
+    usable: Annotated[bool, typer.Option(
+        "--usable", help="List only layers that can be explained.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """List a model's layers: dotted path, type, output shape, and which are usable targets.
+
+    Random weights are used (the structure does not depend on them), so this works offline.
+    """
+    with _exit_codes(verbose):
+        from .layers import probe_layers
+        from .models import load_model
+
+        loaded = load_model(model, pretrained=False, num_classes=num_classes,
+                            input_size=input_size)
+        probe = probe_layers(loaded.model, loaded.preprocess.input_size)
+        default = _default_or_none(probe)
+        h, w = loaded.preprocess.input_size
+        typer.echo(f"# {loaded.source}:{loaded.name}, input 3×{h}×{w}; "
+                   "* = usable target, > = default")
+        for info in probe.layers:
+            if usable and not info.usable:
+                continue
+            mark = ">" if info.name == default else ("*" if info.usable else " ")
+            shape = "×".join(map(str, info.shape[1:])) if info.shape else "-"
+            note = f"  ({info.reason})" if info.reason else ""
+            typer.echo(f"{mark} {info.name:<40} {info.kind:<24} {shape:<16}{note}")
+
+
+def _default_or_none(probe) -> str | None:
+    try:
+        return probe.default_layer()
+    except GradcamError:
+        return None
+
+
+@app.command()
+def models(
+    pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'resnet*' or "
+                                           "'*vit*'.")] = "*",
+    verbose: VerboseOpt = False,
+) -> None:
+    """List model names the tool can load, with their source library."""
+    with _exit_codes(verbose):
+        import fnmatch
+
+        import timm
+        from torchvision.models import list_models
+
+        for name in timm.list_models(pattern):
+            typer.echo(f"timm:{name}")
+        for name in sorted(n for n in list_models() if fnmatch.fnmatch(n, pattern)):
+            typer.echo(f"torchvision:{name}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+__all__ = ["app", "main", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE"]

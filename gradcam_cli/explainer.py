@@ -1,0 +1,220 @@
+"""The library's front door: a model, its target layers and a method → explanations of images.
+
+    from PIL import Image
+    from gradcam_cli import Explainer, load_model
+
+    explainer = Explainer(load_model("resnet50"), layers=["layer4"])
+    [result] = explainer.explain([Image.open("cat.jpg").convert("RGB")])
+    result.predictions[0].label, result.overlay(result.targets[0])   # a PIL image
+
+The CLI's batch runner uses exactly this object; nothing here writes files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .engine import explain_batch
+from .errors import LayerError, TargetError, UsageError, did_you_mean
+from .layers import LayerRef, Probe, parse_layers, probe_layers, resolve_layer
+from .methods import get_method
+from .models import LoadedModel
+from .render import colormap_lut, heatmap_image, normalize_map, overlay_image, place_map
+from .report import Prediction, TargetRef
+
+__all__ = ["Explainer", "ImageExplanation", "RenderOptions", "resolve_device"]
+
+BINARY_LABELS = ["negative", "positive"]
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a raw map becomes pictures (README "Rendering")."""
+
+    colormap: str = "jet"
+    alpha: float = 0.5
+    interpolation: str = "bilinear"
+    normalize: str = "minmax"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then the CPU; an unavailable device is a usage error."""
+    name = name.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown --device '{name}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UsageError("--device mps: Apple MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise UsageError(f"unsupported --device '{name}'; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+@dataclass(frozen=True)
+class ImageExplanation:
+    """One image's predictions and raw maps; renders its pictures on demand."""
+
+    image: Image.Image  # the original photo (RGB, EXIF-rotated)
+    crop_box: tuple[float, float, float, float]  # what the model saw, in photo pixels
+    predictions: list[Prediction]
+    targets: list[TargetRef]
+    maps: dict[tuple[int, str], np.ndarray]  # (class index, layer) → raw map [h, w] float32
+
+    def raw(self, target: TargetRef | int, layer: str | None = None) -> np.ndarray:
+        index = target.index if isinstance(target, TargetRef) else int(target)
+        layer = layer or next(name for (i, name) in self.maps if i == index)
+        return self.maps[(index, layer)]
+
+    def placed(self, target: TargetRef | int, layer: str | None = None,
+               options: RenderOptions = RenderOptions()) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised map on the photo's pixel grid, and the mask of what the model saw."""
+        norm = normalize_map(self.raw(target, layer), options.normalize)
+        return place_map(norm, self.image.size, self.crop_box, options.interpolation)
+
+    def pictures(self, target: TargetRef | int, layer: str | None = None,
+                 options: RenderOptions = RenderOptions()) -> tuple[Image.Image, Image.Image]:
+        """(overlay on the photo, RGBA heatmap), both at the photo's own size."""
+        values, inside = self.placed(target, layer, options)
+        lut = colormap_lut(options.colormap)
+        return (overlay_image(self.image, values, inside, lut, options.alpha),
+                heatmap_image(values, inside, lut))
+
+    def overlay(self, target: TargetRef | int, layer: str | None = None,
+                options: RenderOptions = RenderOptions()) -> Image.Image:
+        return self.pictures(target, layer, options)[0]
+
+
+class Explainer:
+    """A loaded model made ready to explain: device, layers resolved and checked, method."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        layers: str | Sequence[str] | None = None,
+        *,
+        method: str = "gradcam",
+        device: str | torch.device = "cpu",
+    ):
+        self.loaded = loaded
+        self.method = get_method(method)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.model = loaded.model.to(self.device)
+        self.probe: Probe = probe_layers(self.model, loaded.preprocess.input_size, self.device)
+        names = parse_layers(layers)
+        self.layer_chosen_automatically = not names
+        if not names:
+            names = [self.probe.default_layer()]
+        self.layers = [self._checked_layer(name) for name in names]
+        self.num_classes = 2 if self.probe.num_outputs == 1 else self.probe.num_outputs
+        self.labels = self._checked_labels(loaded.labels)
+
+    # -- set-up checks (all before any image is processed) ---------------------------------
+
+    def _checked_layer(self, name: str) -> LayerRef:
+        ref = resolve_layer(self.model, name)
+        info = self.probe.get(ref.name)
+        if ref.call is not None:
+            if ref.call >= info.calls:
+                raise LayerError(f"layer '{ref.name}' runs {info.calls} time(s) per forward; "
+                                 f"@{ref.call} is past the last call (@{info.calls - 1})")
+            return ref
+        if info.reason:
+            raise LayerError(f"layer '{ref.name}' ({info.kind}) cannot be explained: "
+                             f"{info.reason}. Try '{self.probe.default_layer()}', or see "
+                             "`gradcam layers MODEL` for the usable layers")
+        return ref
+
+    def _checked_labels(self, labels: list[str] | None) -> list[str] | None:
+        if labels is None:
+            return list(BINARY_LABELS) if self.probe.num_outputs == 1 else None
+        if len(labels) != self.num_classes:
+            raise UsageError(f"{len(labels)} labels for a model with {self.num_classes} "
+                             "classes; give one label per class, in class-index order")
+        return labels
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if self.labels else str(index)
+
+    def resolve_targets(self, values: Sequence[str | int]) -> list[int]:
+        """`--target` values (class indices or labels) → class indices, checked now."""
+        return list(dict.fromkeys(self._target_index(value) for value in values))
+
+    def _target_index(self, value: str | int) -> int:
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            index = int(text)
+            if not 0 <= index < self.num_classes:
+                raise TargetError(f"--target {index} is out of range: the model has "
+                                  f"{self.num_classes} classes (0–{self.num_classes - 1})")
+            return index
+        if not self.labels:
+            raise TargetError(f"--target '{text}': this model has no class names; give a class "
+                              f"index 0–{self.num_classes - 1} or name the classes with --labels")
+        return _label_index(text, self.labels)
+
+    # -- the work --------------------------------------------------------------------------
+
+    def explain(
+        self,
+        images: Sequence[Image.Image],
+        *,
+        classes: Sequence[int] | None = None,
+        topk: int = 1,
+    ) -> list[ImageExplanation]:
+        """Explain RGB images: the given classes for each, else each image's top-k."""
+        if topk < 1:
+            raise UsageError(f"--topk must be at least 1, got {topk}")
+        preprocess = self.loaded.preprocess
+        batch = torch.from_numpy(np.stack([preprocess.to_array(im) for im in images]))
+        result = explain_batch(self.model, batch.to(self.device), self.layers,
+                               classes=classes, topk=topk, method=self.method)
+        return [self._image_explanation(i, image, result) for i, image in enumerate(images)]
+
+    def _image_explanation(self, i: int, image: Image.Image, result) -> ImageExplanation:
+        probabilities, scores = result.probabilities[i], result.scores[i]
+        top = probabilities.topk(min(5, probabilities.numel())).indices.tolist()
+        predictions = [Prediction.make(c, self.label(c), probabilities[c].item(),
+                                       scores[c].item()) for c in top]
+        targets = [TargetRef(c, self.label(c)) for c in result.targets[i].tolist()]
+        maps = {
+            (target.index, layer): layer_maps[i, rank].numpy()
+            for layer, layer_maps in result.maps.items()
+            for rank, target in enumerate(targets)
+        }
+        box = self.loaded.preprocess.crop_box(*image.size)
+        return ImageExplanation(image, box, predictions, targets, maps)
+
+
+def _label_index(text: str, labels: Sequence[str]) -> int:
+    """Exact label (any case), else a unique comma-separated synonym ("tabby, tabby cat")."""
+    wanted = text.casefold()
+    exact = [i for i, label in enumerate(labels) if label.casefold() == wanted]
+    synonyms = [i for i, label in enumerate(labels)
+                if wanted in (part.strip().casefold() for part in label.split(","))]
+    matches = exact or synonyms
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        listed = ", ".join(f"{i} ({labels[i]})" for i in matches[:5])
+        raise TargetError(f"--target '{text}' names several classes: {listed}; give the index")
+    names = {part.strip() for label in labels for part in (label, *label.split(","))}
+    raise TargetError(f"--target '{text}' is not a class of this model." + did_you_mean(
+        text, sorted(names)) + " Give a class index or an exact label")

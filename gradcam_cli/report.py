@@ -1,0 +1,126 @@
+"""The versioned JSON report: frozen records → a dict → `predictions.json` and `--json` stdout.
+
+Keys named in the README are a public interface: they change only with a SCHEMA_VERSION bump.
+Artifact paths are relative to the output folder, so the folder can be moved or archived whole.
+Non-finite numbers become null: the document is strict JSON (`allow_nan=False`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Prediction",
+    "TargetRef",
+    "ExplanationRecord",
+    "ImageResult",
+    "Report",
+    "library_versions",
+]
+
+SCHEMA_VERSION = 1
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    probability: float | None
+    score: float | None
+
+    @classmethod
+    def make(cls, index: int, label: str, probability: float, score: float) -> Prediction:
+        return cls(int(index), label, _finite(probability), _finite(score))
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    index: int
+    label: str
+
+
+@dataclass(frozen=True)
+class ExplanationRecord:
+    target: TargetRef
+    layer: str
+    overlay: str | None
+    heatmap: str | None
+    raw: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    input: str
+    status: str  # "ok" | "error"
+    error: str | None = None
+    size: list[int] | None = None  # [width, height] of the original image
+    predictions: list[Prediction] = field(default_factory=list)
+    explanations: list[ExplanationRecord] = field(default_factory=list)
+
+    @classmethod
+    def failed(cls, input: str, error: str) -> ImageResult:
+        return cls(input=input, status="error", error=error)
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("gradcam-cli", "torch", "torchvision", "timm"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+@dataclass
+class Report:
+    """The whole run. `results` keep the order of the inputs."""
+
+    model: dict[str, object]
+    method: str
+    layers: list[str]
+    device: str
+    out: str
+    preprocess: dict[str, object]
+    options: dict[str, object]
+    results: list[ImageResult] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def errors(self) -> int:
+        return sum(result.status != "ok" for result in self.results)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "method": self.method,
+            "layers": self.layers,
+            "device": self.device,
+            "out": self.out,
+            "preprocess": self.preprocess,
+            "options": self.options,
+            "versions": library_versions(),
+            "results": [asdict(result) for result in self.results],
+            "summary": {
+                "images": len(self.results),
+                "ok": len(self.results) - self.errors,
+                "errors": self.errors,
+                "seconds": round(self.seconds, 3),
+                "interrupted": self.interrupted,
+            },
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"

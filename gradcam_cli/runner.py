@@ -1,0 +1,156 @@
+"""Batch mode: inputs → batches → explanations → PNG/NPY files and the JSON report.
+
+Each input gets exactly one result record, in input order. An image that cannot be read, or a
+batch the model fails on, becomes an `error` record and the run goes on. Every file is written
+atomically (temporary file, then rename) and only under the output folder.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import GradcamError
+from .explainer import Explainer, ImageExplanation, RenderOptions
+from .files import resolve_inside, write_npy_atomic, write_png_atomic, write_text_atomic
+from .inputs import InputItem, load_image
+from .report import ExplanationRecord, ImageResult, Report
+
+__all__ = ["RunOptions", "run_explain", "artifact_stem", "REPORT_NAME"]
+
+REPORT_NAME = "predictions.json"
+ZERO_MAP_WARNING = "the map is all zero: no positive evidence for this class at this layer"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out_dir: Path
+    classes: tuple[int, ...] = ()
+    topk: int = 1
+    batch_size: int = 8
+    save_raw: bool = False
+    render: RenderOptions = RenderOptions()
+
+
+def _slug(text: str, limit: int = 32) -> str:
+    slug = re.sub(r"[^\w.@-]+", "_", text, flags=re.UNICODE).strip("_.")
+    return (slug[:limit].rstrip("_.") or "x").lstrip("-") or "x"
+
+
+def artifact_stem(key: str, target_index: int, target_label: str, layer: str) -> str:
+    """`cats/tom` + 281 'tabby, tabby cat' + layer4 → `cats/tom.281-tabby_tabby_cat.layer4`."""
+    return f"{key}.{target_index}-{_slug(target_label)}.{_slug(layer, 64)}"
+
+
+def _batches(items: Sequence[InputItem], size: int) -> Iterator[list[InputItem]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def run_explain(
+    explainer: Explainer,
+    items: Sequence[InputItem],
+    options: RunOptions,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Explain every input, write its pictures, and write OUT/predictions.json."""
+    start = time.perf_counter()
+    report = Report(
+        model=explainer.loaded.describe(),
+        method=explainer.method.name,
+        layers=[str(ref) for ref in explainer.layers],
+        device=str(explainer.device),
+        out=str(options.out_dir),
+        preprocess=explainer.loaded.preprocess.describe(),
+        options=_options_record(options),
+    )
+    try:
+        for batch in _batches(items, max(1, options.batch_size)):
+            report.results.extend(_run_batch(explainer, batch, options))
+            if progress:
+                progress(len(report.results), len(items))
+    except KeyboardInterrupt:
+        report.interrupted = True  # what was done is reported; the CLI exits 130
+    report.seconds = time.perf_counter() - start
+    write_text_atomic(resolve_inside(options.out_dir, REPORT_NAME), report.to_json())
+    return report
+
+
+def _options_record(options: RunOptions) -> dict[str, object]:
+    render = options.render
+    return {
+        "classes": list(options.classes),
+        "topk": options.topk,
+        "batch_size": options.batch_size,
+        "save_raw": options.save_raw,
+        "colormap": render.colormap,
+        "alpha": render.alpha,
+        "interpolation": render.interpolation,
+        "normalize": render.normalize,
+    }
+
+
+def _run_batch(explainer: Explainer, batch: list[InputItem], options: RunOptions
+               ) -> list[ImageResult]:
+    results: dict[int, ImageResult] = {}
+    readable: list[tuple[int, InputItem, Image.Image]] = []
+    for position, item in enumerate(batch):
+        if item.error is not None:
+            results[position] = ImageResult.failed(item.source, item.error)
+            continue
+        try:
+            readable.append((position, item, load_image(item.path)))
+        except GradcamError as exc:
+            results[position] = ImageResult.failed(item.source, str(exc))
+    if readable:
+        try:
+            explained = explainer.explain([image for _, _, image in readable],
+                                          classes=options.classes or None, topk=options.topk)
+        except (RuntimeError, GradcamError) as exc:  # e.g. out of memory: these inputs fail
+            message = f"the model failed on this batch: {_first_line(exc)}"
+            for position, item, _ in readable:
+                results[position] = ImageResult.failed(item.source, message)
+        else:
+            for (position, item, _), explanation in zip(readable, explained, strict=True):
+                results[position] = _save(item, explanation, options)
+    return [results[position] for position in range(len(batch))]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _save(item: InputItem, explanation: ImageExplanation, options: RunOptions) -> ImageResult:
+    records = []
+    try:
+        for (index, layer), raw in explanation.maps.items():
+            target = next(t for t in explanation.targets if t.index == index)
+            stem = artifact_stem(item.key, index, target.label, layer)
+            overlay_picture, heatmap_picture = explanation.pictures(index, layer, options.render)
+            overlay = f"{stem}.overlay.png"
+            heatmap = f"{stem}.heatmap.png"
+            write_png_atomic(resolve_inside(options.out_dir, overlay), overlay_picture)
+            write_png_atomic(resolve_inside(options.out_dir, heatmap), heatmap_picture)
+            raw_path = None
+            if options.save_raw:
+                raw_path = f"{stem}.raw.npy"
+                write_npy_atomic(resolve_inside(options.out_dir, raw_path),
+                                 raw.astype(np.float32))
+            warnings = [] if float(raw.max(initial=0.0)) > 0 else [ZERO_MAP_WARNING]
+            records.append(ExplanationRecord(target, layer, overlay, heatmap, raw_path, warnings))
+    except OSError as exc:  # disk full, permissions: this image fails, files written stay whole
+        return ImageResult.failed(item.source, f"cannot write outputs: {exc.strerror or exc}")
+    return ImageResult(
+        input=item.source,
+        status="ok",
+        size=list(explanation.image.size),
+        predictions=explanation.predictions,
+        explanations=records,
+    )

@@ -1,0 +1,500 @@
+"""The `gradcam` command: every documented option, error path and exit code."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from gradcam_cli.cli import app
+
+TINY_MODELS = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+
+    class Tiny(nn.Module):
+        def __init__(self, num_classes=4):
+            super().__init__()
+            torch.manual_seed(0)
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+            )
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(16, num_classes)
+
+        def forward(self, x):
+            return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+    class Binary(nn.Module):
+        # article 004's shape of model: one output, a 1-channel conv head
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(1)
+            self.blocks = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+            self.classifier = nn.Conv2d(8, 1, 32)
+
+        def forward(self, x):
+            return self.classifier(self.blocks(x))
+
+
+    class DictOutput(Tiny):
+        def forward(self, x):
+            return {"logits": super().forward(x), "aux": x.mean()}
+
+
+    def make_tiny(num_classes=4):
+        return Tiny(num_classes)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A folder with the user's model file and a few photos of different sizes and kinds."""
+    root = tmp_path_factory.mktemp("ws")
+    (root / "my_models.py").write_text(TINY_MODELS)
+    photos = root / "photos"
+    (photos / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (120, 200, 3), dtype=np.uint8)).save(photos / "wide.jpg")
+    Image.fromarray(rng.integers(0, 255, (90, 60, 3), dtype=np.uint8)).save(photos / "tall.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), "L").save(
+        photos / "sub" / "gray.bmp")
+    return root
+
+
+@pytest.fixture
+def run(workspace, monkeypatch):
+    """Invoke the CLI in-process from the workspace; returns the click Result."""
+    monkeypatch.chdir(workspace)
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(app, list(args), input=input, catch_exceptions=False)
+
+    return invoke
+
+
+TINY = ["--model", "my_models.py:Tiny", "--input-size", "64"]
+
+
+def report_of(out: Path) -> dict:
+    return json.loads((out / "predictions.json").read_text())
+
+
+# -- the happy path ----------------------------------------------------------------------------
+
+
+def test_explain_folder_writes_overlays_heatmaps_and_json(run, workspace, tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", "photos", *TINY, "--out", str(out), "--layer", "features")
+    assert result.exit_code == 0, result.output
+    report = report_of(out)
+    assert report["schema_version"] == 1
+    assert report["model"] == {"name": "my_models.py:Tiny", "source": "custom", "weights": "random"}
+    assert report["method"] == "gradcam" and report["layers"] == ["features"]
+    assert report["device"] == "cpu"
+    assert report["summary"]["images"] == 3 and report["summary"]["ok"] == 3
+    assert report["summary"]["errors"] == 0 and report["summary"]["seconds"] >= 0
+    assert [r["input"] for r in report["results"]] == [
+        "photos/sub/gray.bmp", "photos/tall.png", "photos/wide.jpg"]
+    for record in report["results"]:
+        assert record["status"] == "ok" and record["error"] is None
+        assert 1 <= len(record["predictions"]) <= 4
+        probabilities = [p["probability"] for p in record["predictions"]]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert set(record["predictions"][0]) == {"index", "label", "probability", "score"}
+        [explanation] = record["explanations"]
+        assert explanation["target"]["index"] == record["predictions"][0]["index"]
+        assert explanation["layer"] == "features" and explanation["raw"] is None
+        original = Image.open(workspace / record["input"])
+        overlay = Image.open(out / explanation["overlay"])
+        heatmap = Image.open(out / explanation["heatmap"])
+        assert overlay.size == original.size == tuple(record["size"])
+        assert heatmap.size == original.size and heatmap.mode == "RGBA"
+
+
+def test_json_flag_prints_only_the_report_on_stdout(run, tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", "photos/wide.jpg", *TINY, "--out", str(out), "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == report_of(out)
+    assert "no --layer given: using 'features'" in result.stderr  # the choice goes to stderr
+
+
+def test_save_raw_writes_feature_map_sized_npy(run, tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", "photos/wide.jpg", "--model", "timm:resnet50", "--no-pretrained",
+                 "--layer", "layer4", "--save-raw", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    [explanation] = report_of(out)["results"][0]["explanations"]
+    raw = np.load(out / explanation["raw"])
+    assert raw.shape == (7, 7) and raw.dtype == np.float32 and (raw >= 0).all()
+    assert Image.open(out / explanation["overlay"]).size == (200, 120)
+
+
+def test_topk_and_several_layers_give_one_explanation_per_target_and_layer(run, tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", "photos/wide.jpg", *TINY, "--out", str(out), "--topk", "3",
+                 "--layer", "features.1, features.3")
+    assert result.exit_code == 0, result.output
+    record = report_of(out)["results"][0]
+    pairs = {(e["target"]["index"], e["layer"]) for e in record["explanations"]}
+    top3 = [p["index"] for p in record["predictions"][:3]]
+    assert pairs == {(c, layer) for c in top3 for layer in ("features.1", "features.3")}
+    files = [e[kind] for e in record["explanations"] for kind in ("overlay", "heatmap")]
+    assert len(set(files)) == 12 and all((out / f).is_file() for f in files)
+
+
+def test_target_by_index_and_by_label(run, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\nfish\n")
+    out = tmp_path / "out"
+    result = run("explain", "photos/wide.jpg", *TINY, "--out", str(out), "--labels", str(labels),
+                 "--target", "2", "--target", "Dog")
+    assert result.exit_code == 0, result.output
+    record = report_of(out)["results"][0]
+    assert [e["target"] for e in record["explanations"]] == [
+        {"index": 2, "label": "bird"}, {"index": 1, "label": "dog"}]
+    assert {p["label"] for p in record["predictions"]} <= {"cat", "dog", "bird", "fish"}
+
+
+def test_timm_labels_come_from_the_model_metadata(run, tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", "photos/wide.jpg", "--model", "timm:test_resnet", "--no-pretrained",
+                 "--target", "tabby", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    record = report_of(out)["results"][0]
+    assert record["explanations"][0]["target"] == {"index": 281, "label": "tabby, tabby cat"}
+    assert report_of(out)["model"]["source"] == "timm"
+
+
+def test_stdin_paths_and_globs(run, tmp_path):
+    out = tmp_path / "out"
+    paths = "photos/tall.png\n\nphotos/wide.jpg\n"
+    result = run("explain", "-", *TINY, "--out", str(out), input=paths)
+    assert result.exit_code == 0, result.output
+    assert [r["input"] for r in report_of(out)["results"]] == ["photos/tall.png", "photos/wide.jpg"]
+    result = run("explain", "photos/*.jpg", *TINY, "--out", str(out))
+    assert result.exit_code == 0
+    assert [r["input"] for r in report_of(out)["results"]] == ["photos/wide.jpg"]
+
+
+@pytest.fixture
+def Tiny(workspace):
+    """The workspace's Tiny class, imported by file (tests stay independent of each other)."""
+    spec = importlib.util.spec_from_file_location("_test_my_models", workspace / "my_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Tiny
+
+
+def test_user_model_from_module_path_with_weights_and_num_classes(run, tmp_path, Tiny):
+    model = Tiny(num_classes=7)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([0, 0, 0, 0, 0, 50.0, 0]))  # class 5 always wins
+    weights = tmp_path / "tiny7.pt"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "out"
+    result = run("explain", "photos/wide.jpg", "--model", "my_models:make_tiny", "--input-size",
+                 "64", "--weights", str(weights), "--num-classes", "7", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = report_of(out)
+    assert report["model"]["weights"] == str(weights)
+    assert report["results"][0]["predictions"][0]["index"] == 5
+
+
+def test_safetensors_weights(run, tmp_path, Tiny):
+    from safetensors.torch import save_file
+
+    model = Tiny()
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([0, 0, 30.0, 0]))
+    weights = tmp_path / "tiny.safetensors"
+    save_file(model.state_dict(), str(weights))
+    out = tmp_path / "out"
+    result = run("explain", "photos/wide.jpg", *TINY, "--weights", str(weights), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert report_of(out)["results"][0]["predictions"][0]["index"] == 2
+
+
+def test_single_logit_model_explains_the_positive_class(run, tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", "photos/wide.jpg", "--model", "my_models.py:Binary", "--input-size",
+                 "64", "--target", "positive", "--target", "negative", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    record = report_of(out)["results"][0]
+    probabilities = {p["label"]: p["probability"] for p in record["predictions"]}
+    assert probabilities.keys() == {"negative", "positive"}
+    assert abs(sum(probabilities.values()) - 1) < 1e-6
+    assert [e["target"]["label"] for e in record["explanations"]] == ["positive", "negative"]
+
+
+def test_dict_output_model(run, tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", "photos/wide.jpg", "--model", "my_models.py:DictOutput",
+                 "--input-size", "64", "--out", str(out))
+    assert result.exit_code == 0, result.output
+
+
+def test_preprocess_and_render_options_are_applied_and_recorded(run, tmp_path):
+    out = tmp_path / "out"
+    result = run("explain", "photos/wide.jpg", *TINY, "--mean", "0.5", "0.5", "0.5", "--std",
+                 "0.25", "0.25", "0.25", "--colormap", "viridis", "--alpha", "0",
+                 "--interpolation", "nearest", "--normalize", "max", "--batch-size", "2",
+                 "--device", "cpu", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = report_of(out)
+    assert report["preprocess"]["input_size"] == [64, 64]
+    assert report["preprocess"]["mean"] == [0.5] * 3 and report["preprocess"]["std"] == [0.25] * 3
+    assert report["options"] == {"classes": [], "topk": 1, "batch_size": 2, "save_raw": False,
+                                 "colormap": "viridis", "alpha": 0.0,
+                                 "interpolation": "nearest", "normalize": "max"}
+    # alpha 0: inside the model's crop the overlay is the photo itself.
+    photo = np.asarray(Image.open("photos/wide.jpg").convert("RGB"), dtype=int)
+    overlay = np.asarray(Image.open(out / report["results"][0]["explanations"][0]["overlay"]),
+                         dtype=int)
+    centre = (slice(10, 110), slice(50, 150))
+    assert np.abs(overlay[centre] - photo[centre]).max() <= 1
+
+
+# -- errors and exit codes ---------------------------------------------------------------------
+
+
+def test_unreadable_image_among_good_ones_exits_1_and_writes_the_good(run, workspace, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("this is not a JPEG")
+    out = tmp_path / "out"
+    result = run("explain", "photos/wide.jpg", str(bad), "photos/tall.png", *TINY,
+                 "--out", str(out))
+    assert result.exit_code == 1
+    report = report_of(out)
+    assert [r["status"] for r in report["results"]] == ["ok", "error", "ok"]
+    assert "broken.jpg" in report["results"][1]["error"]
+    assert report["summary"] == {**report["summary"], "images": 3, "ok": 2, "errors": 1}
+    for record in (report["results"][0], report["results"][2]):
+        assert (out / record["explanations"][0]["overlay"]).is_file()
+    assert "broken.jpg" in result.stderr and "Traceback" not in result.output
+
+
+def test_missing_input_is_an_error_result(run, tmp_path):
+    result = run("explain", "photos/wide.jpg", "photos/nope.jpg", *TINY, "--out", str(tmp_path))
+    assert result.exit_code == 1
+    assert report_of(tmp_path)["results"][1]["error"] == "no such file or directory"
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gradcam: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model", "resnet5"], "Did you mean"),
+        (["--model", "timm:not_a_model"], "gradcam models"),
+        (["--model", "nowhere.py:Model"], "not found"),
+        (["--model", "my_models.py:Tiny2"], "Did you mean 'Tiny'"),
+        ([*TINY, "--layer", "featurs"], "Did you mean 'features'"),
+        ([*TINY, "--layer", "features.9"], "its children: 0, 1, 2, 3"),
+        ([*TINY, "--layer", "fc"], "not a [B, C, H, W] map"),
+        ([*TINY, "--alpha", "1.5"], "alpha"),
+        ([*TINY, "--colormap", "jte"], "Did you mean 'jet'"),
+        ([*TINY, "--normalize", "minmx"], "Did you mean 'minmax'"),
+        ([*TINY, "--interpolation", "cubic"], "bicubic"),
+        ([*TINY, "--method", "gradcm"], "Did you mean 'gradcam'"),
+        ([*TINY, "--topk", "0"], "--topk must be at least 1"),
+        ([*TINY, "--batch-size", "0"], "--batch-size must be at least 1"),
+        ([*TINY, "--target", "4"], "out of range: the model has 4 classes (0–3)"),
+        ([*TINY, "--target", "cat"], "no class names"),
+        ([*TINY, "--target", "1", "--topk", "2"], "exclude each other"),
+        ([*TINY, "--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "cuda"),
+        ([*TINY, "--device", "tpu"], "--device"),
+        ([*TINY, "--mean", "0", "0", "0", "--std", "0", "1", "1"], "--std values must be positive"),
+        (["--model", "timm:test_resnet", "--no-pretrained", "--target", "tabbby"],
+         "Did you mean one of 'tabby'"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line_before_any_output(run, tmp_path, args, expected):
+    out = tmp_path / "out"
+    result = run("explain", "photos/wide.jpg", *args, "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert expected in one_error_line(result)
+    assert not (out / "predictions.json").exists()
+
+
+def test_no_inputs_found_is_a_usage_error(run, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("explain", str(empty), *TINY, "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "no input images" in one_error_line(result)
+
+
+def test_weights_with_the_wrong_head_say_which_keys_and_suggest_num_classes(run, tmp_path, Tiny):
+    weights = tmp_path / "tiny10.pth"
+    torch.save(Tiny(num_classes=10).state_dict(), weights)
+    result = run("explain", "photos/wide.jpg", *TINY, "--weights", str(weights),
+                 "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "fc.weight (10, 16) vs model (4, 16)" in line and "--num-classes 10" in line
+
+
+def test_weights_of_another_architecture_list_missing_keys(run, tmp_path):
+    weights = tmp_path / "other.pt"
+    torch.save({"encoder.weight": torch.zeros(3)}, weights)
+    result = run("explain", "photos/wide.jpg", *TINY, "--weights", str(weights),
+                 "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "missing keys: features.0.weight" in line and "unexpected keys: encoder.weight" in line
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > PWNED",))
+
+
+def test_pickled_code_in_weights_is_refused_and_never_runs(run, workspace, tmp_path):
+    weights = tmp_path / "evil.pt"
+    torch.save({"fc.weight": _RunsCode()}, weights)
+    result = run("explain", "photos/wide.jpg", *TINY, "--weights", str(weights),
+                 "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "weights_only=True" in one_error_line(result)
+    assert not (workspace / "PWNED").exists()
+
+
+def test_failed_download_says_so_and_names_the_offline_options(run, tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    import torch.hub
+
+    def offline(*_args, **_kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    result = run("explain", "photos/wide.jpg", "--model", "torchvision:resnet18",
+                 "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "could not download pretrained weights for 'resnet18'" in line
+    assert "--weights" in line and "--no-pretrained" in line
+
+
+def test_failed_timm_download_is_one_line_too(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = run("explain", "photos/wide.jpg", "--model", "timm:test_resnet",
+                 "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "--no-pretrained" in one_error_line(result)
+
+
+def test_unwritable_out_fails_before_the_model_loads(run, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("explain", "photos/wide.jpg", "--model", "timm:not_a_model",
+                 "--out", str(blocker / "out"))
+    assert result.exit_code == 2 and "--out" in one_error_line(result)
+
+
+def test_verbose_shows_the_traceback(run, tmp_path):
+    result = run("explain", "photos/wide.jpg", *TINY, "--layer", "nope", "--verbose",
+                 "--out", str(tmp_path))
+    assert result.exit_code == 2 and "Traceback" in result.stderr
+
+
+# -- other commands ----------------------------------------------------------------------------
+
+
+def test_layers_lists_paths_shapes_usable_and_default(run):
+    result = run("layers", "torchvision:resnet18")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "input 3×224×224" in lines[0]
+    layer4 = next(line for line in lines if line.split()[1:2] == ["layer4"])
+    assert layer4.startswith(">") and "512×7×7" in layer4
+    relu = next(line for line in lines if line.split()[:1] == ["layer1.0.relu"])
+    assert "runs 2 times" in relu
+    fc = next(line for line in lines if " fc " in line)
+    assert fc.startswith(" ") and "not a [B, C, H, W] map" in fc
+    usable = run("layers", "torchvision:resnet18", "--usable", "--input-size", "128").stdout
+    assert "4×4" in usable and " fc " not in usable
+
+
+def test_models_lists_names_with_their_library(run):
+    result = run("models", "resnet18*")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert "timm:resnet18" in lines and "torchvision:resnet18" in lines
+
+
+# -- start-up, entry points, help texts --------------------------------------------------------
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from gradcam_cli.cli import app\n"
+        "for args in (['--help'], ['explain', '--help'], ['layers', '--help']):\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, exc.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "--topk" in proc.stdout
+
+
+def test_console_script_and_python_m_run():
+    script = Path(sys.executable).with_name("gradcam")
+    for command in ([str(script), "--help"], [sys.executable, "-m", "gradcam_cli", "--help"]):
+        proc = subprocess.run(command, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert "explain" in proc.stdout and "layers" in proc.stdout
+
+
+def test_every_command_and_option_has_help_text():
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        assert command.help, name
+        for param in command.params:
+            assert getattr(param, "help", None), f"{name} {param.name}"
+
+
+def test_method_choices_come_from_the_registry():
+    from gradcam_cli.methods import METHODS
+
+    result = CliRunner().invoke(app, ["explain", "--help"])
+    assert all(name in result.stdout for name in METHODS)
+
+
+def test_stdin_stream_object_is_read_lazily_not_at_import():
+    # Guards the CLI from consuming stdin unless '-' is given.
+    from gradcam_cli.inputs import collect_inputs
+
+    stream = io.StringIO("ignored\n")
+    items = collect_inputs([str(Path(__file__))], stdin=stream)
+    assert stream.tell() == 0 and len(items) == 1
