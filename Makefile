@@ -1,0 +1,37 @@
+# gradcam-cli developer tasks. `make help` lists them.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch pair the project is tested with; override for another build, e.g.
+#   make install TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint demo clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(VENV)/.installed  ## create .venv and install gradcam-cli with its test tools
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install -e '.[dev]'
+	@touch $@
+
+test: install  ## run the test suite (offline, CPU)
+	$(BIN)/python -m pytest
+
+lint: install  ## ruff
+	$(BIN)/ruff check gradcam_cli tests
+
+demo: install  ## explain the sample images offline; pictures and JSON in demo_out/
+	$(BIN)/gradcam explain sample_images --model torchvision:resnet18 --no-pretrained \
+		--topk 2 --out demo_out
+	@echo "open demo_out/ (overlays, heatmaps, predictions.json)"
+
+clean:  ## remove outputs and caches (keeps .venv)
+	rm -rf demo_out gradcam_out .pytest_cache .ruff_cache .mypy_cache
