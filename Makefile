@@ -25,8 +25,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 test: install  ## run the test suite (offline, CPU)
 	$(BIN)/python -m pytest
 
-lint: install  ## ruff
+lint: install  ## ruff check and ruff format --check
 	$(BIN)/ruff check gradcam_cli tests
+	$(BIN)/ruff format --check gradcam_cli tests
 
 demo: install  ## explain the sample images offline; pictures and JSON in demo_out/
 	$(BIN)/gradcam explain sample_images --model torchvision:resnet18 --no-pretrained \

@@ -22,8 +22,6 @@ from .render import INTERPOLATIONS, NORMALIZATIONS
 
 app = typer.Typer(
     name="gradcam",
-    help="Explain what a PyTorch image classifier looked at (Grad-CAM), from timm, torchvision "
-    "or your own model.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -32,21 +30,74 @@ app = typer.Typer(
 
 EXIT_INTERRUPTED = 130
 
+
+def _show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"gradcam-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Explain what a PyTorch image classifier looked at (Grad-CAM), from timm, torchvision or
+    your own model."""
+
+
 # -- option bundles shared by the commands ---------------------------------------------------
 
-ModelOpt = Annotated[str, typer.Option(
-    "--model", "-m", help="timm:NAME, torchvision:NAME, a bare NAME (timm first, then "
-    "torchvision), or path/to/file.py:callable / package.module:callable for your own model.")]
-PretrainedOpt = Annotated[bool, typer.Option(
-    "--pretrained/--no-pretrained", help="Download the model's pretrained weights "
-    "(--no-pretrained: random init, works offline).")]
-WeightsOpt = Annotated[Path | None, typer.Option(
-    "--weights", help="Local state_dict (.pt/.pth loaded with weights_only=True, or "
-    ".safetensors) for the named architecture.", dir_okay=False)]
-NumClassesOpt = Annotated[int | None, typer.Option(
-    "--num-classes", help="Build the model with N outputs (for checkpoints with another head).")]
-InputSizeOpt = Annotated[int | None, typer.Option(
-    "--input-size", help="Square input size in pixels (default: the model's own).")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="MODEL",
+        help="timm:NAME, torchvision:NAME, a bare NAME (timm first, then "
+        "torchvision), or path/to/file.py:callable / package.module:callable for your own model.",
+    ),
+]
+PretrainedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--pretrained/--no-pretrained",
+        help="Download the model's pretrained weights "
+        "(--no-pretrained: random init, works offline).",
+    ),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        metavar="FILE",
+        help="Local state_dict (.pt/.pth loaded with weights_only=True, or "
+        ".safetensors) for the named architecture.",
+        dir_okay=False,
+    ),
+]
+NumClassesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-classes",
+        metavar="N",
+        help="Build the model with N outputs (for checkpoints with another head).",
+    ),
+]
+InputSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--input-size",
+        metavar="PIXELS",
+        help="Square input size in pixels (default: the model's own).",
+    ),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
 
 
@@ -65,8 +116,11 @@ def _exit_codes(verbose: bool) -> Iterator[None]:
     except Exception as exc:  # a bug, not a user error: still one line unless --verbose
         if verbose:
             traceback.print_exc()
-        typer.echo(f"gradcam: internal error: {type(exc).__name__}: {exc} "
-                   "(rerun with --verbose for the traceback)", err=True)
+        typer.echo(
+            f"gradcam: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --verbose for the traceback)",
+            err=True,
+        )
         raise typer.Exit(EXIT_SOME_FAILED) from None
 
 
@@ -82,56 +136,121 @@ def _progress(done: int, total: int) -> None:
 
 @app.command()
 def explain(
-    inputs: Annotated[list[str], typer.Argument(
-        help="Image files, folders (recursive), globs, or - to read paths from stdin.",
-        show_default=False)],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="INPUT",
+            show_default=False,
+            help="Image files, folders (recursive), globs, or - to read paths from stdin.",
+        ),
+    ],
     model: ModelOpt,
-    layer: Annotated[list[str] | None, typer.Option(
-        "--layer", "-l", help="Target layer(s): dotted path (layer4, layer4.2, features.-1), "
-        "comma-separated or repeated for several in one pass; name@N picks the Nth call of a "
-        "module that runs several times. Default: the last spatial layer the logits depend on."
-    )] = None,
-    method: Annotated[str, typer.Option(
-        help=f"Method: {', '.join(METHODS)}.")] = "gradcam",
-    target: Annotated[list[str] | None, typer.Option(
-        "--target", "-t", help="Class to explain, by index or label; repeat for several. "
-        "Default: the predicted class.")] = None,
-    topk: Annotated[int, typer.Option(
-        "--topk", "-k", help="Explain each image's K most probable classes.")] = 1,
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Output folder for PNGs and predictions.json.", file_okay=False)
+    layer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            metavar="LAYER",
+            help="Target layer(s): dotted path (layer4, layer4.2, features.-1), "
+            "comma-separated or repeated for several in one pass; name@N picks the Nth call of a "
+            "module that runs several times. Default: the last spatial layer the logits depend on.",
+        ),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(metavar="NAME", help=f"Method: {', '.join(METHODS)}.")
+    ] = "gradcam",
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            metavar="CLASS",
+            help="Class to explain, by index or label; repeat for several. "
+            "Default: the predicted class.",
+        ),
+    ] = None,
+    topk: Annotated[
+        int,
+        typer.Option(
+            "--topk", "-k", metavar="K", help="Explain each image's K most probable classes."
+        ),
+    ] = 1,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="DIR",
+            help="Output folder for PNGs and predictions.json.",
+            file_okay=False,
+        ),
     ] = Path("gradcam_out"),
-    json_out: Annotated[bool, typer.Option(
-        "--json", help="Also print the JSON report to stdout (stdout then carries nothing "
-        "else).")] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Also print the JSON report to stdout (stdout then carries nothing else).",
+        ),
+    ] = False,
     pretrained: PretrainedOpt = True,
     weights: WeightsOpt = None,
     num_classes: NumClassesOpt = None,
-    labels: Annotated[Path | None, typer.Option(
-        "--labels", help="Class names, one per line, in class-index order.", dir_okay=False)
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            metavar="FILE",
+            help="Class names, one per line, in class-index order.",
+            dir_okay=False,
+        ),
     ] = None,
     input_size: InputSizeOpt = None,
-    mean: Annotated[tuple[float, float, float] | None, typer.Option(
-        "--mean", help="Normalisation mean, three numbers R G B.")] = None,
-    std: Annotated[tuple[float, float, float] | None, typer.Option(
-        "--std", help="Normalisation std, three numbers R G B.")] = None,
-    colormap: Annotated[str, typer.Option(
-        help="Any matplotlib colormap name (jet, turbo, viridis, inferno, ...).")] = "jet",
-    alpha: Annotated[float, typer.Option(
-        help="Heatmap opacity in the overlay, 0 to 1.")] = 0.5,
-    interpolation: Annotated[str, typer.Option(
-        help=f"Map upsampling: {', '.join(INTERPOLATIONS)}.")] = "bilinear",
-    normalize: Annotated[str, typer.Option(
-        help=f"Map scaling before upsampling and colouring: {', '.join(NORMALIZATIONS)} "
-        "(minmax: per map to [0, 1]; max: divide by the max; none: raw values clipped to "
-        "[0, 1]).")] = "minmax",
-    save_raw: Annotated[bool, typer.Option(
-        "--save-raw", help="Also write each raw map as .npy (float32, feature-map size, "
-        "after ReLU, before resizing or normalising).")] = False,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", "-b", help="Images per forward pass.")] = 8,
-    device: Annotated[str, typer.Option(
-        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")] = "auto",
+    mean: Annotated[
+        tuple[float, float, float] | None,
+        typer.Option("--mean", metavar="R G B", help="Normalisation mean, three numbers R G B."),
+    ] = None,
+    std: Annotated[
+        tuple[float, float, float] | None,
+        typer.Option("--std", metavar="R G B", help="Normalisation std, three numbers R G B."),
+    ] = None,
+    colormap: Annotated[
+        str,
+        typer.Option(
+            metavar="NAME", help="Any matplotlib colormap name (jet, turbo, viridis, inferno, ...)."
+        ),
+    ] = "jet",
+    alpha: Annotated[
+        float, typer.Option(metavar="0..1", help="Heatmap opacity in the overlay, 0 to 1.")
+    ] = 0.5,
+    interpolation: Annotated[
+        str, typer.Option(metavar="MODE", help=f"Map upsampling: {', '.join(INTERPOLATIONS)}.")
+    ] = "bilinear",
+    normalize: Annotated[
+        str,
+        typer.Option(
+            metavar="MODE",
+            help=f"Map scaling before upsampling and colouring: {', '.join(NORMALIZATIONS)} "
+            "(minmax: per map to [0, 1]; max: divide by the max; none: raw values clipped to "
+            "[0, 1]).",
+        ),
+    ] = "minmax",
+    save_raw: Annotated[
+        bool,
+        typer.Option(
+            "--save-raw",
+            help="Also write each raw map as .npy (float32, feature-map size, "
+            "after ReLU, before resizing or normalising).",
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", metavar="N", help="Images per forward pass.")
+    ] = 8,
+    device: Annotated[
+        str,
+        typer.Option(
+            metavar="DEVICE", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
+        ),
+    ] = "auto",
     verbose: VerboseOpt = False,
 ) -> None:
     """Explain images: overlay and heatmap PNGs per image × target × layer, plus a JSON report."""
@@ -140,9 +259,32 @@ def explain(
     raise typer.Exit(code)
 
 
-def _explain(*, inputs, model, layer, method, target, topk, out, json_out, pretrained, weights,
-             num_classes, labels, input_size, mean, std, colormap, alpha, interpolation,
-             normalize, save_raw, batch_size, device, verbose) -> int:
+def _explain(
+    *,
+    inputs,
+    model,
+    layer,
+    method,
+    target,
+    topk,
+    out,
+    json_out,
+    pretrained,
+    weights,
+    num_classes,
+    labels,
+    input_size,
+    mean,
+    std,
+    colormap,
+    alpha,
+    interpolation,
+    normalize,
+    save_raw,
+    batch_size,
+    device,
+    verbose,
+) -> int:
     # Cheap checks first: a bad option costs no model load.
     from .files import check_writable_dir
     from .methods import get_method
@@ -168,17 +310,32 @@ def _explain(*, inputs, model, layer, method, target, topk, out, json_out, pretr
     from .models import load_model
     from .runner import REPORT_NAME, RunOptions, run_explain
 
-    loaded = load_model(model, pretrained=pretrained, weights=weights, num_classes=num_classes,
-                        labels_file=labels, input_size=input_size, mean=mean, std=std)
+    loaded = load_model(
+        model,
+        pretrained=pretrained,
+        weights=weights,
+        num_classes=num_classes,
+        labels_file=labels,
+        input_size=input_size,
+        mean=mean,
+        std=std,
+    )
     explainer = Explainer(loaded, layer, method=method, device=device)
     classes = tuple(explainer.resolve_targets(target or []))
     if explainer.layer_chosen_automatically:
-        _log(f"no --layer given: using '{explainer.layers[0]}' "
-             "(the last spatial layer the logits depend on)")
+        _log(
+            f"no --layer given: using '{explainer.layers[0]}' "
+            "(the last spatial layer the logits depend on)"
+        )
     options = RunOptions(
-        out_dir=out, classes=classes, topk=topk, batch_size=batch_size, save_raw=save_raw,
-        render=RenderOptions(colormap=colormap, alpha=alpha, interpolation=interpolation,
-                             normalize=normalize),
+        out_dir=out,
+        classes=classes,
+        topk=topk,
+        batch_size=batch_size,
+        save_raw=save_raw,
+        render=RenderOptions(
+            colormap=colormap, alpha=alpha, interpolation=interpolation, normalize=normalize
+        ),
     )
     report = run_explain(explainer, items, options, progress=_progress)
     if json_out:
@@ -188,8 +345,10 @@ def _explain(*, inputs, model, layer, method, target, topk, out, json_out, pretr
         if result.status != "ok":
             _log(f"{result.input}: {result.error}")
     summary = report.to_dict()["summary"]
-    _log(f"{summary['ok']}/{summary['images']} images explained in {summary['seconds']:.1f}s; "
-         f"report: {out / REPORT_NAME}")
+    _log(
+        f"{summary['ok']}/{summary['images']} images explained in {summary['seconds']:.1f}s; "
+        f"report: {out / REPORT_NAME}"
+    )
     if report.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if report.errors else EXIT_OK
@@ -197,12 +356,17 @@ def _explain(*, inputs, model, layer, method, target, topk, out, json_out, pretr
 
 @app.command()
 def layers(
-    model: Annotated[str, typer.Argument(help="Model spec, as for explain --model.",
-                                         show_default=False)],
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL", show_default=False, help="Model spec, as for explain --model."
+        ),
+    ],
     input_size: InputSizeOpt = None,
     num_classes: NumClassesOpt = None,
-    usable: Annotated[bool, typer.Option(
-        "--usable", help="List only layers that can be explained.")] = False,
+    usable: Annotated[
+        bool, typer.Option("--usable", help="List only layers that can be explained.")
+    ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """List a model's layers: dotted path, type, output shape, and which are usable targets.
@@ -213,20 +377,20 @@ def layers(
         from .layers import probe_layers
         from .models import load_model
 
-        loaded = load_model(model, pretrained=False, num_classes=num_classes,
-                            input_size=input_size)
+        loaded = load_model(model, pretrained=False, num_classes=num_classes, input_size=input_size)
         probe = probe_layers(loaded.model, loaded.preprocess.input_size)
         default = _default_or_none(probe)
         h, w = loaded.preprocess.input_size
-        typer.echo(f"# {loaded.source}:{loaded.name}, input 3×{h}×{w}; "
-                   "* = usable target, > = default")
+        typer.echo(
+            f"# {loaded.source}:{loaded.name}, input 3×{h}×{w}; * = usable target, > = default"
+        )
         for info in probe.layers:
             if usable and not info.usable:
                 continue
             mark = ">" if info.name == default else ("*" if info.usable else " ")
             shape = "×".join(map(str, info.shape[1:])) if info.shape else "-"
             note = f"  ({info.reason})" if info.reason else ""
-            typer.echo(f"{mark} {info.name:<40} {info.kind:<24} {shape:<16}{note}")
+            typer.echo(f"{mark} {info.name:<40} {info.kind:<24} {shape:<16}{note}".rstrip())
 
 
 def _default_or_none(probe) -> str | None:
@@ -238,8 +402,10 @@ def _default_or_none(probe) -> str | None:
 
 @app.command()
 def models(
-    pattern: Annotated[str, typer.Argument(help="Shell-style filter, e.g. 'resnet*' or "
-                                           "'*vit*'.")] = "*",
+    pattern: Annotated[
+        str,
+        typer.Argument(metavar="PATTERN", help="Shell-style filter, e.g. 'resnet*' or '*vit*'."),
+    ] = "*",
     verbose: VerboseOpt = False,
 ) -> None:
     """List model names the tool can load, with their source library."""

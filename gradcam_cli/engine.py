@@ -69,28 +69,38 @@ class _Capture:
                 f"'{self.ref.name}@{self.calls - 1}', or choose another layer"
             )
         if self.handle is None:
-            raise LayerError(f"layer '{self.ref}' was not called during the forward pass "
-                             f"(it ran {self.calls} times); choose another layer")
+            raise LayerError(
+                f"layer '{self.ref}' was not called during the forward pass "
+                f"(it ran {self.calls} times); choose another layer"
+            )
 
 
-def class_scores(logits: torch.Tensor) -> torch.Tensor:
-    """Per-class scores; a single-logit (sigmoid) model gets [-z, z]: negative, positive."""
-    return torch.cat([-logits, logits], dim=1) if logits.shape[1] == 1 else logits
+def class_scores(outputs: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
+    """Per-class scores. A single-output model gets two classes, negative and positive:
+    [-z, z] for a logit z (article 004), [1 - p, p] for a model that ends in a sigmoid."""
+    if outputs.shape[1] != 1:
+        return outputs
+    negative = 1 - outputs if probabilities else -outputs
+    return torch.cat([negative, outputs], dim=1)
 
 
-def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over classes; a single logit gets [1 - sigmoid(z), sigmoid(z)], not softmax(2z)."""
-    return torch.sigmoid(class_scores(logits)) if logits.shape[1] == 1 else logits.softmax(dim=1)
+def class_probabilities(outputs: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
+    """Softmax over logits; sigmoid of a single logit (not softmax(2z)); probabilities as is."""
+    scores = class_scores(outputs, probabilities)
+    if probabilities:
+        return scores
+    return torch.sigmoid(scores) if outputs.shape[1] == 1 else scores.softmax(dim=1)
 
 
-def _choose_targets(scores: torch.Tensor, classes: Sequence[int] | None, topk: int
-                    ) -> torch.Tensor:
+def _choose_targets(scores: torch.Tensor, classes: Sequence[int] | None, topk: int) -> torch.Tensor:
     num_classes = scores.shape[1]
     if classes:
         bad = [c for c in classes if not 0 <= c < num_classes]
         if bad:
-            raise TargetError(f"class index {bad[0]} is out of range: the model has "
-                              f"{num_classes} classes (0–{num_classes - 1})")
+            raise TargetError(
+                f"class index {bad[0]} is out of range: the model has "
+                f"{num_classes} classes (0–{num_classes - 1})"
+            )
         wanted = torch.as_tensor(list(classes), device=scores.device)
         return wanted.unsqueeze(0).expand(scores.shape[0], -1)
     return scores.topk(min(topk, num_classes), dim=1).indices
@@ -104,8 +114,12 @@ def explain_batch(
     classes: Sequence[int] | None = None,
     topk: int = 1,
     method: CamMethod | None = None,
+    outputs_probabilities: bool = False,
 ) -> BatchExplanation:
     """Explain a batch [B, 3, H, W] at `layers` for the given classes, else the top-k predicted.
+
+    `outputs_probabilities`: the model ends in a sigmoid/softmax (see `Probe`); its outputs are
+    then reported as probabilities and explained as they are.
 
     The model is left as it was found: modes, requires_grad, hooks (also when this raises).
     Images are independent in eval mode, so one gradient call per target rank serves the whole
@@ -121,30 +135,34 @@ def explain_batch(
         logits = extract_logits(model(images))
         for capture in captures:
             capture.check_calls()
-        scores = class_scores(logits)
+        scores = class_scores(logits, outputs_probabilities)
         targets = _choose_targets(scores.detach(), classes, topk)
         if not scores.requires_grad:
-            raise LayerError(f"the logits do not depend on layer '{captures[0].ref}'; "
-                             "choose a layer that the classifier's output is computed from")
+            raise LayerError(
+                f"the logits do not depend on layer '{captures[0].ref}'; "
+                "choose a layer that the classifier's output is computed from"
+            )
         maps = _maps_per_target(scores, targets, captures, method)
     logits = logits.detach().float()
     return BatchExplanation(
-        scores=class_scores(logits).cpu(),
-        probabilities=class_probabilities(logits).cpu(),
+        scores=class_scores(logits, outputs_probabilities).cpu(),
+        probabilities=class_probabilities(logits, outputs_probabilities).cpu(),
         targets=targets.cpu(),
         maps={name: m.cpu() for name, m in maps.items()},
     )
 
 
-def _maps_per_target(scores: torch.Tensor, targets: torch.Tensor,
-                     captures: list[_Capture], method: CamMethod) -> dict[str, torch.Tensor]:
+def _maps_per_target(
+    scores: torch.Tensor, targets: torch.Tensor, captures: list[_Capture], method: CamMethod
+) -> dict[str, torch.Tensor]:
     handles = [c.handle for c in captures]
     per_layer: dict[str, list[torch.Tensor]] = {str(c.ref): [] for c in captures}
     ranks = targets.shape[1]
     for rank in range(ranks):
         selected = scores.gather(1, targets[:, rank : rank + 1]).sum()
-        grads = torch.autograd.grad(selected, handles, retain_graph=rank < ranks - 1,
-                                    allow_unused=True)
+        grads = torch.autograd.grad(
+            selected, handles, retain_graph=rank < ranks - 1, allow_unused=True
+        )
         for capture, grad in zip(captures, grads, strict=True):
             activations = capture.handle.detach()
             grad = torch.zeros_like(activations) if grad is None else grad

@@ -83,22 +83,36 @@ class ImageExplanation:
         layer = layer or next(name for (i, name) in self.maps if i == index)
         return self.maps[(index, layer)]
 
-    def placed(self, target: TargetRef | int, layer: str | None = None,
-               options: RenderOptions = RenderOptions()) -> tuple[np.ndarray, np.ndarray]:
+    def placed(
+        self,
+        target: TargetRef | int,
+        layer: str | None = None,
+        options: RenderOptions = RenderOptions(),
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The normalised map on the photo's pixel grid, and the mask of what the model saw."""
         norm = normalize_map(self.raw(target, layer), options.normalize)
         return place_map(norm, self.image.size, self.crop_box, options.interpolation)
 
-    def pictures(self, target: TargetRef | int, layer: str | None = None,
-                 options: RenderOptions = RenderOptions()) -> tuple[Image.Image, Image.Image]:
+    def pictures(
+        self,
+        target: TargetRef | int,
+        layer: str | None = None,
+        options: RenderOptions = RenderOptions(),
+    ) -> tuple[Image.Image, Image.Image]:
         """(overlay on the photo, RGBA heatmap), both at the photo's own size."""
         values, inside = self.placed(target, layer, options)
         lut = colormap_lut(options.colormap)
-        return (overlay_image(self.image, values, inside, lut, options.alpha),
-                heatmap_image(values, inside, lut))
+        return (
+            overlay_image(self.image, values, inside, lut, options.alpha),
+            heatmap_image(values, inside, lut),
+        )
 
-    def overlay(self, target: TargetRef | int, layer: str | None = None,
-                options: RenderOptions = RenderOptions()) -> Image.Image:
+    def overlay(
+        self,
+        target: TargetRef | int,
+        layer: str | None = None,
+        options: RenderOptions = RenderOptions(),
+    ) -> Image.Image:
         return self.pictures(target, layer, options)[0]
 
 
@@ -133,21 +147,27 @@ class Explainer:
         info = self.probe.get(ref.name)
         if ref.call is not None:
             if ref.call >= info.calls:
-                raise LayerError(f"layer '{ref.name}' runs {info.calls} time(s) per forward; "
-                                 f"@{ref.call} is past the last call (@{info.calls - 1})")
+                raise LayerError(
+                    f"layer '{ref.name}' runs {info.calls} time(s) per forward; "
+                    f"@{ref.call} is past the last call (@{info.calls - 1})"
+                )
             return ref
         if info.reason:
-            raise LayerError(f"layer '{ref.name}' ({info.kind}) cannot be explained: "
-                             f"{info.reason}. Try '{self.probe.default_layer()}', or see "
-                             "`gradcam layers MODEL` for the usable layers")
+            raise LayerError(
+                f"layer '{ref.name}' ({info.kind}) cannot be explained: "
+                f"{info.reason}. Try '{self.probe.default_layer()}', or see "
+                "`gradcam layers MODEL` for the usable layers"
+            )
         return ref
 
     def _checked_labels(self, labels: list[str] | None) -> list[str] | None:
         if labels is None:
             return list(BINARY_LABELS) if self.probe.num_outputs == 1 else None
         if len(labels) != self.num_classes:
-            raise UsageError(f"{len(labels)} labels for a model with {self.num_classes} "
-                             "classes; give one label per class, in class-index order")
+            raise UsageError(
+                f"{len(labels)} labels for a model with {self.num_classes} "
+                "classes; give one label per class, in class-index order"
+            )
         return labels
 
     def label(self, index: int) -> str:
@@ -162,12 +182,16 @@ class Explainer:
         if text.lstrip("-").isdigit():
             index = int(text)
             if not 0 <= index < self.num_classes:
-                raise TargetError(f"--target {index} is out of range: the model has "
-                                  f"{self.num_classes} classes (0–{self.num_classes - 1})")
+                raise TargetError(
+                    f"--target {index} is out of range: the model has "
+                    f"{self.num_classes} classes (0–{self.num_classes - 1})"
+                )
             return index
         if not self.labels:
-            raise TargetError(f"--target '{text}': this model has no class names; give a class "
-                              f"index 0–{self.num_classes - 1} or name the classes with --labels")
+            raise TargetError(
+                f"--target '{text}': this model has no class names; give a class "
+                f"index 0–{self.num_classes - 1} or name the classes with --labels"
+            )
         return _label_index(text, self.labels)
 
     # -- the work --------------------------------------------------------------------------
@@ -184,15 +208,24 @@ class Explainer:
             raise UsageError(f"--topk must be at least 1, got {topk}")
         preprocess = self.loaded.preprocess
         batch = torch.from_numpy(np.stack([preprocess.to_array(im) for im in images]))
-        result = explain_batch(self.model, batch.to(self.device), self.layers,
-                               classes=classes, topk=topk, method=self.method)
+        result = explain_batch(
+            self.model,
+            batch.to(self.device),
+            self.layers,
+            classes=classes,
+            topk=topk,
+            method=self.method,
+            outputs_probabilities=self.probe.outputs_probabilities,
+        )
         return [self._image_explanation(i, image, result) for i, image in enumerate(images)]
 
     def _image_explanation(self, i: int, image: Image.Image, result) -> ImageExplanation:
         probabilities, scores = result.probabilities[i], result.scores[i]
         top = probabilities.topk(min(5, probabilities.numel())).indices.tolist()
-        predictions = [Prediction.make(c, self.label(c), probabilities[c].item(),
-                                       scores[c].item()) for c in top]
+        predictions = [
+            Prediction.make(c, self.label(c), probabilities[c].item(), scores[c].item())
+            for c in top
+        ]
         targets = [TargetRef(c, self.label(c)) for c in result.targets[i].tolist()]
         maps = {
             (target.index, layer): layer_maps[i, rank].numpy()
@@ -207,8 +240,11 @@ def _label_index(text: str, labels: Sequence[str]) -> int:
     """Exact label (any case), else a unique comma-separated synonym ("tabby, tabby cat")."""
     wanted = text.casefold()
     exact = [i for i, label in enumerate(labels) if label.casefold() == wanted]
-    synonyms = [i for i, label in enumerate(labels)
-                if wanted in (part.strip().casefold() for part in label.split(","))]
+    synonyms = [
+        i
+        for i, label in enumerate(labels)
+        if wanted in (part.strip().casefold() for part in label.split(","))
+    ]
     matches = exact or synonyms
     if len(matches) == 1:
         return matches[0]
@@ -216,5 +252,8 @@ def _label_index(text: str, labels: Sequence[str]) -> int:
         listed = ", ".join(f"{i} ({labels[i]})" for i in matches[:5])
         raise TargetError(f"--target '{text}' names several classes: {listed}; give the index")
     names = {part.strip() for label in labels for part in (label, *label.split(","))}
-    raise TargetError(f"--target '{text}' is not a class of this model." + did_you_mean(
-        text, sorted(names)) + " Give a class index or an exact label")
+    raise TargetError(
+        f"--target '{text}' is not a class of this model."
+        + did_you_mean(text, sorted(names))
+        + " Give a class index or an exact label"
+    )

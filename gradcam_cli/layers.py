@@ -28,8 +28,9 @@ __all__ = [
     "extract_logits",
 ]
 
-# Modules that pass their input through unchanged: never the automatic choice.
-_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d)
+# Never the automatic choice: modules that pass their input through unchanged, and adaptive
+# pools, which only resample the map before them (VGG's 7×7 avgpool after `features`).
+_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
 @dataclass(frozen=True)
@@ -119,15 +120,19 @@ def extract_logits(output: object) -> torch.Tensor:
     elif isinstance(output, list | tuple) and output:
         return extract_logits(output[0])
     else:
-        raise LayerError(f"the model returned {type(output).__name__}, not logits; "
-                         "wrap it so that forward returns a [batch, classes] tensor")
+        raise LayerError(
+            f"the model returned {type(output).__name__}, not logits; "
+            "wrap it so that forward returns a [batch, classes] tensor"
+        )
     if logits.dim() > 2 and all(size == 1 for size in logits.shape[2:]):
         logits = logits.flatten(1)  # a 1×1 conv head: [B, C, 1, 1]
     if logits.dim() == 1:
         logits = logits.unsqueeze(1)  # one logit per image
     if logits.dim() != 2:
-        raise LayerError(f"the model's output has shape {list(logits.shape)}, not "
-                         "[batch, classes]; gradcam explains image classifiers")
+        raise LayerError(
+            f"the model's output has shape {list(logits.shape)}, not "
+            "[batch, classes]; gradcam explains image classifiers"
+        )
     return logits
 
 
@@ -153,6 +158,8 @@ class LayerInfo:
 class Probe:
     layers: list[LayerInfo]
     num_outputs: int  # width of the model's logits
+    # The forward ends in nn.Sigmoid/nn.Softmax: its outputs are probabilities, not logits.
+    outputs_probabilities: bool = False
 
     def get(self, name: str) -> LayerInfo:
         for info in self.layers:
@@ -175,8 +182,11 @@ def _pass_through_names() -> set[str]:
     return {cls.__name__ for cls in _PASS_THROUGH}
 
 
-def probe_layers(model: nn.Module, input_size: tuple[int, int], device: torch.device | str = "cpu",
-                 ) -> Probe:
+def probe_layers(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    device: torch.device | str = "cpu",
+) -> Probe:
     """Run one image through the model and record what every module outputs.
 
     A full backward from a random mix of the logits tells which outputs the logits depend on.
@@ -186,9 +196,12 @@ def probe_layers(model: nn.Module, input_size: tuple[int, int], device: torch.de
     outputs: list[tuple[str, torch.Tensor]] = []
     counter = iter(range(1 << 62))
     handles: list = []
+    last_leaf: list[tuple[nn.Module, object]] = []
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
+            if not module._modules:
+                last_leaf[:] = [(module, output)]
             rec = records.setdefault(name, {"calls": 0, "shape": None, "order": -1})
             rec["calls"] += 1
             if rec["calls"] == 1:
@@ -216,13 +229,37 @@ def probe_layers(model: nn.Module, input_size: tuple[int, int], device: torch.de
                 "set the size it expects with --input-size"
             ) from exc
         mix = torch.randn(logits.shape, generator=generator).to(logits.device)
-        grads = torch.autograd.grad((logits * mix).sum(), [t for _, t in outputs],
-                                    allow_unused=True) if outputs else []
-    reaches = {name: g is not None and bool(g.abs().sum() > 0)
-               for (name, _), g in zip(outputs, grads, strict=True)}
-    infos = [_layer_info(name, module, records.get(name), reaches.get(name, False))
-             for name, module in named]
-    return Probe(infos, num_outputs=logits.shape[1])
+        grads = (
+            torch.autograd.grad((logits * mix).sum(), [t for _, t in outputs], allow_unused=True)
+            if outputs
+            else []
+        )
+    reaches = {
+        name: g is not None and bool(g.abs().sum() > 0)
+        for (name, _), g in zip(outputs, grads, strict=True)
+    }
+    infos = [
+        _layer_info(name, module, records.get(name), reaches.get(name, False))
+        for name, module in named
+    ]
+    return Probe(
+        infos,
+        num_outputs=logits.shape[1],
+        outputs_probabilities=_ends_in_probabilities(last_leaf, logits),
+    )
+
+
+def _ends_in_probabilities(last_leaf: list[tuple[nn.Module, object]], logits: torch.Tensor) -> bool:
+    """True when the last module to run is a Sigmoid/Softmax whose output is the model's."""
+    if not last_leaf:
+        return False
+    module, output = last_leaf[0]
+    return (
+        isinstance(module, nn.Sigmoid | nn.Softmax)
+        and isinstance(output, torch.Tensor)
+        and output.numel() == logits.numel()
+        and torch.equal(output.detach().flatten(), logits.detach().flatten())
+    )
 
 
 def _layer_info(name: str, module: nn.Module, rec: dict | None, reaches: bool) -> LayerInfo:

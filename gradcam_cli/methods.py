@@ -32,7 +32,8 @@ def get_method(name: str) -> CamMethod:
         return METHODS[name]()
     except KeyError:
         raise UsageError(
-            f"unknown --method '{name}'." + did_you_mean(name, METHODS)
+            f"unknown --method '{name}'."
+            + did_you_mean(name, METHODS)
             + f" Choose one of: {', '.join(METHODS)}"
         ) from None
 

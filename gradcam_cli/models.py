@@ -49,7 +49,7 @@ class LoadedModel:
     model: nn.Module
     name: str
     source: str  # "timm" | "torchvision" | "custom"
-    weights: str  # "pretrained:<id>", a file path, or "random"
+    weights: str  # "pretrained:<id>", a file path, "random" (seeded) or "factory" (as built)
     preprocess: Preprocess
     labels: list[str] | None = None
 
@@ -163,8 +163,10 @@ def _build_torchvision(
     enum = _torchvision_weights_enum(name)
     if not pretrained or enum is None:
         if pretrained and enum is None:
-            raise UsageError(f"torchvision has no pretrained weights for '{name}'; "
-                             "pass --no-pretrained or --weights PATH")
+            raise UsageError(
+                f"torchvision has no pretrained weights for '{name}'; "
+                "pass --no-pretrained or --weights PATH"
+            )
         return get_model(name, weights=None, **kwargs), "random"
     if num_classes is not None and num_classes != len(enum.meta["categories"]):
         raise UsageError(
@@ -218,8 +220,9 @@ def _build_custom(spec: str, num_classes: int | None) -> nn.Module:
     try:
         model = factory(**kwargs)
     except TypeError as exc:
-        raise UsageError(f"calling {spec}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) "
-                         f"failed: {exc}") from exc
+        raise UsageError(
+            f"calling {spec}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) failed: {exc}"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise UnknownModelError(f"{spec} returned {type(model).__name__}, not a torch nn.Module")
     return model
@@ -273,8 +276,9 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
     unexpected = [k for k in state if k not in expected]
     mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or mismatched:
-        raise WeightsError(_mismatch_message(source, expected, state, missing, unexpected,
-                                             mismatched))
+        raise WeightsError(
+            _mismatch_message(source, expected, state, missing, unexpected, mismatched)
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -284,8 +288,10 @@ def _mismatch_message(source, expected, state, missing, unexpected, mismatched) 
 
     parts = []
     if mismatched:
-        shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in mismatched[:3]]
+        shapes = [
+            f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in mismatched[:3]
+        ]
         parts.append("shapes differ: " + "; ".join(shapes))
     if missing:
         parts.append(f"missing keys: {some(missing)}")
@@ -294,8 +300,10 @@ def _mismatch_message(source, expected, state, missing, unexpected, mismatched) 
     hint = "check that --model names the architecture the checkpoint was trained with"
     head = [k for k in mismatched if state[k].shape[1:] == expected[k].shape[1:]]
     if head:  # only the first dimension differs: a classifier trained for another class count
-        hint = f"the checkpoint looks trained for {state[head[-1]].shape[0]} classes: " \
-               f"add --num-classes {state[head[-1]].shape[0]}"
+        hint = (
+            f"the checkpoint looks trained for {state[head[-1]].shape[0]} classes: "
+            f"add --num-classes {state[head[-1]].shape[0]}"
+        )
     return f"weights {source} do not fit the model: " + "; ".join(parts) + f"; {hint}"
 
 
@@ -389,12 +397,16 @@ def load_model(
     source, name = parse_model_spec(spec)
     use_hub = pretrained and weights is None
     labels: list[str] | None = None
-    if source == "custom":
-        model = _build_custom(name, num_classes)
-        provenance, preprocess = "random", custom_preprocess()
-    else:
+    if source != "custom":
         source = resolve_source(source, name)
-        if source == "timm":
+    # Random initialisation is seeded, so --no-pretrained runs are reproducible; the caller's
+    # global RNG state is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if source == "custom":
+            model = _build_custom(name, num_classes)
+            provenance, preprocess = "factory", custom_preprocess()
+        elif source == "timm":
             model, provenance = _build_timm(name, use_hub, num_classes)
             preprocess = _timm_preprocess(model)
             labels = _timm_labels(model) if num_classes is None else None
@@ -436,4 +448,3 @@ def override_preprocess(
             raise UsageError("--std values must be positive")
         changes[option] = tuple(float(v) for v in values)
     return replace(preprocess, **changes) if changes else preprocess
-

@@ -96,8 +96,9 @@ def _options_record(options: RunOptions) -> dict[str, object]:
     }
 
 
-def _run_batch(explainer: Explainer, batch: list[InputItem], options: RunOptions
-               ) -> list[ImageResult]:
+def _run_batch(
+    explainer: Explainer, batch: list[InputItem], options: RunOptions
+) -> list[ImageResult]:
     results: dict[int, ImageResult] = {}
     readable: list[tuple[int, InputItem, Image.Image]] = []
     for position, item in enumerate(batch):
@@ -110,8 +111,11 @@ def _run_batch(explainer: Explainer, batch: list[InputItem], options: RunOptions
             results[position] = ImageResult.failed(item.source, str(exc))
     if readable:
         try:
-            explained = explainer.explain([image for _, _, image in readable],
-                                          classes=options.classes or None, topk=options.topk)
+            explained = explainer.explain(
+                [image for _, _, image in readable],
+                classes=options.classes or None,
+                topk=options.topk,
+            )
         except (RuntimeError, GradcamError) as exc:  # e.g. out of memory: these inputs fail
             message = f"the model failed on this batch: {_first_line(exc)}"
             for position, item, _ in readable:
@@ -141,8 +145,7 @@ def _save(item: InputItem, explanation: ImageExplanation, options: RunOptions) -
             raw_path = None
             if options.save_raw:
                 raw_path = f"{stem}.raw.npy"
-                write_npy_atomic(resolve_inside(options.out_dir, raw_path),
-                                 raw.astype(np.float32))
+                write_npy_atomic(resolve_inside(options.out_dir, raw_path), raw.astype(np.float32))
             warnings = [] if float(raw.max(initial=0.0)) > 0 else [ZERO_MAP_WARNING]
             records.append(ExplanationRecord(target, layer, overlay, heatmap, raw_path, warnings))
     except OSError as exc:  # disk full, permissions: this image fails, files written stay whole

@@ -74,7 +74,8 @@ def workspace(tmp_path_factory):
     Image.fromarray(rng.integers(0, 255, (120, 200, 3), dtype=np.uint8)).save(photos / "wide.jpg")
     Image.fromarray(rng.integers(0, 255, (90, 60, 3), dtype=np.uint8)).save(photos / "tall.png")
     Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), "L").save(
-        photos / "sub" / "gray.bmp")
+        photos / "sub" / "gray.bmp"
+    )
     return root
 
 
@@ -106,13 +107,20 @@ def test_explain_folder_writes_overlays_heatmaps_and_json(run, workspace, tmp_pa
     assert result.exit_code == 0, result.output
     report = report_of(out)
     assert report["schema_version"] == 1
-    assert report["model"] == {"name": "my_models.py:Tiny", "source": "custom", "weights": "random"}
+    assert report["model"] == {
+        "name": "my_models.py:Tiny",
+        "source": "custom",
+        "weights": "factory",
+    }
     assert report["method"] == "gradcam" and report["layers"] == ["features"]
     assert report["device"] == "cpu"
     assert report["summary"]["images"] == 3 and report["summary"]["ok"] == 3
     assert report["summary"]["errors"] == 0 and report["summary"]["seconds"] >= 0
     assert [r["input"] for r in report["results"]] == [
-        "photos/sub/gray.bmp", "photos/tall.png", "photos/wide.jpg"]
+        "photos/sub/gray.bmp",
+        "photos/tall.png",
+        "photos/wide.jpg",
+    ]
     for record in report["results"]:
         assert record["status"] == "ok" and record["error"] is None
         assert 1 <= len(record["predictions"]) <= 4
@@ -139,8 +147,18 @@ def test_json_flag_prints_only_the_report_on_stdout(run, tmp_path):
 
 def test_save_raw_writes_feature_map_sized_npy(run, tmp_path):
     out = tmp_path / "out"
-    result = run("explain", "photos/wide.jpg", "--model", "timm:resnet50", "--no-pretrained",
-                 "--layer", "layer4", "--save-raw", "--out", str(out))
+    result = run(
+        "explain",
+        "photos/wide.jpg",
+        "--model",
+        "timm:resnet50",
+        "--no-pretrained",
+        "--layer",
+        "layer4",
+        "--save-raw",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     [explanation] = report_of(out)["results"][0]["explanations"]
     raw = np.load(out / explanation["raw"])
@@ -150,8 +168,17 @@ def test_save_raw_writes_feature_map_sized_npy(run, tmp_path):
 
 def test_topk_and_several_layers_give_one_explanation_per_target_and_layer(run, tmp_path):
     out = tmp_path / "out"
-    result = run("explain", "photos/wide.jpg", *TINY, "--out", str(out), "--topk", "3",
-                 "--layer", "features.1, features.3")
+    result = run(
+        "explain",
+        "photos/wide.jpg",
+        *TINY,
+        "--out",
+        str(out),
+        "--topk",
+        "3",
+        "--layer",
+        "features.1, features.3",
+    )
     assert result.exit_code == 0, result.output
     record = report_of(out)["results"][0]
     pairs = {(e["target"]["index"], e["layer"]) for e in record["explanations"]}
@@ -165,19 +192,41 @@ def test_target_by_index_and_by_label(run, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nbird\nfish\n")
     out = tmp_path / "out"
-    result = run("explain", "photos/wide.jpg", *TINY, "--out", str(out), "--labels", str(labels),
-                 "--target", "2", "--target", "Dog")
+    result = run(
+        "explain",
+        "photos/wide.jpg",
+        *TINY,
+        "--out",
+        str(out),
+        "--labels",
+        str(labels),
+        "--target",
+        "2",
+        "--target",
+        "Dog",
+    )
     assert result.exit_code == 0, result.output
     record = report_of(out)["results"][0]
     assert [e["target"] for e in record["explanations"]] == [
-        {"index": 2, "label": "bird"}, {"index": 1, "label": "dog"}]
+        {"index": 2, "label": "bird"},
+        {"index": 1, "label": "dog"},
+    ]
     assert {p["label"] for p in record["predictions"]} <= {"cat", "dog", "bird", "fish"}
 
 
 def test_timm_labels_come_from_the_model_metadata(run, tmp_path):
     out = tmp_path / "out"
-    result = run("explain", "photos/wide.jpg", "--model", "timm:test_resnet", "--no-pretrained",
-                 "--target", "tabby", "--out", str(out))
+    result = run(
+        "explain",
+        "photos/wide.jpg",
+        "--model",
+        "timm:test_resnet",
+        "--no-pretrained",
+        "--target",
+        "tabby",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     record = report_of(out)["results"][0]
     assert record["explanations"][0]["target"] == {"index": 281, "label": "tabby, tabby cat"}
@@ -211,8 +260,20 @@ def test_user_model_from_module_path_with_weights_and_num_classes(run, tmp_path,
     weights = tmp_path / "tiny7.pt"
     torch.save(model.state_dict(), weights)
     out = tmp_path / "out"
-    result = run("explain", "photos/wide.jpg", "--model", "my_models:make_tiny", "--input-size",
-                 "64", "--weights", str(weights), "--num-classes", "7", "--out", str(out))
+    result = run(
+        "explain",
+        "photos/wide.jpg",
+        "--model",
+        "my_models:make_tiny",
+        "--input-size",
+        "64",
+        "--weights",
+        str(weights),
+        "--num-classes",
+        "7",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     report = report_of(out)
     assert report["model"]["weights"] == str(weights)
@@ -235,8 +296,20 @@ def test_safetensors_weights(run, tmp_path, Tiny):
 
 def test_single_logit_model_explains_the_positive_class(run, tmp_path):
     out = tmp_path / "out"
-    result = run("explain", "photos/wide.jpg", "--model", "my_models.py:Binary", "--input-size",
-                 "64", "--target", "positive", "--target", "negative", "--out", str(out))
+    result = run(
+        "explain",
+        "photos/wide.jpg",
+        "--model",
+        "my_models.py:Binary",
+        "--input-size",
+        "64",
+        "--target",
+        "positive",
+        "--target",
+        "negative",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     record = report_of(out)["results"][0]
     probabilities = {p["label"]: p["probability"] for p in record["predictions"]}
@@ -247,28 +320,67 @@ def test_single_logit_model_explains_the_positive_class(run, tmp_path):
 
 def test_dict_output_model(run, tmp_path):
     out = tmp_path / "out"
-    result = run("explain", "photos/wide.jpg", "--model", "my_models.py:DictOutput",
-                 "--input-size", "64", "--out", str(out))
+    result = run(
+        "explain",
+        "photos/wide.jpg",
+        "--model",
+        "my_models.py:DictOutput",
+        "--input-size",
+        "64",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
 
 
 def test_preprocess_and_render_options_are_applied_and_recorded(run, tmp_path):
     out = tmp_path / "out"
-    result = run("explain", "photos/wide.jpg", *TINY, "--mean", "0.5", "0.5", "0.5", "--std",
-                 "0.25", "0.25", "0.25", "--colormap", "viridis", "--alpha", "0",
-                 "--interpolation", "nearest", "--normalize", "max", "--batch-size", "2",
-                 "--device", "cpu", "--out", str(out))
+    result = run(
+        "explain",
+        "photos/wide.jpg",
+        *TINY,
+        "--mean",
+        "0.5",
+        "0.5",
+        "0.5",
+        "--std",
+        "0.25",
+        "0.25",
+        "0.25",
+        "--colormap",
+        "viridis",
+        "--alpha",
+        "0",
+        "--interpolation",
+        "nearest",
+        "--normalize",
+        "max",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     report = report_of(out)
     assert report["preprocess"]["input_size"] == [64, 64]
     assert report["preprocess"]["mean"] == [0.5] * 3 and report["preprocess"]["std"] == [0.25] * 3
-    assert report["options"] == {"classes": [], "topk": 1, "batch_size": 2, "save_raw": False,
-                                 "colormap": "viridis", "alpha": 0.0,
-                                 "interpolation": "nearest", "normalize": "max"}
+    assert report["options"] == {
+        "classes": [],
+        "topk": 1,
+        "batch_size": 2,
+        "save_raw": False,
+        "colormap": "viridis",
+        "alpha": 0.0,
+        "interpolation": "nearest",
+        "normalize": "max",
+    }
     # alpha 0: inside the model's crop the overlay is the photo itself.
     photo = np.asarray(Image.open("photos/wide.jpg").convert("RGB"), dtype=int)
-    overlay = np.asarray(Image.open(out / report["results"][0]["explanations"][0]["overlay"]),
-                         dtype=int)
+    overlay = np.asarray(
+        Image.open(out / report["results"][0]["explanations"][0]["overlay"]), dtype=int
+    )
     centre = (slice(10, 110), slice(50, 150))
     assert np.abs(overlay[centre] - photo[centre]).max() <= 1
 
@@ -280,8 +392,9 @@ def test_unreadable_image_among_good_ones_exits_1_and_writes_the_good(run, works
     bad = tmp_path / "broken.jpg"
     bad.write_text("this is not a JPEG")
     out = tmp_path / "out"
-    result = run("explain", "photos/wide.jpg", str(bad), "photos/tall.png", *TINY,
-                 "--out", str(out))
+    result = run(
+        "explain", "photos/wide.jpg", str(bad), "photos/tall.png", *TINY, "--out", str(out)
+    )
     assert result.exit_code == 1
     report = report_of(out)
     assert [r["status"] for r in report["results"]] == ["ok", "error", "ok"]
@@ -328,8 +441,10 @@ def one_error_line(result) -> str:
         ([*TINY, "--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "cuda"),
         ([*TINY, "--device", "tpu"], "--device"),
         ([*TINY, "--mean", "0", "0", "0", "--std", "0", "1", "1"], "--std values must be positive"),
-        (["--model", "timm:test_resnet", "--no-pretrained", "--target", "tabbby"],
-         "Did you mean one of 'tabby'"),
+        (
+            ["--model", "timm:test_resnet", "--no-pretrained", "--target", "tabbby"],
+            "Did you mean one of 'tabby'",
+        ),
     ],
 )
 def test_usage_errors_exit_2_with_one_line_before_any_output(run, tmp_path, args, expected):
@@ -347,11 +462,14 @@ def test_no_inputs_found_is_a_usage_error(run, tmp_path):
     assert result.exit_code == 2 and "no input images" in one_error_line(result)
 
 
+def explain_with_weights(run, weights: Path, out: Path):
+    return run("explain", "photos/wide.jpg", *TINY, "--weights", str(weights), "--out", str(out))
+
+
 def test_weights_with_the_wrong_head_say_which_keys_and_suggest_num_classes(run, tmp_path, Tiny):
     weights = tmp_path / "tiny10.pth"
     torch.save(Tiny(num_classes=10).state_dict(), weights)
-    result = run("explain", "photos/wide.jpg", *TINY, "--weights", str(weights),
-                 "--out", str(tmp_path / "out"))
+    result = explain_with_weights(run, weights, tmp_path / "out")
     assert result.exit_code == 2
     line = one_error_line(result)
     assert "fc.weight (10, 16) vs model (4, 16)" in line and "--num-classes 10" in line
@@ -360,8 +478,7 @@ def test_weights_with_the_wrong_head_say_which_keys_and_suggest_num_classes(run,
 def test_weights_of_another_architecture_list_missing_keys(run, tmp_path):
     weights = tmp_path / "other.pt"
     torch.save({"encoder.weight": torch.zeros(3)}, weights)
-    result = run("explain", "photos/wide.jpg", *TINY, "--weights", str(weights),
-                 "--out", str(tmp_path / "out"))
+    result = explain_with_weights(run, weights, tmp_path / "out")
     assert result.exit_code == 2
     line = one_error_line(result)
     assert "missing keys: features.0.weight" in line and "unexpected keys: encoder.weight" in line
@@ -375,8 +492,7 @@ class _RunsCode:
 def test_pickled_code_in_weights_is_refused_and_never_runs(run, workspace, tmp_path):
     weights = tmp_path / "evil.pt"
     torch.save({"fc.weight": _RunsCode()}, weights)
-    result = run("explain", "photos/wide.jpg", *TINY, "--weights", str(weights),
-                 "--out", str(tmp_path / "out"))
+    result = explain_with_weights(run, weights, tmp_path / "out")
     assert result.exit_code == 2
     assert "weights_only=True" in one_error_line(result)
     assert not (workspace / "PWNED").exists()
@@ -391,8 +507,14 @@ def test_failed_download_says_so_and_names_the_offline_options(run, tmp_path, mo
         raise URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    result = run("explain", "photos/wide.jpg", "--model", "torchvision:resnet18",
-                 "--out", str(tmp_path / "out"))
+    result = run(
+        "explain",
+        "photos/wide.jpg",
+        "--model",
+        "torchvision:resnet18",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert result.exit_code == 2
     line = one_error_line(result)
     assert "could not download pretrained weights for 'resnet18'" in line
@@ -401,8 +523,9 @@ def test_failed_download_says_so_and_names_the_offline_options(run, tmp_path, mo
 
 def test_failed_timm_download_is_one_line_too(run, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = run("explain", "photos/wide.jpg", "--model", "timm:test_resnet",
-                 "--out", str(tmp_path / "out"))
+    result = run(
+        "explain", "photos/wide.jpg", "--model", "timm:test_resnet", "--out", str(tmp_path / "out")
+    )
     assert result.exit_code == 2
     assert "--no-pretrained" in one_error_line(result)
 
@@ -410,14 +533,16 @@ def test_failed_timm_download_is_one_line_too(run, tmp_path, monkeypatch):
 def test_unwritable_out_fails_before_the_model_loads(run, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = run("explain", "photos/wide.jpg", "--model", "timm:not_a_model",
-                 "--out", str(blocker / "out"))
+    result = run(
+        "explain", "photos/wide.jpg", "--model", "timm:not_a_model", "--out", str(blocker / "out")
+    )
     assert result.exit_code == 2 and "--out" in one_error_line(result)
 
 
 def test_verbose_shows_the_traceback(run, tmp_path):
-    result = run("explain", "photos/wide.jpg", *TINY, "--layer", "nope", "--verbose",
-                 "--out", str(tmp_path))
+    result = run(
+        "explain", "photos/wide.jpg", *TINY, "--layer", "nope", "--verbose", "--out", str(tmp_path)
+    )
     assert result.exit_code == 2 and "Traceback" in result.stderr
 
 
@@ -498,3 +623,23 @@ def test_stdin_stream_object_is_read_lazily_not_at_import():
     stream = io.StringIO("ignored\n")
     items = collect_inputs([str(Path(__file__))], stdin=stream)
     assert stream.tell() == 0 and len(items) == 1
+
+
+def test_random_init_runs_are_reproducible(run, tmp_path):
+    reports = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        torch.manual_seed(len(reports))  # a different global RNG state each time
+        result = run(
+            "explain",
+            "photos/wide.jpg",
+            "--model",
+            "torchvision:resnet18",
+            "--no-pretrained",
+            "--topk",
+            "2",
+            "--out",
+            str(out),
+        )
+        assert result.exit_code == 0
+        reports.append(report_of(out)["results"])
+    assert reports[0] == reports[1]

@@ -111,18 +111,22 @@ def test_batch_of_four_equals_four_single_calls():
     for i in range(4):
         single = explain_batch(model, x[i : i + 1], layer, topk=2)
         assert torch.equal(single.targets[0], batched.targets[i])
-        torch.testing.assert_close(single.maps["layer4"][0], batched.maps["layer4"][i],
-                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            single.maps["layer4"][0], batched.maps["layer4"][i], rtol=1e-4, atol=1e-6
+        )
 
 
 def model_state(model: nn.Module):
     return {
         "training": {name: m.training for name, m in model.named_modules()},
         "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-        "grad": {name: None if p.grad is None else p.grad.clone()
-                 for name, p in model.named_parameters()},
-        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                     for m in model.modules()),
+        "grad": {
+            name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters()
+        },
+        "hooks": sum(
+            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+            for m in model.modules()
+        ),
         "state": {k: v.clone() for k, v in model.state_dict().items()},
     }
 
@@ -169,8 +173,9 @@ def test_model_is_restored_after_a_call(messy_model):
 def test_model_is_restored_after_a_call_that_raised(messy_model, layer, kwargs, error):
     before = model_state(messy_model)
     with pytest.raises(error):
-        explain_batch(messy_model, torch.randn(1, 3, 64, 64),
-                      [resolve_layer(messy_model, layer)], **kwargs)
+        explain_batch(
+            messy_model, torch.randn(1, 3, 64, 64), [resolve_layer(messy_model, layer)], **kwargs
+        )
     assert_same_state(before, model_state(messy_model))
 
 
@@ -205,3 +210,48 @@ def test_single_logit_model_explains_positive_and_negative_class():
     positive = torch.einsum("k,bkhw->bhw", alpha, features)
     torch.testing.assert_close(result.maps["1"][:, 1], positive.clamp(min=0).detach())
     torch.testing.assert_close(result.maps["1"][:, 0], (-positive).clamp(min=0).detach())
+
+
+def test_model_ending_in_sigmoid_reports_its_output_as_the_probability():
+    """Article 004's X-ray classifier: conv head → Dropout → Sigmoid, output [B, 1, 1, 1]."""
+    from gradcam_cli.layers import probe_layers
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(4, 1, 16), nn.Dropout(0.2), nn.Sigmoid()),
+    )
+    probe = probe_layers(model, (16, 16))
+    assert probe.outputs_probabilities and probe.num_outputs == 1
+    assert not probe_layers(model[:2].append(nn.Conv2d(4, 1, 16)), (16, 16)).outputs_probabilities
+
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    result = explain_batch(
+        model, x, [resolve_layer(model, "1")], classes=[1, 0], outputs_probabilities=True
+    )
+    p = model.eval()(x).flatten(1).detach()
+    torch.testing.assert_close(result.probabilities, torch.cat([1 - p, p], 1))
+    # Grad-CAM of p: dp/dA = p(1-p) dz/dA, so the map is the logit's map times p(1-p).
+    features = model[:2](x)
+    alpha = model[2][0].weight[0].mean(dim=(1, 2))
+    z_map = torch.einsum("k,bkhw->bhw", alpha, features)
+    scale = (p * (1 - p)).view(-1, 1, 1)
+    torch.testing.assert_close(result.maps["1"][:, 0], (scale * z_map).clamp(min=0).detach())
+    torch.testing.assert_close(result.maps["1"][:, 1], (-scale * z_map).clamp(min=0).detach())
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("resnet18", "layer4"),
+        ("densenet121", "features"),
+        ("vgg11", "features"),  # not the adaptive avgpool that only resamples it
+        ("mobilenet_v2", "features"),
+    ],
+)
+def test_automatic_layer_is_the_last_spatial_layer_the_logits_depend_on(name, expected):
+    from gradcam_cli.layers import probe_layers
+
+    probe = probe_layers(build("torchvision", name), (128, 128))
+    assert probe.default_layer() == expected
