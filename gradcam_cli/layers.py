@@ -231,8 +231,8 @@ def probe_layers(
         mix = torch.randn(logits.shape, generator=generator).to(logits.device)
         grads = (
             torch.autograd.grad((logits * mix).sum(), [t for _, t in outputs], allow_unused=True)
-            if outputs
-            else []
+            if outputs and logits.requires_grad
+            else [None] * len(outputs)
         )
     reaches = {
         name: g is not None and bool(g.abs().sum() > 0)

@@ -197,6 +197,9 @@ def _import_callable(spec: str):
             raise UnknownModelError(f"cannot import {target} as a Python module")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)  # like running the file: its sibling modules import
         loader_spec.loader.exec_module(module)
     else:
         if "" not in sys.path and str(Path.cwd()) not in sys.path:

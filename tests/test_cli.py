@@ -24,15 +24,14 @@ TINY_MODELS = textwrap.dedent(
     import torch
     from torch import nn
 
+    from my_blocks import conv_block  # a sibling module, as in a real project
+
 
     class Tiny(nn.Module):
         def __init__(self, num_classes=4):
             super().__init__()
             torch.manual_seed(0)
-            self.features = nn.Sequential(
-                nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-            )
+            self.features = nn.Sequential(*conv_block(3, 8), *conv_block(8, 16))
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(16, num_classes)
 
@@ -68,6 +67,11 @@ def workspace(tmp_path_factory):
     """A folder with the user's model file and a few photos of different sizes and kinds."""
     root = tmp_path_factory.mktemp("ws")
     (root / "my_models.py").write_text(TINY_MODELS)
+    (root / "my_blocks.py").write_text(
+        "from torch import nn\n\n\n"
+        "def conv_block(cin, cout):\n"
+        "    return [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU()]\n"
+    )
     photos = root / "photos"
     (photos / "sub").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -245,8 +249,9 @@ def test_stdin_paths_and_globs(run, tmp_path):
 
 
 @pytest.fixture
-def Tiny(workspace):
+def Tiny(workspace, monkeypatch):
     """The workspace's Tiny class, imported by file (tests stay independent of each other)."""
+    monkeypatch.syspath_prepend(str(workspace))
     spec = importlib.util.spec_from_file_location("_test_my_models", workspace / "my_models.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -599,6 +604,29 @@ def test_console_script_and_python_m_run():
         assert "explain" in proc.stdout and "layers" in proc.stdout
 
 
+def test_user_model_file_imports_its_sibling_modules_from_another_folder(workspace, tmp_path):
+    # A fresh process, run from elsewhere: only the file's own folder can provide my_blocks.
+    script = Path(sys.executable).with_name("gradcam")
+    proc = subprocess.run(
+        [
+            str(script),
+            "explain",
+            str(workspace / "photos" / "wide.jpg"),
+            "--model",
+            f"{workspace / 'my_models.py'}:Tiny",
+            "--input-size",
+            "64",
+            "--out",
+            "out",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert report_of(tmp_path / "out")["results"][0]["status"] == "ok"
+
+
 def test_every_command_and_option_has_help_text():
     import typer.main
 
@@ -643,3 +671,27 @@ def test_random_init_runs_are_reproducible(run, tmp_path):
         assert result.exit_code == 0
         reports.append(report_of(out)["results"])
     assert reports[0] == reports[1]
+
+
+def test_colormap_option_colours_the_heatmap(run, tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        "explain",
+        "photos/wide.jpg",
+        *TINY,
+        "--colormap",
+        "gray",
+        "--interpolation",
+        "nearest",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0
+    heatmap = report_of(out)["results"][0]["explanations"][0]["heatmap"]
+    rgba = np.asarray(Image.open(out / heatmap))
+    inside = rgba[..., 3] == 255
+    assert inside.any() and (~inside).any()  # the crop, and the cut-off sides of a wide photo
+    assert (rgba[inside][:, 0] == rgba[inside][:, 1]).all()
+    assert (rgba[inside][:, 1] == rgba[inside][:, 2]).all()
+    assert rgba[inside][:, 0].max() == 255  # minmax: the map's maximum gets the top colour
+    assert rgba[inside][:, 0].min() == 0  # ... and its minimum the bottom one
