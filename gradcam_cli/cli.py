@@ -159,6 +159,22 @@ def explain(
     method: Annotated[
         str, typer.Option(metavar="NAME", help=f"Method: {', '.join(METHODS)}.")
     ] = "gradcam",
+    aug_smooth: Annotated[
+        bool,
+        typer.Option(
+            "--aug-smooth",
+            help="Average the maps of the image, its mirror image and copies scaled by 0.9 and "
+            "1.1, each mapped back (6 passes; the map is then in [0, 1]).",
+        ),
+    ] = False,
+    eigen_smooth: Annotated[
+        bool,
+        typer.Option(
+            "--eigen-smooth",
+            help="Combine the layer's weighted channels by their first principal component "
+            "instead of their sum.",
+        ),
+    ] = False,
     target: Annotated[
         list[str] | None,
         typer.Option(
@@ -265,6 +281,8 @@ def _explain(
     model,
     layer,
     method,
+    aug_smooth,
+    eigen_smooth,
     target,
     topk,
     out,
@@ -287,10 +305,10 @@ def _explain(
 ) -> int:
     # Cheap checks first: a bad option costs no model load.
     from .files import check_writable_dir
-    from .methods import get_method
+    from .methods import check_method_options
     from .render import check_alpha, check_interpolation, check_normalization, colormap_lut
 
-    get_method(method)
+    check_method_options(method, eigen_smooth=eigen_smooth)
     check_interpolation(interpolation)
     check_normalization(normalize)
     colormap_lut(colormap)
@@ -320,7 +338,14 @@ def _explain(
         mean=mean,
         std=std,
     )
-    explainer = Explainer(loaded, layer, method=method, device=device)
+    explainer = Explainer(
+        loaded,
+        layer,
+        method=method,
+        device=device,
+        aug_smooth=aug_smooth,
+        eigen_smooth=eigen_smooth,
+    )
     classes = tuple(explainer.resolve_targets(target or []))
     if explainer.layer_chosen_automatically:
         _log(

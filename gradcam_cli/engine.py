@@ -7,22 +7,47 @@ A. With parameters frozen, nothing upstream of the first target requires grad, s
 records only the head. A later target (downstream of an earlier one) is already part of the
 recorded graph: its output is kept as a graph node and its gradient comes from the same call.
 `torch.autograd.grad` never computes a parameter gradient, so `.grad` is never touched.
+
+The method (methods.py) then turns each layer's A and gradients into maps. Methods that re-run
+part of the model get two callables: `head` runs only the part after the layer on activations
+they supply (Ablation-CAM), `forward` the whole model (Score-CAM). Guided methods get their own
+full backward to the pixels, with ReLU gradients clamped (guided.py). `aug_smooth` repeats all
+of this on flipped and rescaled copies of the images and averages the maps mapped back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import LayerError, TargetError
+from .guided import guided_relus
 from .layers import LayerRef, extract_logits
-from .methods import CamMethod, GradCAM
+from .methods import CamMethod, LayerView, get_method
 from .modelstate import frozen_eval, removing
 
-__all__ = ["BatchExplanation", "explain_batch", "class_scores", "class_probabilities"]
+__all__ = [
+    "BatchExplanation",
+    "HeadOnlyFallbackWarning",
+    "AUG_VIEWS",
+    "explain_batch",
+    "class_scores",
+    "class_probabilities",
+]
+
+# --aug-smooth: every (horizontal flip, scale) pair; (False, 1.0) is the image itself.
+AUG_VIEWS: tuple[tuple[bool, float], ...] = tuple(
+    (flip, scale) for scale in (1.0, 0.9, 1.1) for flip in (False, True)
+)
+
+
+class HeadOnlyFallbackWarning(RuntimeWarning):
+    """The head could not be run alone after a layer; full forward passes were used instead."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +58,8 @@ class BatchExplanation:
     probabilities: torch.Tensor  # [B, num_classes]
     targets: torch.Tensor  # [B, K] class indices explained
     maps: dict[str, torch.Tensor]  # layer name → [B, K, h, w], after ReLU, before any resizing
+    # Guided methods only: layer name → [B, K, 3, H, W], the signed input-resolution image.
+    guided: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class _Capture:
@@ -113,48 +140,118 @@ def explain_batch(
     *,
     classes: Sequence[int] | None = None,
     topk: int = 1,
-    method: CamMethod | None = None,
+    method: CamMethod | str | None = None,
     outputs_probabilities: bool = False,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
 ) -> BatchExplanation:
     """Explain a batch [B, 3, H, W] at `layers` for the given classes, else the top-k predicted.
 
-    `outputs_probabilities`: the model ends in a sigmoid/softmax (see `Probe`); its outputs are
-    then reported as probabilities and explained as they are.
+    `method`: a registered name or a CamMethod (default Grad-CAM). `outputs_probabilities`: the
+    model ends in a sigmoid/softmax (see `Probe`); its outputs are then reported as
+    probabilities and explained as they are. `eigen_smooth`: combine the channels by their first
+    principal component instead of their sum. `aug_smooth`: average the maps of the image and
+    its flipped and rescaled copies (`AUG_VIEWS`), each mapped back to the image's frame and
+    scaled to a maximum of 1 (so the averaged map lies in [0, 1]).
 
     The model is left as it was found: modes, requires_grad, hooks (also when this raises).
     Images are independent in eval mode, so one gradient call per target rank serves the whole
     batch: the summed scores' gradient w.r.t. A holds each image's own gradient.
     """
-    method = method or GradCAM()
-    captures = [_Capture(ref) for ref in layers]
+    method = get_method(method) if isinstance(method, str) else method or get_method("gradcam")
+    settings = _Settings(method, tuple(layers), outputs_probabilities, eigen_smooth)
+    with frozen_eval(model), torch.enable_grad():
+        first = _explain_view(model, images, settings, lambda s: _choose_targets(s, classes, topk))
+        maps, guided_gradients = first.maps, first.guided_gradients
+        if aug_smooth:
+            maps = _aug_smoothed(model, images, settings, first)
+        guided = {}
+        if method.guided:
+            guided = {name: method.guided_images(guided_gradients, m) for name, m in maps.items()}
+    logits = first.logits.detach().float()
+    return BatchExplanation(
+        scores=class_scores(logits, outputs_probabilities).cpu(),
+        probabilities=class_probabilities(logits, outputs_probabilities).cpu(),
+        targets=first.targets.cpu(),
+        maps={name: m.detach().float().cpu() for name, m in maps.items()},
+        guided={name: g.detach().float().cpu() for name, g in guided.items()},
+    )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    method: CamMethod
+    layers: tuple[LayerRef, ...]
+    outputs_probabilities: bool
+    eigen_smooth: bool
+
+
+@dataclass(frozen=True)
+class _ViewResult:
+    logits: torch.Tensor
+    targets: torch.Tensor  # [B, K]
+    maps: dict[str, torch.Tensor]  # layer → [B, K, h, w]
+    guided_gradients: list[torch.Tensor]  # per rank [B, 3, H, W]; guided methods only
+
+
+def _explain_view(
+    model: nn.Module,
+    images: torch.Tensor,
+    settings: _Settings,
+    pick_targets: Callable[[torch.Tensor], torch.Tensor],
+) -> _ViewResult:
+    """One forward with the captures, the head-only gradients, then the method's maps."""
+    method = settings.method
+    captures = [_Capture(ref) for ref in settings.layers]
     modules = dict(model.named_modules())
     handles: list = []
-    with frozen_eval(model), removing(handles), torch.enable_grad():
+    with removing(handles):
         for capture in captures:
             handles.append(modules[capture.ref.name].register_forward_hook(capture))
         logits = extract_logits(model(images))
         for capture in captures:
             capture.check_calls()
-        scores = class_scores(logits, outputs_probabilities)
-        targets = _choose_targets(scores.detach(), classes, topk)
-        if not scores.requires_grad:
-            raise LayerError(
-                f"the logits do not depend on layer '{captures[0].ref}'; "
-                "choose a layer that the classifier's output is computed from"
-            )
-        maps = _maps_per_target(scores, targets, captures, method)
-    logits = logits.detach().float()
-    return BatchExplanation(
-        scores=class_scores(logits, outputs_probabilities).cpu(),
-        probabilities=class_probabilities(logits, outputs_probabilities).cpu(),
-        targets=targets.cpu(),
-        maps={name: m.cpu() for name, m in maps.items()},
+    scores = class_scores(logits, settings.outputs_probabilities)
+    targets = pick_targets(scores.detach())
+    if not scores.requires_grad:
+        raise LayerError(
+            f"the logits do not depend on layer '{captures[0].ref}'; "
+            "choose a layer that the classifier's output is computed from"
+        )
+    gradients = _gradients(scores, targets, captures) if method.needs_gradients else {}
+    guided_gradients = (
+        _guided_gradients(model, images, targets, settings.outputs_probabilities)
+        if method.guided
+        else []
     )
+    scores = scores.detach()
+    maps = {}
+    for capture, activations in zip(captures, _captured(captures), strict=True):
+        view = LayerView(
+            activations=activations,
+            gradients=gradients.get(str(capture.ref), []),
+            targets=targets,
+            scores=scores,
+            images=images,
+            head=_HeadRunner(model, capture.ref, images, activations, scores, settings),
+            forward=_forward_scores(model, settings.outputs_probabilities),
+            guided_gradients=guided_gradients,
+            layer=str(capture.ref),
+            eigen_smooth=settings.eigen_smooth,
+        )
+        maps[str(capture.ref)] = method.maps(view)
+    return _ViewResult(logits.detach(), targets, maps, guided_gradients)
 
 
-def _maps_per_target(
-    scores: torch.Tensor, targets: torch.Tensor, captures: list[_Capture], method: CamMethod
-) -> dict[str, torch.Tensor]:
+def _captured(captures: list[_Capture]) -> list[torch.Tensor]:
+    """Each layer's A, detached (check_calls has made sure every capture fired)."""
+    return [c.handle.detach() for c in captures if c.handle is not None]
+
+
+def _gradients(
+    scores: torch.Tensor, targets: torch.Tensor, captures: list[_Capture]
+) -> dict[str, list[torch.Tensor]]:
+    """Per layer, per target rank: ∂(summed selected scores)/∂A, through the head only."""
     handles = [c.handle for c in captures]
     per_layer: dict[str, list[torch.Tensor]] = {str(c.ref): [] for c in captures}
     ranks = targets.shape[1]
@@ -165,6 +262,185 @@ def _maps_per_target(
         )
         for capture, grad in zip(captures, grads, strict=True):
             activations = capture.handle.detach()
-            grad = torch.zeros_like(activations) if grad is None else grad
-            per_layer[str(capture.ref)].append(method(activations, grad))
-    return {name: torch.stack(maps, dim=1) for name, maps in per_layer.items()}
+            per_layer[str(capture.ref)].append(
+                torch.zeros_like(activations) if grad is None else grad
+            )
+    return per_layer
+
+
+def _guided_gradients(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, outputs_probabilities: bool
+) -> list[torch.Tensor]:
+    """Per target rank: guided ∂y/∂x [B, 3, H, W], from one forward with guided ReLUs."""
+    pixels = images.detach().requires_grad_(True)  # a new tensor: the caller's is untouched
+    with guided_relus():
+        scores = class_scores(extract_logits(model(pixels)), outputs_probabilities)
+    ranks = targets.shape[1]
+    return [
+        torch.autograd.grad(
+            scores.gather(1, targets[:, rank : rank + 1]).sum(),
+            pixels,
+            retain_graph=rank < ranks - 1,
+        )[0]
+        for rank in range(ranks)
+    ]
+
+
+def _forward_scores(
+    model: nn.Module, outputs_probabilities: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return class_scores(extract_logits(model(images)), outputs_probabilities)
+
+    return forward
+
+
+# -- the head alone ------------------------------------------------------------------------------
+
+
+class _Replace:
+    """Forward hook: the layer's chosen call returns the given rows instead of its output."""
+
+    def __init__(self, ref: LayerRef, rows: torch.Tensor):
+        self.ref, self.rows, self.calls, self.fired = ref, rows, 0, False
+
+    def __call__(self, module: nn.Module, args: object, output: object) -> object:
+        index = self.calls
+        self.calls += 1
+        if index != (self.ref.call or 0):
+            return None
+        self.fired = True
+        return self.rows.clone()  # the head may work in place (DenseNet's ReLU)
+
+
+class _HeadRunner:
+    """The model after one layer, run on activations we supply.
+
+    Head only: call the model on an EMPTY batch and let the layer's hook return the N rows
+    instead of its (empty) output. The backbone then costs nothing and the head runs on N rows.
+    This is checked once, on the unmodified activations, against the real scores; where it
+    fails (something from before the layer reaches the head, e.g. a skip connection, or an op
+    that refuses an empty batch) full forward passes of the images are used instead — correct
+    but slower — with a HeadOnlyFallbackWarning. Never a wrong answer.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        ref: LayerRef,
+        images: torch.Tensor,
+        activations: torch.Tensor,
+        scores: torch.Tensor,
+        settings: _Settings,
+    ):
+        self.model, self.ref, self.images = model, ref, images
+        self.module = dict(model.named_modules())[ref.name]
+        self.activations, self.scores = activations, scores
+        self.outputs_probabilities = settings.outputs_probabilities
+        self.method_name = settings.method.name
+        self.head_only: bool | None = None  # unknown until checked
+
+    def __call__(self, rows: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        if self.head_only is None:
+            self.head_only = self._head_only_reproduces_the_scores()
+        if self.head_only:
+            out = self._try_head_only(rows)
+            if out is not None:
+                return out
+            self._fall_back("the head alone failed on a batch of rows")
+        return self._run(self.images[image_index], rows)
+
+    def _run(self, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        hook = _Replace(self.ref, rows)
+        with removing([self.module.register_forward_hook(hook)]), torch.no_grad():
+            logits = extract_logits(self.model(inputs))
+        if not hook.fired:
+            raise LayerError(f"layer '{self.ref}' was not called when re-running the model")
+        return class_scores(logits, self.outputs_probabilities)
+
+    def _try_head_only(self, rows: torch.Tensor) -> torch.Tensor | None:
+        try:
+            out = self._run(self.images[:0], rows)
+        except Exception:  # any op may refuse an empty batch or mismatched shapes: fall back
+            return None
+        return out if tuple(out.shape) == (rows.shape[0], self.scores.shape[1]) else None
+
+    def _head_only_reproduces_the_scores(self) -> bool:
+        out = self._try_head_only(self.activations)
+        scale = 1.0 + float(self.scores.abs().max())
+        if out is not None and torch.allclose(out.float(), self.scores.float(), 1e-4, 1e-4 * scale):
+            return True
+        self._fall_back("running the head alone does not reproduce the model's scores")
+        return False
+
+    def _fall_back(self, reason: str) -> None:
+        self.head_only = False
+        warnings.warn(
+            f"--method {self.method_name} at layer '{self.ref}': {reason} (something from before "
+            "the layer reaches the classifier, e.g. a skip connection); using full forward "
+            "passes instead: correct, but slower",
+            HeadOnlyFallbackWarning,
+            stacklevel=4,
+        )
+
+
+# -- augmentation smoothing ------------------------------------------------------------------------
+
+
+def _aug_smoothed(
+    model: nn.Module, images: torch.Tensor, settings: _Settings, first: _ViewResult
+) -> dict[str, torch.Tensor]:
+    """Mean over AUG_VIEWS of each view's map, mapped back and scaled to a maximum of 1.
+
+    The targets are the un-augmented image's, for every view. `first` is the (False, 1.0) view.
+    """
+    sizes = {name: tuple(m.shape[2:]) for name, m in first.maps.items()}
+    totals = {name: _unit_max(m.float()) for name, m in first.maps.items()}
+    for flip, scale in AUG_VIEWS:
+        if (flip, scale) == (False, 1.0):
+            continue
+        view = _explain_augmented(model, _augment(images, flip, scale), settings, first.targets)
+        for name, maps in view.maps.items():
+            totals[name] += _unit_max(_restore(maps.float(), flip, sizes[name]))
+    return {name: total / len(AUG_VIEWS) for name, total in totals.items()}
+
+
+def _explain_augmented(
+    model: nn.Module, images: torch.Tensor, settings: _Settings, targets: torch.Tensor
+) -> _ViewResult:
+    try:
+        return _explain_view(model, images, settings, lambda _scores: targets)
+    except RuntimeError as exc:
+        h, w = images.shape[2:]
+        raise LayerError(
+            f"--aug-smooth runs the model on rescaled copies of the image ({h}×{w}) and the "
+            f"model failed on one ({str(exc).splitlines()[0]}); drop --aug-smooth for this model"
+        ) from exc
+
+
+def _augment(images: torch.Tensor, flip: bool, scale: float) -> torch.Tensor:
+    if scale != 1.0:
+        size = [max(1, round(side * scale)) for side in images.shape[2:]]
+        images = F.interpolate(
+            images, size=size, mode="bilinear", align_corners=False, antialias=scale < 1.0
+        )
+    return images.flip(-1) if flip else images
+
+
+def _restore(maps: torch.Tensor, flip: bool, size: tuple[int, ...]) -> torch.Tensor:
+    """A view's maps [B, K, h', w'] back in the original image's frame at its map size."""
+    if flip:
+        maps = maps.flip(-1)
+    if tuple(maps.shape[2:]) != tuple(size):
+        shrinking = maps.shape[2] > size[0] or maps.shape[3] > size[1]
+        maps = F.interpolate(
+            maps, size=list(size), mode="bilinear", align_corners=False, antialias=shrinking
+        )
+    return maps.clamp(min=0)
+
+
+def _unit_max(maps: torch.Tensor) -> torch.Tensor:
+    """Each [h, w] map divided by its maximum; an all-zero map stays zero."""
+    peak = maps.amax(dim=(2, 3), keepdim=True)
+    return torch.where(peak > 0, maps / peak.clamp(min=torch.finfo(maps.dtype).tiny), 0.0)

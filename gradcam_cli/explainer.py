@@ -13,7 +13,7 @@ The CLI's batch runner uses exactly this object; nothing here writes files.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,8 +21,9 @@ from PIL import Image
 
 from .engine import explain_batch
 from .errors import LayerError, TargetError, UsageError, did_you_mean
+from .guided import guided_picture
 from .layers import LayerRef, Probe, parse_layers, probe_layers, resolve_layer
-from .methods import get_method
+from .methods import check_method_options
 from .models import LoadedModel
 from .render import colormap_lut, heatmap_image, normalize_map, overlay_image, place_map
 from .report import Prediction, TargetRef
@@ -77,6 +78,8 @@ class ImageExplanation:
     predictions: list[Prediction]
     targets: list[TargetRef]
     maps: dict[tuple[int, str], np.ndarray]  # (class index, layer) → raw map [h, w] float32
+    # Guided methods only: (class index, layer) → signed input-resolution image [3, H, W].
+    guided: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
 
     def raw(self, target: TargetRef | int, layer: str | None = None) -> np.ndarray:
         index = target.index if isinstance(target, TargetRef) else int(target)
@@ -115,6 +118,21 @@ class ImageExplanation:
     ) -> Image.Image:
         return self.pictures(target, layer, options)[0]
 
+    def guided_picture(
+        self,
+        target: TargetRef | int,
+        layer: str | None = None,
+        options: RenderOptions = RenderOptions(),
+    ) -> Image.Image | None:
+        """Guided methods: the guided image on the photo (RGBA, grey = zero gradient,
+        transparent outside the crop); None for other methods."""
+        index = target.index if isinstance(target, TargetRef) else int(target)
+        layer = layer or next((name for (i, name) in self.guided if i == index), None)
+        gradient = self.guided.get((index, layer)) if layer else None
+        if gradient is None:
+            return None
+        return guided_picture(gradient, self.image.size, self.crop_box, options.interpolation)
+
 
 class Explainer:
     """A loaded model made ready to explain: device, layers resolved and checked, method."""
@@ -126,9 +144,12 @@ class Explainer:
         *,
         method: str = "gradcam",
         device: str | torch.device = "cpu",
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
     ):
         self.loaded = loaded
-        self.method = get_method(method)
+        self.method = check_method_options(method, eigen_smooth=eigen_smooth)
+        self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = loaded.model.to(self.device)
         self.probe: Probe = probe_layers(self.model, loaded.preprocess.input_size, self.device)
@@ -139,6 +160,8 @@ class Explainer:
         self.layers = [self._checked_layer(name) for name in names]
         self.num_classes = 2 if self.probe.num_outputs == 1 else self.probe.num_outputs
         self.labels = self._checked_labels(loaded.labels)
+        if self.method.requires_gap_linear_head:
+            self._check_method_on_a_probe_image()
 
     # -- set-up checks (all before any image is processed) ---------------------------------
 
@@ -159,6 +182,18 @@ class Explainer:
                 "`gradcam layers MODEL` for the usable layers"
             )
         return ref
+
+    def _check_method_on_a_probe_image(self) -> None:
+        """Methods with architectural needs (CAM's head) fail here, before any image."""
+        generator = torch.Generator().manual_seed(0)
+        probe_image = torch.rand(1, 3, *self.loaded.preprocess.input_size, generator=generator)
+        explain_batch(
+            self.model,
+            probe_image.to(self.device),
+            self.layers,
+            method=self.method,
+            outputs_probabilities=self.probe.outputs_probabilities,
+        )
 
     def _checked_labels(self, labels: list[str] | None) -> list[str] | None:
         if labels is None:
@@ -216,6 +251,8 @@ class Explainer:
             topk=topk,
             method=self.method,
             outputs_probabilities=self.probe.outputs_probabilities,
+            aug_smooth=self.aug_smooth,
+            eigen_smooth=self.eigen_smooth,
         )
         return [self._image_explanation(i, image, result) for i, image in enumerate(images)]
 
@@ -232,8 +269,13 @@ class Explainer:
             for layer, layer_maps in result.maps.items()
             for rank, target in enumerate(targets)
         }
+        guided = {
+            (target.index, layer): layer_images[i, rank].numpy()
+            for layer, layer_images in result.guided.items()
+            for rank, target in enumerate(targets)
+        }
         box = self.loaded.preprocess.crop_box(*image.size)
-        return ImageExplanation(image, box, predictions, targets, maps)
+        return ImageExplanation(image, box, predictions, targets, maps, guided)
 
 
 def _label_index(text: str, labels: Sequence[str]) -> int:

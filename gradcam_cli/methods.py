@@ -1,22 +1,46 @@
-"""CAM methods: each a few lines over the engine's activations A and gradients dA.
+"""CAM methods: each a few lines over what the engine hands it for one layer (a `LayerView`).
 
 The registry is the one list of method names: the CLI's `--method` choices, its help text and
-the README table all come from `METHODS`. This module does not import torch (methods only call
-tensor methods), so `gradcam --help` can list the methods without paying for torch.
+the README's method table all come from `METHODS`. This module does not import torch at module
+level (methods only call tensor methods, or import torch inside a function), so `gradcam --help`
+can list the methods without paying for torch.
+
+Notation in the formulas: A is the target layer's output [B, C, h, w], y the target class's score
+(the logit), g = ∂y/∂A (from the head only: see engine.py), Z = h·w.
+
+Every map is combined over channels by a plain sum, or, for the eigen methods and with
+`eigen_smooth`, by the first principal component; then a ReLU keeps the positive evidence.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from .errors import UsageError, did_you_mean
+from .errors import LayerError, UsageError, did_you_mean
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["CamMethod", "GradCAM", "METHODS", "register_method", "get_method"]
+__all__ = [
+    "CamMethod",
+    "LayerView",
+    "METHODS",
+    "register_method",
+    "get_method",
+    "check_method_options",
+    "methods_table",
+    "first_principal_component",
+]
 
 METHODS: dict[str, type[CamMethod]] = {}
+
+# Masked images per full forward pass (Score-CAM), as pytorch-grad-cam and torchcam batch them.
+FORWARD_CHUNK = 32
+# Ablated activations per head-only pass: at most this many rows, and about this many bytes.
+HEAD_CHUNK_ROWS = 256
+HEAD_CHUNK_BYTES = 64 << 20
 
 
 def register_method(cls: type[CamMethod]) -> type[CamMethod]:
@@ -33,19 +57,91 @@ def get_method(name: str) -> CamMethod:
     except KeyError:
         raise UsageError(
             f"unknown --method '{name}'."
-            + did_you_mean(name, METHODS)
+            + did_you_mean(name, METHODS, n=1)
             + f" Choose one of: {', '.join(METHODS)}"
         ) from None
 
 
+def check_method_options(name: str, *, eigen_smooth: bool = False) -> CamMethod:
+    """The method named `name`, checked against the smoothing options before any work starts."""
+    method = get_method(name)
+    if eigen_smooth and not method.supports_eigen_smooth:
+        raise UsageError(
+            f"--eigen-smooth combines a layer's channels, and --method {name} has no layer "
+            "channels to combine; drop --eigen-smooth, or use --method guided-gradcam"
+        )
+    return method
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """What a method sees of one target layer, for B images and K target classes each."""
+
+    activations: Tensor  # A [B, C, h, w], the layer's output as the module returned it
+    gradients: list[Tensor]  # per target rank, g [B, C, h, w]; empty unless needs_gradients
+    targets: Tensor  # [B, K] class indices
+    scores: Tensor  # [B, num_classes] the images' class scores
+    images: Tensor  # [B, 3, H, W] the model's input
+    # The model after the layer, on activations we supply: (rows [N, C, h, w], image index [N])
+    # → class scores [N, num_classes]. The engine runs the head alone where it can.
+    head: Callable[[Tensor, Tensor], Tensor]
+    # The whole model without gradients: images [N, 3, H, W] → class scores [N, num_classes].
+    forward: Callable[[Tensor], Tensor]
+    guided_gradients: list[Tensor]  # per rank, guided ∂y/∂x [B, 3, H, W]; guided methods only
+    layer: str = ""
+    eigen_smooth: bool = False
+
+
 class CamMethod:
-    """A map from (A, dA), both [B, C, h, w], to [B, h, w] (float32, >= 0)."""
+    """A method: `maps(view)` → [B, K, h, w] float32 >= 0. Capabilities are class attributes."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    formula: ClassVar[str]  # one line, for the README's table
+    needs_gradients: ClassVar[bool] = True  # g = ∂y/∂A through the head
+    uses_head: ClassVar[bool] = False  # re-runs the head (only) on modified activations
+    needs_full_forwards: ClassVar[bool] = False  # runs the whole model on modified images
+    guided: ClassVar[bool] = False  # backward to the pixels with ReLU gradients clamped
+    requires_gap_linear_head: ClassVar[bool] = False  # CAM's architecture after the layer
+    projects: ClassVar[bool] = False  # always combines channels by their principal component
+    supports_eigen_smooth: ClassVar[bool] = True
 
-    def __call__(self, activations: Tensor, gradients: Tensor) -> Tensor:
+    def maps(self, view: LayerView) -> Tensor:
+        import torch
+
+        ranks = range(view.targets.shape[1])
+        return torch.stack([self.combine(view, self.contributions(view, r)) for r in ranks], 1)
+
+    def contributions(self, view: LayerView, rank: int) -> Tensor:
+        """Each channel's part of the map, [B, C, h, w]: by default w_k · A_k."""
+        return self.weights(view, rank)[:, :, None, None] * view.activations.float()
+
+    def weights(self, view: LayerView, rank: int) -> Tensor:
+        """Channel weights [B, C] for the target of rank `rank`."""
         raise NotImplementedError
+
+    def combine_weighted(self, view: LayerView, weights: Tensor) -> Tensor:
+        """Channel weights for every target at once, [B, C, K] → maps [B, K, h, w]."""
+        import torch
+
+        activations = view.activations.float()
+        ranks = range(weights.shape[2])
+        return torch.stack(
+            [self.combine(view, weights[:, :, r, None, None] * activations) for r in ranks], 1
+        )
+
+    def combine(self, view: LayerView, contributions: Tensor) -> Tensor:
+        """[B, C, h, w] → [B, h, w]: channel sum (or principal component), then ReLU."""
+        if self.projects or view.eigen_smooth:
+            return first_principal_component(contributions).clamp(min=0)
+        return contributions.sum(dim=1).clamp(min=0)
+
+    def guided_images(self, guided_gradients: list[Tensor], maps: Tensor) -> Tensor:
+        """Guided methods: the input-resolution image per target, [B, K, 3, H, W]."""
+        raise NotImplementedError
+
+
+# -- the gradient family: a few lines each ---------------------------------------------------
 
 
 @register_method
@@ -53,8 +149,359 @@ class GradCAM(CamMethod):
     """Selvaraju et al. 2017: channel weights are the spatial mean of the gradient."""
 
     name = "gradcam"
-    summary = "Grad-CAM: ReLU(sum_k mean(dy/dA_k) * A_k)"
+    summary = "Grad-CAM: channel weights are the mean gradient"
+    formula = "ReLU(Σ_k α_k A_k), α_k = mean_ij g_kij"
 
-    def __call__(self, activations: Tensor, gradients: Tensor) -> Tensor:
-        weights = gradients.float().mean(dim=(2, 3), keepdim=True)
-        return (weights * activations.float()).sum(dim=1).clamp(min=0)
+    def weights(self, view: LayerView, rank: int) -> Tensor:
+        return view.gradients[rank].float().mean(dim=(2, 3))
+
+
+@register_method
+class GradCAMPlusPlus(CamMethod):
+    """Chattopadhay et al. 2018, eq. 19 (the higher derivatives of exp(y) written with g)."""
+
+    name = "gradcam++"
+    summary = "Grad-CAM++: positive gradients weighted per position"
+    formula = "ReLU(Σ_k w_k A_k), w_k = Σ_ij a_kij ReLU(g_kij), a = g² / (2g² + g³ Σ_ab A_kab)"
+
+    def weights(self, view: LayerView, rank: int) -> Tensor:
+        g, a = view.gradients[rank].float(), view.activations.float()
+        g2 = g * g
+        alpha = g2 / (2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g + 1e-6)
+        alpha = alpha * (g != 0)  # no gradient, no weight (pytorch-grad-cam does the same)
+        return (alpha * g.clamp(min=0)).sum(dim=(2, 3))
+
+
+@register_method
+class XGradCAM(CamMethod):
+    """Fu et al. 2020: gradients weighted by the normalised activation."""
+
+    name = "xgradcam"
+    summary = "XGrad-CAM: gradients weighted by the normalised activation"
+    formula = "ReLU(Σ_k w_k A_k), w_k = Σ_ij g_kij A_kij / Σ_ij A_kij"
+
+    def weights(self, view: LayerView, rank: int) -> Tensor:
+        g, a = view.gradients[rank].float(), view.activations.float()
+        return (g * a).sum(dim=(2, 3)) / (a.sum(dim=(2, 3)) + 1e-7)
+
+
+@register_method
+class LayerCAM(CamMethod):
+    """Jiang et al. 2021: positive gradients as per-position weights."""
+
+    name = "layercam"
+    summary = "LayerCAM: positive gradients as per-position weights"
+    formula = "ReLU(Σ_k ReLU(g_k) ⊙ A_k)"
+
+    def contributions(self, view: LayerView, rank: int) -> Tensor:
+        return view.gradients[rank].float().clamp(min=0) * view.activations.float()
+
+
+@register_method
+class HiResCAM(CamMethod):
+    """Draelos & Carin 2020: gradient times activation, position by position."""
+
+    name = "hirescam"
+    summary = "HiResCAM: gradient ⊙ activation, summed over channels"
+    formula = "ReLU(Σ_k g_k ⊙ A_k)"
+
+    def contributions(self, view: LayerView, rank: int) -> Tensor:
+        return view.gradients[rank].float() * view.activations.float()
+
+
+@register_method
+class GradCAMElementWise(CamMethod):
+    """pytorch-grad-cam's element-wise Grad-CAM: the ReLU before the channel sum."""
+
+    name = "gradcam-elementwise"
+    summary = "element-wise Grad-CAM: ReLU of gradient ⊙ activation, then the sum"
+    formula = "ReLU(Σ_k ReLU(g_k ⊙ A_k))"
+
+    def contributions(self, view: LayerView, rank: int) -> Tensor:
+        return (view.gradients[rank].float() * view.activations.float()).clamp(min=0)
+
+
+@register_method
+class EigenCAM(CamMethod):
+    """Muhammad & Yeasin 2020: the activations' first principal component (class-agnostic)."""
+
+    name = "eigencam"
+    summary = "Eigen-CAM: first principal component of A (no gradients, same for every class)"
+    formula = "ReLU(PC1(A))"
+    needs_gradients = False
+    projects = True
+
+    def contributions(self, view: LayerView, rank: int) -> Tensor:
+        return view.activations.float()
+
+
+@register_method
+class EigenGradCAM(CamMethod):
+    """Eigen-CAM on gradient ⊙ activation: class-specific."""
+
+    name = "eigengradcam"
+    summary = "Eigen-Grad-CAM: first principal component of g ⊙ A"
+    formula = "ReLU(PC1(g ⊙ A))"
+    projects = True
+
+    def contributions(self, view: LayerView, rank: int) -> Tensor:
+        return view.gradients[rank].float() * view.activations.float()
+
+
+# -- methods that re-run part of the model -----------------------------------------------------
+
+
+@register_method
+class AblationCAM(CamMethod):
+    """Desai & Ramaswamy 2020: the score's relative drop when one channel is zeroed.
+
+    Only the head runs again, on the stored activations with one channel zeroed per row (the
+    engine's `view.head`): the backbone never runs twice.
+    """
+
+    name = "ablationcam"
+    summary = "Ablation-CAM: relative score drop when a channel is zeroed (head-only re-runs)"
+    formula = "ReLU(Σ_k w_k A_k), w_k = (y − y[A_k = 0]) / y"
+    needs_gradients = False
+    uses_head = True
+
+    def maps(self, view: LayerView) -> Tensor:
+        import torch
+
+        ablated = _ablated_scores(view)  # [B, C, num_classes]
+        targets = view.targets  # [B, K]
+        dropped = ablated.gather(2, targets[:, None, :].expand(-1, ablated.shape[1], -1))
+        original = view.scores.float().gather(1, targets)[:, None, :]  # [B, 1, K]
+        safe = torch.where(original == 0, torch.ones_like(original), original)
+        weights = (original - dropped) / safe  # [B, C, K]
+        return self.combine_weighted(view, weights)
+
+
+def _ablated_scores(view: LayerView) -> Tensor:
+    """[B, C, num_classes]: the scores with channel k of A set to zero, for every k."""
+    import torch
+
+    activations = view.activations
+    channels = activations.shape[1]
+    row_bytes = activations[0].numel() * activations.element_size()
+    step = max(1, min(HEAD_CHUNK_ROWS, HEAD_CHUNK_BYTES // max(1, row_bytes)))
+    per_image = []
+    for b in range(activations.shape[0]):
+        parts = []
+        for start in range(0, channels, step):
+            ablate = torch.arange(start, min(channels, start + step), device=activations.device)
+            rows = activations[b].expand(len(ablate), -1, -1, -1).clone()
+            rows[torch.arange(len(ablate)), ablate] = 0
+            index = torch.full((len(ablate),), b, dtype=torch.long, device=activations.device)
+            parts.append(view.head(rows, index).float())
+        per_image.append(torch.cat(parts))
+    return torch.stack(per_image)
+
+
+@register_method
+class ScoreCAM(CamMethod):
+    """Wang et al. 2020: each channel, upsampled and min-max scaled, masks the input."""
+
+    name = "scorecam"
+    summary = "Score-CAM: scores of the image masked by each channel (full forwards)"
+    formula = "ReLU(Σ_k w_k A_k), w = softmax_k y(x ⊙ minmax(up(A_k)))"
+    needs_gradients = False
+    needs_full_forwards = True
+
+    def maps(self, view: LayerView) -> Tensor:
+
+        masked = _masked_scores(view)  # [B, C, num_classes]
+        targets = view.targets
+        selected = masked.gather(2, targets[:, None, :].expand(-1, masked.shape[1], -1))
+        weights = selected.softmax(dim=1)  # over channels; a baseline score would cancel
+        return self.combine_weighted(view, weights)
+
+
+def _masked_scores(view: LayerView) -> Tensor:
+    """[B, C, num_classes]: the scores of each image masked by each of its upsampled channels."""
+    import torch
+    import torch.nn.functional as F
+
+    images, activations = view.images, view.activations.float()
+    size = tuple(images.shape[2:])
+    per_image = []
+    for b in range(images.shape[0]):
+        parts = []
+        for start in range(0, activations.shape[1], FORWARD_CHUNK):
+            chunk = activations[b : b + 1, start : start + FORWARD_CHUNK]
+            masks = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)[0]
+            low = masks.amin(dim=(1, 2), keepdim=True)
+            high = masks.amax(dim=(1, 2), keepdim=True)
+            masks = (masks - low) / (high - low + 1e-8)  # a constant channel masks everything
+            parts.append(view.forward(images[b] * masks[:, None].to(images.dtype)).float())
+        per_image.append(torch.cat(parts))
+    return torch.stack(per_image)
+
+
+@register_method
+class CAM(CamMethod):
+    """Zhou et al. 2016, for models whose head is global average pooling + linear.
+
+    For such a head, g_kij = W_ck / Z at every position, so W_ck = Z · mean_ij g_kij exactly
+    (article 001): the weights are read from the gradient, and the head is first checked to be
+    of that kind, numerically, on the actual activations: the gradient must not vary over
+    positions, and the head must be affine in A. Anything else is refused with a hint.
+    """
+
+    name = "cam"
+    summary = "CAM: the linear classifier's weights, for a global-average-pool + linear head"
+    formula = "ReLU(Σ_k W_ck A_k), W = the head's linear weights (= Z · mean_ij g_kij, checked)"
+    uses_head = True
+    requires_gap_linear_head = True
+
+    def contributions(self, view: LayerView, rank: int) -> Tensor:
+        check_gap_linear_head(view, rank)
+        g, a = view.gradients[rank].float(), view.activations.float()
+        z = a.shape[2] * a.shape[3]
+        return g.mean(dim=(2, 3), keepdim=True) * z * a
+
+
+def check_gap_linear_head(view: LayerView, rank: int, tolerance: float = 1e-3) -> None:
+    """Raise LayerError unless y is Σ_k W_ck · mean_ij A_kij + b after this layer.
+
+    An affine function of A whose gradient does not vary over positions is GAP + linear, so:
+    g must be constant over positions at A, and y(A + D) - y(A) must equal Σ g·D for moves D
+    of both signs: one that varies over positions, at A's scale, and channel-constant ones at 1,
+    10 and 100 times the pooled features' scale — big enough that a ReLU or a norm after the
+    pooling cannot stay in a linear stretch (averaging over positions shrinks the first kind).
+    """
+    import torch
+
+    g = view.gradients[rank].float()
+    a = view.activations.float()
+    spread = (g - g.mean(dim=(2, 3), keepdim=True)).abs().amax()
+    varies = bool(spread > tolerance * g.abs().amax() + 1e-12)
+    targets = view.targets[:, rank : rank + 1]
+    before = view.scores.float().gather(1, targets)[:, 0]
+    index = torch.arange(a.shape[0], device=a.device)
+    off_by = []
+    for move in _probe_moves(a):
+        after = view.head((a + move).to(view.activations.dtype), index).float()
+        change = after.gather(1, targets)[:, 0] - before
+        predicted = (g * move).sum(dim=(1, 2, 3))
+        bound = tolerance * (g.abs() * move.abs()).sum(dim=(1, 2, 3)) + 1e-6
+        off_by.append(bool(((change - predicted).abs() > bound).any()))
+    if varies or any(off_by):
+        what = "its gradient varies over positions" if varies else "it is not linear in A"
+        raise LayerError(
+            f"--method cam needs a head that is global average pooling followed by linear "
+            f"layers after layer '{view.layer}' (CAM's architecture), and this one is not "
+            f"({what}); use --method gradcam, which equals CAM up to a factor on such heads "
+            "and works for any head"
+        )
+
+
+def _probe_moves(a: Tensor) -> Tensor:
+    """Seeded moves of A [B, C, h, w] for the affinity check: 7 of them, [7, B, C, h, w]."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    spatial = torch.randn(a.shape, generator=generator).to(a.device)
+    spatial = spatial * a.flatten(1).std(dim=1).clamp(min=1e-6)[:, None, None, None]
+    pooled = a.mean(dim=(2, 3))
+    pooled_scale = (pooled.abs().mean(dim=1) + pooled.std(dim=1)).clamp(min=1e-6)
+    direction = torch.randn(pooled.shape, generator=generator).to(a.device)
+    flat = (direction * pooled_scale[:, None])[:, :, None, None].expand_as(a)
+    moves = [spatial] + [sign * factor * flat for factor in (1.0, 10.0, 100.0) for sign in (1, -1)]
+    return torch.stack(moves)
+
+
+# -- guided backpropagation -------------------------------------------------------------------
+
+
+@register_method
+class GuidedBackprop(CamMethod):
+    """Springenberg et al. 2015: ∂y/∂x with every ReLU passing only positive gradients back.
+
+    The map is the gradient's magnitude per pixel (max over RGB), at input resolution; the
+    signed RGB gradient is the guided image. Neither depends on the layer.
+    """
+
+    name = "guided-backprop"
+    summary = "guided backpropagation: ∂y/∂x through ReLUs that pass positive gradients only"
+    formula = "image: guided ∂y/∂x; map: max_RGB abs(guided ∂y/∂x), at input resolution"
+    needs_gradients = False
+    guided = True
+    supports_eigen_smooth = False
+
+    def maps(self, view: LayerView) -> Tensor:
+        import torch
+
+        return torch.stack([g.float().abs().amax(dim=1) for g in view.guided_gradients], 1)
+
+    def guided_images(self, guided_gradients: list[Tensor], maps: Tensor) -> Tensor:
+        import torch
+
+        return torch.stack([g.float() for g in guided_gradients], dim=1)
+
+
+@register_method
+class GuidedGradCAM(GradCAM):
+    """Selvaraju et al. 2017: guided backpropagation times the upsampled Grad-CAM map."""
+
+    name = "guided-gradcam"
+    summary = "Guided Grad-CAM: guided backpropagation ⊙ bilinearly upsampled Grad-CAM"
+    formula = "image: guided ∂y/∂x ⊙ up(Grad-CAM); map: Grad-CAM"
+    guided = True
+
+    def guided_images(self, guided_gradients: list[Tensor], maps: Tensor) -> Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        size = tuple(guided_gradients[0].shape[2:])
+        upsampled = F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
+        gradients = torch.stack([g.float() for g in guided_gradients], dim=1)  # [B, K, 3, H, W]
+        return gradients * upsampled[:, :, None]
+
+
+# -- shared pieces -----------------------------------------------------------------------------
+
+
+def first_principal_component(contributions: Tensor) -> Tensor:
+    """[B, C, h, w] → [B, h, w]: each position projected on the first principal component.
+
+    The C-vectors of the h·w positions are centred and decomposed by SVD (as pytorch-grad-cam's
+    get_2d_projection). An SVD's sign is arbitrary; ours is fixed so that the projection
+    correlates positively with the plain channel sum Σ_k of the same contributions, so that
+    smoothing never turns a method's evidence upside down.
+    """
+    import torch
+
+    b, c, h, w = contributions.shape
+    x = torch.nan_to_num(contributions.float()).reshape(b, c, h * w).transpose(1, 2)
+    x = x - x.mean(dim=1, keepdim=True)  # [B, hw, C], centred over positions
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    projection = (x @ vh[:, 0, :, None])[..., 0]  # [B, hw]
+    plain = x.sum(dim=2)  # the channel sum, centred
+    sign = torch.where((projection * plain).sum(dim=1) < 0, -1.0, 1.0)
+    return (projection * sign[:, None]).reshape(b, h, w)
+
+
+def cost_note(cls: type[CamMethod]) -> str:
+    """What a method costs beyond the one forward pass every method shares."""
+    if cls.needs_full_forwards:
+        return "C full forward passes per image, batched"
+    if cls.guided and cls.needs_gradients:
+        return "head-only backward, and one full backward to the pixels"
+    if cls.guided:
+        return "one full backward to the pixels"
+    if cls.uses_head and not cls.needs_gradients:
+        return "C head-only passes per image, batched"
+    if cls.uses_head:
+        return "head-only backward, and one head-only pass to check the head"
+    if cls.needs_gradients:
+        return "head-only backward"
+    return "none"
+
+
+def methods_table() -> str:
+    """The README's method table, from the registry (tests/test_docs.py keeps them equal)."""
+    lines = ["| method | map | cost beyond one forward |", "|---|---|---|"]
+    for name, cls in METHODS.items():
+        lines.append(f"| `{name}` | {cls.formula} | {cost_note(cls)} |")
+    return "\n".join(lines) + "\n"

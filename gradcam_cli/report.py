@@ -56,6 +56,7 @@ class ExplanationRecord:
     heatmap: str | None
     raw: str | None
     warnings: list[str] = field(default_factory=list)
+    guided: str | None = None  # the guided image (guided methods), else null
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Report:
     preprocess: dict[str, object]
     options: dict[str, object]
     results: list[ImageResult] = field(default_factory=list)
+    method_options: dict[str, object] = field(default_factory=dict)  # aug_smooth, eigen_smooth
     seconds: float = 0.0
     interrupted: bool = False
 
@@ -106,6 +108,7 @@ class Report:
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "method": self.method,
+            "method_options": self.method_options,
             "layers": self.layers,
             "device": self.device,
             "out": self.out,

@@ -69,6 +69,7 @@ def run_explain(
         out=str(options.out_dir),
         preprocess=explainer.loaded.preprocess.describe(),
         options=_options_record(options),
+        method_options=_method_options(explainer),
     )
     try:
         for batch in _batches(items, max(1, options.batch_size)):
@@ -94,6 +95,10 @@ def _options_record(options: RunOptions) -> dict[str, object]:
         "interpolation": render.interpolation,
         "normalize": render.normalize,
     }
+
+
+def _method_options(explainer: Explainer) -> dict[str, object]:
+    return {"aug_smooth": explainer.aug_smooth, "eigen_smooth": explainer.eigen_smooth}
 
 
 def _run_batch(
@@ -147,7 +152,10 @@ def _save(item: InputItem, explanation: ImageExplanation, options: RunOptions) -
                 raw_path = f"{stem}.raw.npy"
                 write_npy_atomic(resolve_inside(options.out_dir, raw_path), raw.astype(np.float32))
             warnings = [] if float(raw.max(initial=0.0)) > 0 else [ZERO_MAP_WARNING]
-            records.append(ExplanationRecord(target, layer, overlay, heatmap, raw_path, warnings))
+            guided = _save_guided(explanation, index, layer, f"{stem}.guided.png", options)
+            records.append(
+                ExplanationRecord(target, layer, overlay, heatmap, raw_path, warnings, guided)
+            )
     except OSError as exc:  # disk full, permissions: this image fails, files written stay whole
         return ImageResult.failed(item.source, f"cannot write outputs: {exc.strerror or exc}")
     return ImageResult(
@@ -157,3 +165,14 @@ def _save(item: InputItem, explanation: ImageExplanation, options: RunOptions) -
         predictions=explanation.predictions,
         explanations=records,
     )
+
+
+def _save_guided(
+    explanation: ImageExplanation, index: int, layer: str, path: str, options: RunOptions
+) -> str | None:
+    """Guided methods: write the guided image and return its path; None for other methods."""
+    picture = explanation.guided_picture(index, layer, options.render)
+    if picture is None:
+        return None
+    write_png_atomic(resolve_inside(options.out_dir, path), picture)
+    return path

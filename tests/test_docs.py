@@ -81,3 +81,12 @@ def test_exit_codes_table_covers_the_contract():
     table = README.split("## Exit codes")[1].split("##")[0]
     for code in (0, 1, 2, 130):
         assert f"\n| {code} | " in table, code
+
+
+def test_readme_method_table_is_the_registry():
+    from gradcam_cli.methods import METHODS, methods_table
+
+    section = README.split("\n## Methods\n")[1].split("\n#")[0]
+    names = re.findall(r"^\| `([^`]+)` \|", section, flags=re.M)
+    assert names == list(METHODS)
+    assert methods_table() in section, "regenerate with gradcam_cli.methods.methods_table()"

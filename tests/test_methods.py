@@ -1,0 +1,611 @@
+"""Each method against its paper's formula, the head-only re-runs, guided backpropagation,
+the smoothing options, the registry, and the files and JSON the CLI writes for them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from PIL import Image
+from test_engine import assert_same_state, model_state
+from torch import nn
+from typer.testing import CliRunner
+
+from gradcam_cli.cli import app
+from gradcam_cli.engine import AUG_VIEWS, HeadOnlyFallbackWarning, explain_batch
+from gradcam_cli.errors import LayerError, UsageError
+from gradcam_cli.guided import GuidedReLU, guided_relus, guided_rgb
+from gradcam_cli.layers import resolve_layer
+from gradcam_cli.methods import (
+    METHODS,
+    CamMethod,
+    check_method_options,
+    first_principal_component,
+    get_method,
+    register_method,
+)
+
+
+def seeded(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name.startswith("timm:"):
+        return timm.create_model(name[5:], pretrained=False).eval()
+    return torchvision.models.get_model(name, weights=None).eval()
+
+
+def noise(*shape: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def run(model, x, layer, method, **kwargs):
+    return explain_batch(model, x, [resolve_layer(model, layer)], method=method, **kwargs)
+
+
+def textbook(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int]):
+    """A and ∂y/∂A by hooks and a full backward through a copy of the whole model."""
+    model = copy.deepcopy(model).eval()
+    store = {}
+
+    def hook(_module, _args, output):
+        store["A"] = output.detach().clone()
+        output.register_hook(lambda grad: store.__setitem__("g", grad.detach().clone()))
+
+    handle = dict(model.named_modules())[layer].register_forward_hook(hook)
+    logits = model(x)
+    handle.remove()
+    logits[torch.arange(len(classes)), torch.tensor(classes)].sum().backward()
+    return store["A"], store["g"], logits.detach()
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return seeded("resnet18")
+
+
+# -- the registry ----------------------------------------------------------------------------
+
+
+def test_registry_has_the_issue_methods_with_their_capabilities():
+    wanted = {
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+        "hirescam",
+        "gradcam-elementwise",
+        "eigencam",
+        "eigengradcam",
+        "ablationcam",
+        "scorecam",
+        "cam",
+        "guided-backprop",
+        "guided-gradcam",
+    }
+    assert set(METHODS) == wanted
+    assert next(iter(METHODS)) == "gradcam"
+    for name, cls in METHODS.items():
+        assert cls.name == name and cls.summary and cls.formula
+    assert METHODS["ablationcam"].uses_head and not METHODS["ablationcam"].needs_gradients
+    assert METHODS["scorecam"].needs_full_forwards
+    assert METHODS["cam"].requires_gap_linear_head
+    assert {n for n, c in METHODS.items() if c.guided} == {"guided-backprop", "guided-gradcam"}
+
+
+def test_register_method_refuses_a_duplicate_name():
+    class Again(CamMethod):
+        name = "gradcam"
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_method(Again)
+    assert METHODS["gradcam"].__name__ == "GradCAM"
+
+
+def test_unknown_method_and_eigen_smooth_on_guided_backprop_are_usage_errors():
+    with pytest.raises(UsageError, match="Did you mean 'layercam'"):
+        get_method("layrcam")
+    with pytest.raises(UsageError, match="--eigen-smooth"):
+        check_method_options("guided-backprop", eigen_smooth=True)
+    assert check_method_options("guided-gradcam", eigen_smooth=True).name == "guided-gradcam"
+
+
+def test_methods_module_does_not_import_torch():
+    code = "import sys, gradcam_cli.methods as m; m.methods_table(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# -- the gradient family: our maps equal the papers' formulas on A and g -------------------------
+
+
+def _formula(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Each paper's formula, written out once more, from a textbook A and g."""
+    s = (2, 3)
+    if method == "gradcam":
+        return (g.mean(s, keepdim=True) * a).sum(1)
+    if method == "gradcam++":  # Chattopadhay et al. eq. 19, with alpha = 0 where g = 0
+        alpha = g**2 / (2 * g**2 + a.sum(s, keepdim=True) * g**3 + 1e-6)
+        alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+        return ((alpha * g.clamp(min=0)).sum(s, keepdim=True) * a).sum(1)
+    if method == "xgradcam":
+        return ((g * a).sum(s, keepdim=True) / (a.sum(s, keepdim=True) + 1e-7) * a).sum(1)
+    if method == "layercam":
+        return (g.clamp(min=0) * a).sum(1)
+    if method == "hirescam":
+        return (g * a).sum(1)
+    if method == "gradcam-elementwise":
+        return (g * a).clamp(min=0).sum(1)
+    raise AssertionError(method)
+
+
+@pytest.mark.parametrize(
+    "method", ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam-elementwise"]
+)
+def test_gradient_methods_equal_their_formulas(resnet, method):
+    x = noise(2, 3, 96, 96)
+    a, g, logits = textbook(resnet, x, "layer3", [3, 7])
+    expected = _formula(method, a, g).clamp(min=0)
+    ours = run(resnet, x, "layer3", method, classes=[3, 7]).maps["layer3"]
+    # one class per image: compare image i's map for its own class
+    for i, rank in ((0, 0), (1, 1)):
+        assert expected[i].max() > 0
+        torch.testing.assert_close(ours[i, rank], expected[i], rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_methods_really_differ_where_the_gradient_varies(resnet):
+    x = noise(1, 3, 96, 96)
+    shared = ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "gradcam-elementwise"]
+    maps = {m: run(resnet, x, "layer3", m, classes=[3]).maps["layer3"][0, 0] for m in shared}
+    # A >= 0 here (ResNet blocks end in a ReLU), where ReLU(g)·A = ReLU(g·A): the two coincide.
+    torch.testing.assert_close(maps["layercam"], maps["gradcam-elementwise"])
+    for i, first in enumerate(shared):
+        for second in shared[i + 1 :]:
+            if {first, second} != {"layercam", "gradcam-elementwise"}:
+                assert not torch.allclose(maps[first], maps[second]), (first, second)
+
+
+# -- principal components ------------------------------------------------------------------------
+
+
+def test_first_principal_component_equals_an_svd_reference_with_our_sign():
+    x = noise(3, 6, 5, 4).abs() + noise(3, 6, 5, 4, seed=2)
+    ours = first_principal_component(x)
+    for b in range(3):
+        m = x[b].reshape(6, -1).T.double().numpy()
+        m = m - m.mean(axis=0)
+        _, _, vt = np.linalg.svd(m, full_matrices=True)
+        reference = m @ vt[0]
+        plain = m.sum(axis=1)
+        assert abs(float(reference @ plain)) > 1e-6  # the sign question is not degenerate
+        reference = reference if reference @ plain > 0 else -reference
+        np.testing.assert_allclose(ours[b].flatten().numpy(), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_eigencam_is_the_first_component_of_a_and_the_same_for_every_class(resnet):
+    x = noise(1, 3, 96, 96)
+    a, _, _ = textbook(resnet, x, "layer3", [0])
+    result = run(resnet, x, "layer3", "eigencam", topk=3)
+    expected = first_principal_component(a).clamp(min=0)[0]
+    for rank in range(3):
+        torch.testing.assert_close(result.maps["layer3"][0, rank], expected)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "ablationcam", "cam"])
+def test_eigen_smooth_replaces_the_channel_sum_by_the_first_component(resnet, method):
+    x = noise(1, 3, 64, 64)
+    a, g, _ = textbook(resnet, x, "layer4", [5])
+    plain = run(resnet, x, "layer4", method, classes=[5]).maps["layer4"][0, 0]
+    smooth = run(resnet, x, "layer4", method, classes=[5], eigen_smooth=True).maps["layer4"][0, 0]
+    if method == "hirescam":
+        expected = first_principal_component(g * a).clamp(min=0)[0]
+        torch.testing.assert_close(smooth, expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(plain, smooth)
+    assert smooth.max() > 0
+
+
+# -- Ablation-CAM: the paper's formula, head only ------------------------------------------------
+
+
+def ablation_reference(model, x, layer, target):
+    """Desai & Ramaswamy: w_k = (y - y_k) / y, y_k with channel k zeroed, by full forwards."""
+    model = copy.deepcopy(model).eval()
+    module = dict(model.named_modules())[layer]
+    with torch.no_grad():
+        store = {}
+        handle = module.register_forward_hook(lambda m, a, o: store.setdefault("A", o.clone()))
+        y = model(x)[0, target]
+        handle.remove()
+        a = store["A"]
+        weights = []
+        for k in range(a.shape[1]):
+
+            def zero_k(_m, _a, out, k=k):
+                out = out.clone()
+                out[:, k] = 0
+                return out
+
+            handle = module.register_forward_hook(zero_k)
+            weights.append((y - model(x)[0, target]) / y)
+            handle.remove()
+    w = torch.stack(weights)
+    return (w[:, None, None] * a[0]).sum(0).clamp(min=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "layer", "size"),
+    [("resnet18", "layer3", 64), ("timm:convnext_atto", "stages.3", 64)],  # ConvNeXt: A < 0 too
+)
+def test_ablationcam_equals_the_paper_formula(name, layer, size):
+    model, x = seeded(name), noise(1, 3, size, size)
+    with torch.no_grad():
+        target = int(model(x).argmax())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HeadOnlyFallbackWarning)  # the fast path must hold here
+        ours = run(model, x, layer, "ablationcam", classes=[target]).maps[layer][0, 0]
+    expected = ablation_reference(model, x, layer, target)
+    assert expected.max() > 0
+    torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-4 * float(expected.max()))
+
+
+def test_ablationcam_never_runs_the_backbone_again(resnet):
+    """Every call of the stem after the first one sees an empty batch: only the head runs."""
+    batches = []
+    handle = resnet.conv1.register_forward_hook(lambda m, a, o: batches.append(o.shape[0]))
+    try:
+        run(resnet, noise(2, 3, 64, 64), "layer4", "ablationcam", topk=2)
+    finally:
+        handle.remove()
+    assert batches[0] == 2
+    assert len(batches) > 2 and set(batches[1:]) == {0}
+
+
+class SkipToHead(nn.Module):
+    """The head adds a pooled copy of features from before the target layer: the head alone
+    cannot be run on the target's output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        early = self.stem(x)
+        late = self.body(early)
+        return self.fc((late + early).mean(dim=(2, 3)))
+
+
+def test_ablationcam_falls_back_to_full_forwards_when_the_head_needs_more_than_the_layer():
+    model, x = SkipToHead().eval(), noise(1, 3, 16, 16)
+    with torch.no_grad():
+        target = int(model(x).argmax())
+    with pytest.warns(HeadOnlyFallbackWarning, match="full forward passes"):
+        ours = run(model, x, "body", "ablationcam", classes=[target]).maps["body"][0, 0]
+    expected = ablation_reference(model, x, "body", target)
+    assert expected.max() > 0
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
+
+
+# -- Score-CAM -----------------------------------------------------------------------------------
+
+
+def test_scorecam_equals_the_paper_formula():
+    """Wang et al.: H_k = minmax(up(A_k)); w = softmax_k(y(x ⊙ H_k)); ReLU(Σ w_k A_k)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 5, 3, stride=2, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 3),
+    ).eval()
+    x = noise(1, 3, 16, 16)
+    ours = run(model, x, "1", "scorecam", classes=[2]).maps["1"][0, 0]
+    a = model[:2](x).detach()[0]  # [6, 8, 8]
+    scores = []
+    for k in range(6):
+        up = torch.nn.functional.interpolate(a[None, k : k + 1], size=(16, 16), mode="bilinear")
+        mask = (up - up.min()) / (up.max() - up.min() + 1e-8)
+        scores.append(model(x * mask)[0, 2].detach())
+    w = torch.stack(scores).softmax(0)
+    expected = (w[:, None, None] * a).sum(0).clamp(min=0)
+    assert expected.max() > 0
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+# -- CAM -----------------------------------------------------------------------------------------
+
+
+def test_cam_is_the_linear_weights_times_a(gap_linear_model):
+    model = gap_linear_model
+    x = noise(3, 3, 32, 32)
+    result = run(model, x, "3", "cam", topk=2)
+    features = model[:4](x)
+    for rank in range(2):
+        classes = result.targets[:, rank]
+        cam = torch.einsum("bk,bkhw->bhw", model[6].weight[classes], features)
+        expected = cam.clamp(min=0).detach()
+        assert expected.max() > 0
+        torch.testing.assert_close(result.maps["3"][:, rank], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "layer", "why"),
+    [
+        ("vgg11", "features", "varies over positions"),  # fc layers with ReLUs on a 7×7 map
+        ("densenet121", "features", "varies over positions"),  # a ReLU before the pooling
+        ("timm:convnext_atto", "stages.3", "not linear"),  # LayerNorm after the pooling
+    ],
+)
+def test_cam_refuses_heads_that_are_not_gap_and_linear(name, layer, why):
+    model = seeded(name)
+    with pytest.raises(LayerError, match=f"--method cam.*{why}.*--method gradcam"):
+        run(model, noise(1, 3, 64, 64), layer, "cam")
+
+
+def test_explainer_refuses_cam_before_any_image(tmp_path):
+    from gradcam_cli import Explainer, load_model
+
+    loaded = load_model("torchvision:vgg11", pretrained=False, input_size=64)
+    with pytest.raises(LayerError, match="--method cam"):
+        Explainer(loaded, layers=["features"], method="cam")
+
+
+# -- guided backpropagation ----------------------------------------------------------------------
+
+
+class _RefGuided(torch.autograd.Function):
+    """The paper's guided ReLU, written again for the reference."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (grad > 0).float() * (x > 0).float()
+
+
+class EveryKindOfReLU(nn.Module):
+    """ReLUs as modules (one of them shared and in place) and as all the functional forms."""
+
+    def __init__(self, relu=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.convs = nn.ModuleList(nn.Conv2d(c, 6, 3, padding=1) for c in (3, 6, 6, 6, 6, 6))
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(6, 4)
+        self.relu = relu  # the reference passes its own for every ReLU
+
+    def forward(self, x):
+        r = self.relu
+        c = self.convs
+        x = r(c[0](x)) if r else self.act(c[0](x))
+        x = r(c[1](x)) if r else self.act(c[1](x))  # the shared module again
+        x = r(c[2](x)) if r else torch.nn.functional.relu(c[2](x))
+        x = r(c[3](x)) if r else torch.relu(c[3](x))
+        x = r(c[4](x)) if r else c[4](x).relu()
+        y = c[5](x)
+        if r:
+            y = r(y)
+        else:
+            y.relu_()  # in place, return value ignored: y itself must carry the guided history
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def test_guided_relus_catch_modules_and_every_functional_form():
+    x = noise(2, 3, 12, 12)
+    model = EveryKindOfReLU().eval()
+    reference_model = EveryKindOfReLU(relu=_RefGuided.apply).eval()
+    ours = run(model, x, "convs.5", "guided-backprop", classes=[1]).guided["convs.5"][:, 0]
+    pixels = x.clone().requires_grad_(True)
+    reference_model(pixels)[:, 1].sum().backward()
+    plain = x.clone().requires_grad_(True)
+    model(plain)[:, 1].sum().backward()
+    assert pixels.grad.abs().max() > 0
+    torch.testing.assert_close(ours, pixels.grad, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(ours, plain.grad)  # guidance changed something
+    with guided_relus() as mode:
+        model(x)
+    assert mode.calls == 6
+
+
+def test_guided_relu_passes_only_positive_gradients_where_the_input_was_positive():
+    x = torch.tensor([-1.0, 2.0, 3.0, 0.0], requires_grad=True)
+    out = GuidedReLU.apply(x)
+    out.backward(torch.tensor([5.0, -4.0, 3.0, 2.0]))
+    assert out.tolist() == [0.0, 2.0, 3.0, 0.0]
+    assert x.grad.tolist() == [0.0, 0.0, 3.0, 0.0]
+
+
+def test_guided_backprop_on_densenet_guides_its_functional_relu_too(monkeypatch):
+    """torchvision DenseNet's last ReLU is `F.relu(features, inplace=True)` in forward():
+    the peers' module-based guidance misses it; the paper's definition (every ReLU) does not."""
+    model, x = seeded("densenet121"), noise(1, 3, 64, 64)
+    with torch.no_grad():
+        target = int(model(x).argmax())
+    ours = run(model, x, "features", "guided-backprop", classes=[target]).guided["features"]
+    reference_model = copy.deepcopy(model)
+    for parent in reference_model.modules():  # every nn.ReLU module → the reference guided ReLU
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(parent, child_name, _RefModule())
+    monkeypatch.setattr(
+        torch.nn.functional, "relu", lambda t, inplace=False: _RefGuided.apply(t)
+    )  # ... and the functional one in forward()
+    pixels = x.clone().requires_grad_(True)
+    reference_model(pixels)[0, target].backward()
+    monkeypatch.undo()
+    assert pixels.grad.abs().max() > 0
+    torch.testing.assert_close(ours[0, 0], pixels.grad[0], rtol=1e-4, atol=1e-7)
+
+
+class _RefModule(nn.Module):
+    def forward(self, x):
+        return _RefGuided.apply(x)
+
+
+def test_guided_gradcam_is_guided_backprop_times_the_upsampled_gradcam(resnet):
+    x = noise(2, 3, 64, 64)
+    layer = "layer3"
+    gg = run(resnet, x, layer, "guided-gradcam", topk=2)
+    gb = run(resnet, x, layer, "guided-backprop", classes=None, topk=2)
+    cam = run(resnet, x, layer, "gradcam", topk=2)
+    torch.testing.assert_close(gg.maps[layer], cam.maps[layer])
+    up = torch.nn.functional.interpolate(cam.maps[layer], size=(64, 64), mode="bilinear")
+    torch.testing.assert_close(gg.guided[layer], gb.guided[layer] * up[:, :, None])
+    assert gb.maps[layer].shape == (2, 2, 64, 64)  # guided-backprop's map: input resolution
+    torch.testing.assert_close(gb.maps[layer], gb.guided[layer].abs().amax(dim=2))
+
+
+def test_guided_rgb_is_grey_at_zero_and_keeps_the_sign():
+    g = np.zeros((3, 4, 5), dtype=np.float32)
+    g[0, 1, 1], g[2, 2, 2] = 1.0, -1.0
+    rgb = guided_rgb(g)
+    assert rgb.shape == (4, 5, 3)
+    assert rgb[0, 0].tolist() == [0.5, 0.5, 0.5]
+    assert rgb[1, 1, 0] > 0.5 > rgb[2, 2, 2]
+    assert guided_rgb(np.zeros((3, 2, 2))).tolist() == np.full((2, 2, 3), 0.5).tolist()
+
+
+# -- augmentation smoothing ----------------------------------------------------------------------
+
+
+def test_aug_smooth_is_flip_equivariant(resnet):
+    """The views of a mirrored image are the mirrored views: the smoothed map must mirror."""
+    x = noise(1, 3, 96, 96)
+    kwargs = {"classes": [4], "aug_smooth": True}
+    plain = run(resnet, x, "layer3", "gradcam", **kwargs).maps["layer3"]
+    mirrored = run(resnet, x.flip(-1), "layer3", "gradcam", **kwargs).maps["layer3"]
+    torch.testing.assert_close(mirrored, plain.flip(-1), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(plain, plain.flip(-1), atol=1e-3)  # the map is not symmetric
+    assert 0 < float(plain.max()) <= 1.0
+
+
+def test_aug_smooth_is_the_mean_of_the_views_mapped_back(resnet):
+    x, layer = noise(1, 3, 96, 96), "layer3"
+    ours = run(resnet, x, layer, "gradcam", classes=[4], aug_smooth=True).maps[layer][0, 0]
+    views = []
+    for flip, scale in AUG_VIEWS:
+        size = round(96 * scale)
+        view = torch.nn.functional.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=scale < 1
+        )
+        view = view.flip(-1) if flip else view
+        m = run(resnet, view, layer, "gradcam", classes=[4]).maps[layer]
+        m = m.flip(-1) if flip else m
+        m = torch.nn.functional.interpolate(m, size=(6, 6), mode="bilinear", antialias=scale > 1)
+        views.append(m[0, 0] / m.max() if m.max() > 0 else m[0, 0])
+    assert len(views) == 6
+    torch.testing.assert_close(ours, torch.stack(views).mean(0), rtol=1e-4, atol=1e-5)
+
+
+# -- every method: shapes, batch invariance, the caller's model left as found -------------------
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_is_batch_invariant_and_leaves_the_model_as_found(method):
+    model = seeded("resnet18")
+    model.train()
+    model.layer1.eval()
+    model.conv1.weight.requires_grad_(False)
+    model.fc.weight.grad = torch.full_like(model.fc.weight, 0.25)
+    before = model_state(model)
+    x = noise(2, 3, 48, 48)
+    batched = run(model, x, "layer4", method, topk=2)
+    assert_same_state(before, model_state(model))
+    single = run(model, x[1:], "layer4", method, topk=2)
+    assert torch.equal(single.targets[0], batched.targets[1])
+    torch.testing.assert_close(
+        single.maps["layer4"][0], batched.maps["layer4"][1], rtol=1e-3, atol=1e-5
+    )
+    h, w = (48, 48) if method == "guided-backprop" else (2, 2)
+    assert batched.maps["layer4"].shape == (2, 2, h, w)
+    assert bool((batched.maps["layer4"] >= 0).all())
+    assert batched.guided.keys() == ({"layer4"} if METHODS[method].guided else set())
+
+
+def test_the_model_is_left_as_found_when_a_method_raises():
+    torch.manual_seed(0)
+    model = nn.Sequential(  # a ReLU after the pooling: not CAM's head, so `cam` raises
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3),
+    )  # fmt: skip
+    model.train()
+    model[0].weight.requires_grad_(False)
+    model[4].weight.grad = torch.ones_like(model[4].weight)
+    before = model_state(model)
+    with pytest.raises(LayerError, match="not linear"):
+        run(model, noise(2, 3, 8, 8), "1", "cam")
+    assert_same_state(before, model_state(model))
+
+
+# -- the CLI: guided images, the JSON's `guided` key, the smoothing options ----------------------
+
+
+@pytest.fixture
+def photo(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)).save("wide.jpg")
+    return tmp_path
+
+
+def explain(*args: str) -> dict:
+    result = CliRunner().invoke(
+        app,
+        ["explain", "wide.jpg", "-m", "torchvision:resnet18", "--no-pretrained"]
+        + ["--input-size", "64", "--json", *args],
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_guided_gradcam_writes_a_guided_image_on_the_photo(photo):
+    report = explain("--method", "guided-gradcam", "--out", "out")
+    [record] = report["results"][0]["explanations"]
+    assert record["guided"] == record["overlay"].replace(".overlay.png", ".guided.png")
+    guided = Image.open(photo / "out" / record["guided"])
+    assert guided.size == (90, 60) and guided.mode == "RGBA"  # the photo's own size
+    alpha = np.asarray(guided)[..., 3]
+    assert alpha[30, 45] == 255 and alpha[:, 0].max() == 0  # the crop, and outside it
+    assert report["method"] == "guided-gradcam"
+
+
+def test_other_methods_write_no_guided_image_and_record_null(photo):
+    report = explain("--method", "ablationcam", "--out", "out")
+    [record] = report["results"][0]["explanations"]
+    assert record["guided"] is None
+    assert not list((photo / "out").glob("*.guided.png"))
+
+
+def test_smoothing_options_are_applied_and_recorded(photo):
+    plain = explain("--out", "a", "--save-raw")
+    smooth = explain("--out", "b", "--save-raw", "--aug-smooth", "--eigen-smooth")
+    assert plain["method_options"] == {"aug_smooth": False, "eigen_smooth": False}
+    assert smooth["method_options"] == {"aug_smooth": True, "eigen_smooth": True}
+    raw_a = np.load(photo / "a" / plain["results"][0]["explanations"][0]["raw"])
+    raw_b = np.load(photo / "b" / smooth["results"][0]["explanations"][0]["raw"])
+    assert raw_a.shape == raw_b.shape and not np.allclose(raw_a, raw_b)
+    assert raw_b.max() <= 1.0
+
+
+def test_cli_refuses_eigen_smooth_with_guided_backprop_before_loading_a_model(photo):
+    result = CliRunner().invoke(
+        app,
+        ["explain", "wide.jpg", "-m", "no-such-model", "--method", "guided-backprop"]
+        + ["--eigen-smooth"],
+    )
+    assert result.exit_code == 2
+    assert "--eigen-smooth" in result.output and "no-such-model" not in result.output
