@@ -24,6 +24,9 @@ _EXPORTS = {
     "Preprocess": "preprocess",
     "GradcamError": "errors",
     "METHODS": "methods",
+    "localize": "localization",
+    "read_mask": "localization",
+    "Localization": "localization",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
     from .explainer import Explainer as Explainer
     from .explainer import ImageExplanation as ImageExplanation
     from .explainer import RenderOptions as RenderOptions
+    from .localization import Localization as Localization
+    from .localization import localize as localize
+    from .localization import read_mask as read_mask
     from .methods import METHODS as METHODS
     from .models import LoadedModel as LoadedModel
     from .models import load_model as load_model

@@ -258,6 +258,32 @@ def explain(
             "after ReLU, before resizing or normalising).",
         ),
     ] = False,
+    mask: Annotated[
+        Path | None,
+        typer.Option(
+            "--mask",
+            metavar="PATH",
+            help="True object mask(s): one image file for every input, or a folder matched by "
+            "input name (KEY.LABEL.png, KEY.INDEX.png, then KEY.png). Adds hit, energy and IoU "
+            "to each explanation's JSON.",
+        ),
+    ] = None,
+    min_energy: Annotated[
+        float | None,
+        typer.Option(
+            "--min-energy",
+            metavar="SHARE",
+            help="Gate: exit 1 when an explanation puts less than SHARE (0..1) of its map "
+            "inside the mask. Needs --mask.",
+        ),
+    ] = None,
+    require_hit: Annotated[
+        bool,
+        typer.Option(
+            "--require-hit",
+            help="Gate: exit 1 when a map's maximum falls outside the mask. Needs --mask.",
+        ),
+    ] = False,
     batch_size: Annotated[
         int, typer.Option("--batch-size", "-b", metavar="N", help="Images per forward pass.")
     ] = 8,
@@ -299,6 +325,9 @@ def _explain(
     interpolation,
     normalize,
     save_raw,
+    mask,
+    min_energy,
+    require_hit,
     batch_size,
     device,
     verbose,
@@ -320,6 +349,12 @@ def _explain(
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     check_writable_dir(out)
+    from .localization import Gate, MaskSource
+
+    gate = Gate(min_energy=min_energy, require_hit=require_hit)
+    if gate.active and mask is None:
+        raise UsageError("--min-energy and --require-hit measure against a mask: add --mask PATH")
+    masks = MaskSource(mask) if mask is not None else None
     from .inputs import collect_inputs
 
     items = collect_inputs(inputs, stdin=sys.stdin)
@@ -358,6 +393,8 @@ def _explain(
         topk=topk,
         batch_size=batch_size,
         save_raw=save_raw,
+        masks=masks,
+        gate=gate,
         render=RenderOptions(
             colormap=colormap, alpha=alpha, interpolation=interpolation, normalize=normalize
         ),
@@ -369,6 +406,7 @@ def _explain(
     for result in report.results:
         if result.status != "ok":
             _log(f"{result.input}: {result.error}")
+    _log_localization(report)
     summary = report.to_dict()["summary"]
     _log(
         f"{summary['ok']}/{summary['images']} images explained in {summary['seconds']:.1f}s; "
@@ -376,7 +414,25 @@ def _explain(
     )
     if report.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_SOME_FAILED if report.errors else EXIT_OK
+    return EXIT_SOME_FAILED if report.errors or report.gate_failures else EXIT_OK
+
+
+def _log_localization(report) -> None:
+    """With --mask: one line per explanation short of the gate, then the figures."""
+    for result, record in report.localized():
+        where = f"{result.input} [{record.target.label} @ {record.layer}]"
+        if record.localization["passed"] is False:
+            _log(f"gate failed: {where}: {'; '.join(record.localization['shortfalls'])}")
+        elif record.localization["error"]:
+            _log(f"{where}: {record.localization['error']}")
+    figures = report.localization_summary()
+    if figures and figures["measured"]:
+        _log(
+            f"localization over {figures['measured']} maps: hit rate {figures['hit_rate']:.3f}, "
+            f"energy in mask {figures['mean_energy']:.3f} (mask share "
+            f"{figures['mean_mask_share']:.3f}), IoU {figures['mean_iou']:.3f}"
+            + (f"; {figures['gate_failures']} failed the gate" if figures["gate_failures"] else "")
+        )
 
 
 @app.command()
@@ -440,6 +496,11 @@ def models(
         import timm
         from torchvision.models import list_models
 
+        from .models import DEMO_MODELS
+
+        for name in DEMO_MODELS:
+            if fnmatch.fnmatch(name, pattern):
+                typer.echo(f"demo:{name}")
         for name in timm.list_models(pattern):
             typer.echo(f"timm:{name}")
         for name in sorted(n for n in list_models() if fnmatch.fnmatch(n, pattern)):

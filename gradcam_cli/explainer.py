@@ -23,6 +23,7 @@ from .engine import explain_batch
 from .errors import LayerError, TargetError, UsageError, did_you_mean
 from .guided import guided_picture
 from .layers import LayerRef, Probe, parse_layers, probe_layers, resolve_layer
+from .localization import Localization, localize
 from .methods import check_method_options
 from .models import LoadedModel
 from .render import colormap_lut, heatmap_image, normalize_map, overlay_image, place_map
@@ -109,6 +110,12 @@ class ImageExplanation:
             overlay_image(self.image, values, inside, lut, options.alpha),
             heatmap_image(values, inside, lut),
         )
+
+    def localize(
+        self, target: TargetRef | int, mask: np.ndarray, layer: str | None = None
+    ) -> Localization:
+        """Hit, energy and IoU of this map against a bool mask [H, W] on the photo."""
+        return localize(self.raw(target, layer), mask, self.crop_box)
 
     def overlay(
         self,

@@ -57,6 +57,7 @@ class ExplanationRecord:
     raw: str | None
     warnings: list[str] = field(default_factory=list)
     guided: str | None = None  # the guided image (guided methods), else null
+    localization: dict[str, object] | None = None  # with --mask: localization.Localization
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class Report:
     method_options: dict[str, object] = field(default_factory=dict)  # aug_smooth, eigen_smooth
     seconds: float = 0.0
     interrupted: bool = False
+    measures_localization: bool = False  # --mask given: the summary gets a localization part
 
     @property
     def errors(self) -> int:
@@ -122,7 +124,42 @@ class Report:
                 "errors": self.errors,
                 "seconds": round(self.seconds, 3),
                 "interrupted": self.interrupted,
+                "localization": self.localization_summary(),
             },
+        }
+
+    def localized(self) -> list[tuple[ImageResult, ExplanationRecord]]:
+        return [
+            (result, record)
+            for result in self.results
+            for record in result.explanations
+            if record.localization is not None
+        ]
+
+    @property
+    def gate_failures(self) -> int:
+        return sum(record.localization["passed"] is False for _, record in self.localized())
+
+    def localization_summary(self) -> dict[str, object] | None:
+        """Over the explanations measured against a mask: hit rate, mean energy and the
+        mean share of the mask (energy's chance level), and how many failed the gate."""
+        if not self.measures_localization:
+            return None
+        measured = [
+            r.localization for _, r in self.localized() if r.localization["hit"] is not None
+        ]
+
+        def mean(key: str) -> float | None:
+            return round(sum(m[key] for m in measured) / len(measured), 6) if measured else None
+
+        return {
+            "explanations": len(self.localized()),
+            "measured": len(measured),
+            "hit_rate": mean("hit"),
+            "mean_energy": mean("energy"),
+            "mean_iou": mean("iou"),
+            "mean_mask_share": mean("mask_share"),
+            "gate_failures": self.gate_failures,
         }
 
     def to_json(self) -> str:

@@ -20,7 +20,8 @@ from .errors import GradcamError
 from .explainer import Explainer, ImageExplanation, RenderOptions
 from .files import resolve_inside, write_npy_atomic, write_png_atomic, write_text_atomic
 from .inputs import InputItem, load_image
-from .report import ExplanationRecord, ImageResult, Report
+from .localization import Gate, MaskSource, localization_record, localize, read_mask
+from .report import ExplanationRecord, ImageResult, Report, TargetRef
 
 __all__ = ["RunOptions", "run_explain", "artifact_stem", "REPORT_NAME"]
 
@@ -36,6 +37,8 @@ class RunOptions:
     batch_size: int = 8
     save_raw: bool = False
     render: RenderOptions = RenderOptions()
+    masks: MaskSource | None = None  # --mask: measure each map against a true mask
+    gate: Gate = Gate()  # --min-energy / --require-hit
 
 
 def _slug(text: str, limit: int = 32) -> str:
@@ -70,6 +73,7 @@ def run_explain(
         preprocess=explainer.loaded.preprocess.describe(),
         options=_options_record(options),
         method_options=_method_options(explainer),
+        measures_localization=options.masks is not None,
     )
     try:
         for batch in _batches(items, max(1, options.batch_size)):
@@ -94,6 +98,9 @@ def _options_record(options: RunOptions) -> dict[str, object]:
         "alpha": render.alpha,
         "interpolation": render.interpolation,
         "normalize": render.normalize,
+        "mask": str(options.masks.path) if options.masks else None,
+        "min_energy": options.gate.min_energy,
+        "require_hit": options.gate.require_hit,
     }
 
 
@@ -138,6 +145,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _save(item: InputItem, explanation: ImageExplanation, options: RunOptions) -> ImageResult:
     records = []
+    masks = _MaskCache(options.masks, explanation.image.size)
     try:
         for (index, layer), raw in explanation.maps.items():
             target = next(t for t in explanation.targets if t.index == index)
@@ -153,8 +161,11 @@ def _save(item: InputItem, explanation: ImageExplanation, options: RunOptions) -
                 write_npy_atomic(resolve_inside(options.out_dir, raw_path), raw.astype(np.float32))
             warnings = [] if float(raw.max(initial=0.0)) > 0 else [ZERO_MAP_WARNING]
             guided = _save_guided(explanation, index, layer, f"{stem}.guided.png", options)
+            localization = masks.measure(item.key, target, raw, explanation.crop_box, options.gate)
             records.append(
-                ExplanationRecord(target, layer, overlay, heatmap, raw_path, warnings, guided)
+                ExplanationRecord(
+                    target, layer, overlay, heatmap, raw_path, warnings, guided, localization
+                )
             )
     except OSError as exc:  # disk full, permissions: this image fails, files written stay whole
         return ImageResult.failed(item.source, f"cannot write outputs: {exc.strerror or exc}")
@@ -165,6 +176,33 @@ def _save(item: InputItem, explanation: ImageExplanation, options: RunOptions) -
         predictions=explanation.predictions,
         explanations=records,
     )
+
+
+class _MaskCache:
+    """One image's masks, each file read once however many layers are explained."""
+
+    def __init__(self, source: MaskSource | None, size: tuple[int, int]):
+        self.source, self.size = source, size
+        self.read: dict[Path, np.ndarray | str] = {}  # the mask, or why it cannot be used
+
+    def measure(
+        self, key: str, target: TargetRef, raw: np.ndarray, crop_box, gate: Gate
+    ) -> dict[str, object] | None:
+        if self.source is None:
+            return None
+        path = self.source.find(key, target.index, _slug(target.label))
+        if path is None:
+            error = f"no mask for '{key}' in {self.source.path}"
+            return localization_record(None, gate, error=error)
+        if path not in self.read:
+            try:
+                self.read[path] = read_mask(path, self.size)
+            except GradcamError as exc:
+                self.read[path] = str(exc)
+        mask = self.read[path]
+        if isinstance(mask, str):
+            return localization_record(None, gate, mask=str(path), error=mask)
+        return localization_record(localize(raw, mask, crop_box, str(path)), gate)
 
 
 def _save_guided(
