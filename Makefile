@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo clean
+.PHONY: help install test lint demo demo-model demo-eval clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,17 @@ lint: install  ## ruff check and ruff format --check
 	$(BIN)/ruff check gradcam_cli tests
 	$(BIN)/ruff format --check gradcam_cli tests
 
-demo: install  ## explain the sample images offline; pictures and JSON in demo_out/
-	$(BIN)/gradcam explain sample_images --model torchvision:resnet18 --no-pretrained \
-		--topk 2 --out demo_out
+demo: install  ## explain the sample scenes offline with the demo model; results in demo_out/
+	$(BIN)/gradcam explain sample_images/scenes --model demo:shapes \
+		--mask sample_images/masks --require-hit --out demo_out
 	@echo "open demo_out/ (overlays, heatmaps, predictions.json)"
+
+demo-model: install  ## retrain the demo model (about 5 min on 2 cores), redraw the sample scenes
+	$(BIN)/python -m gradcam_cli.demo.train
+	$(BIN)/python -m gradcam_cli.demo.samples sample_images
+
+demo-eval: install  ## the demo model's accuracy and localization on 300 held-out scenes
+	$(BIN)/python -m gradcam_cli.demo.evaluate --single 200 --pairs 100
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf demo_out gradcam_out .pytest_cache .ruff_cache .mypy_cache

@@ -5,6 +5,8 @@ Sources, chosen by the `--model` spec:
 - `timm:NAME` (pretrained tags allowed: `timm:resnet50.a1_in1k`) and `torchvision:NAME`;
 - a bare `NAME`: timm first (its registry is a superset of torchvision's architectures and
   knows pretrained tags), then torchvision; the JSON records which library it came from;
+- `demo:shapes`: the small shape classifier shipped inside the package, weights included, for
+  offline use (`gradcam_cli.demo`);
 - `path/to/file.py:callable` or `package.module:callable`: the user's own model, built by
   calling `callable()` (with `num_classes=N` when `--num-classes` is given).
 
@@ -39,7 +41,8 @@ __all__ = [
     "override_preprocess",
 ]
 
-SOURCES = ("timm", "torchvision")
+SOURCES = ("timm", "torchvision", "demo")
+DEMO_MODELS = ("shapes",)  # `demo:shapes`, trained and shipped with the package (gradcam_cli.demo)
 
 
 @dataclass
@@ -48,8 +51,9 @@ class LoadedModel:
 
     model: nn.Module
     name: str
-    source: str  # "timm" | "torchvision" | "custom"
-    weights: str  # "pretrained:<id>", a file path, "random" (seeded) or "factory" (as built)
+    source: str  # "timm" | "torchvision" | "demo" | "custom"
+    # "pretrained:<id>", "embedded:<file>" (demo), a file path, "random" (seeded) or "factory"
+    weights: str
     preprocess: Preprocess
     labels: list[str] | None = None
 
@@ -98,20 +102,38 @@ def resolve_source(source: str, name: str) -> str:
         return "timm"
     if source == "torchvision" and _torchvision_has(name):
         return "torchvision"
+    if source == "demo" and name in DEMO_MODELS:
+        return "demo"
     if not source:
         if _timm_has(name):
             return "timm"
         if _torchvision_has(name):
             return "torchvision"
     where = f"{source} " if source else "timm or torchvision "
+    known = list(DEMO_MODELS) if source == "demo" else _known_names()
     raise UnknownModelError(
         f"unknown model '{name}': {where}has no model of that name."
-        + did_you_mean(name.split(".")[0], _known_names())
+        + did_you_mean(name.split(".")[0], known)
         + " List names with `gradcam models PATTERN`, or load your own with path/to/file.py:Class."
     )
 
 
 # -- builders ----------------------------------------------------------------------------------
+
+
+def _build_demo(pretrained: bool) -> tuple[nn.Module, str]:
+    from .demo.model import WEIGHTS_PATH, ShapesNet
+
+    model = ShapesNet()
+    if not pretrained:
+        return model, "random"
+    if not WEIGHTS_PATH.is_file():  # a broken install, or a checkout before `make demo-model`
+        raise WeightsError(
+            f"the demo model's weights are missing ({WEIGHTS_PATH}); "
+            "rebuild them with `make demo-model`, or reinstall gradcam-cli"
+        )
+    load_weights(model, read_state_dict(WEIGHTS_PATH), "demo:shapes")
+    return model, f"embedded:{WEIGHTS_PATH.name}"
 
 
 def _download_failed(name: str, exc: Exception) -> ModelDownloadError:
@@ -409,6 +431,13 @@ def load_model(
         if source == "custom":
             model = _build_custom(name, num_classes)
             provenance, preprocess = "factory", custom_preprocess()
+        elif source == "demo":
+            from .demo.model import LABELS, PREPROCESS
+
+            if num_classes is not None:
+                raise UsageError("demo:shapes has 4 classes; --num-classes does not apply")
+            model, provenance = _build_demo(use_hub)
+            preprocess, labels = PREPROCESS, list(LABELS)
         elif source == "timm":
             model, provenance = _build_timm(name, use_hub, num_classes)
             preprocess = _timm_preprocess(model)

@@ -380,6 +380,9 @@ def test_preprocess_and_render_options_are_applied_and_recorded(run, tmp_path):
         "alpha": 0.0,
         "interpolation": "nearest",
         "normalize": "max",
+        "mask": None,
+        "min_energy": None,
+        "require_hit": False,
     }
     # alpha 0: inside the model's crop the overlay is the photo itself.
     photo = np.asarray(Image.open("photos/wide.jpg").convert("RGB"), dtype=int)
@@ -446,6 +449,12 @@ def one_error_line(result) -> str:
         ([*TINY, "--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "cuda"),
         ([*TINY, "--device", "tpu"], "--device"),
         ([*TINY, "--mean", "0", "0", "0", "--std", "0", "1", "1"], "--std values must be positive"),
+        ([*TINY, "--require-hit"], "add --mask PATH"),
+        ([*TINY, "--min-energy", "0.5"], "add --mask PATH"),
+        ([*TINY, "--mask", "photos/wide.jpg", "--min-energy", "50"], "from 0 to 1"),
+        ([*TINY, "--mask", "no_masks_here"], "--mask no_masks_here: no such file"),
+        (["--model", "demo:shape"], "Did you mean 'shapes'"),
+        (["--model", "demo:shapes", "--num-classes", "3"], "--num-classes does not apply"),
         (
             ["--model", "timm:test_resnet", "--no-pretrained", "--target", "tabbby"],
             "Did you mean one of 'tabby'",
