@@ -250,6 +250,20 @@ def explain(
             "[0, 1]).",
         ),
     ] = "minmax",
+    image_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="FORMAT",
+            help="Overlay file format: png (lossless) or jpg (quality 90: smaller and much "
+            "faster to write, for large runs). Heatmaps stay PNG: they are transparent outside "
+            "the crop.",
+        ),
+    ] = "png",
+    heatmap: Annotated[
+        bool,
+        typer.Option("--heatmap/--no-heatmap", help="Also write the RGBA heatmap PNGs."),
+    ] = True,
     save_raw: Annotated[
         bool,
         typer.Option(
@@ -293,6 +307,35 @@ def explain(
             metavar="DEVICE", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
         ),
     ] = "auto",
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers",
+            "-j",
+            metavar="N",
+            help="Processes that decode and preprocess images while the model runs; 0 decodes "
+            "on a thread instead. auto: 0 on 2 cores or fewer, else half the cores, at most 4.",
+        ),
+    ] = "auto",
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="K/N",
+            help="Explain only the K-th of N disjoint shares of the inputs (chosen by a hash of "
+            "each input's name), for N processes or machines; the report is "
+            "predictions.K-of-N.json.",
+        ),
+    ] = None,
+    amp: Annotated[
+        str | None,
+        typer.Option(
+            "--amp",
+            metavar="DTYPE",
+            help="Run the model in bf16 or fp16 autocast (fp16: GPU only); maps and scores are "
+            "still computed in float32.",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Explain images: overlay and heatmap PNGs per image × target × layer, plus a JSON report."""
@@ -324,16 +367,21 @@ def _explain(
     alpha,
     interpolation,
     normalize,
+    image_format,
+    heatmap,
     save_raw,
     mask,
     min_energy,
     require_hit,
     batch_size,
     device,
+    workers,
+    shard,
+    amp,
     verbose,
 ) -> int:
     # Cheap checks first: a bad option costs no model load.
-    from .files import check_writable_dir
+    from .files import check_image_format, check_writable_dir
     from .methods import check_method_options
     from .render import check_alpha, check_interpolation, check_normalization, colormap_lut
 
@@ -342,6 +390,7 @@ def _explain(
     check_normalization(normalize)
     colormap_lut(colormap)
     check_alpha(alpha)
+    check_image_format(image_format)
     if topk < 1:
         raise UsageError(f"--topk must be at least 1, got {topk}")
     if target and topk != 1:
@@ -355,13 +404,16 @@ def _explain(
     if gate.active and mask is None:
         raise UsageError("--min-energy and --require-hit measure against a mask: add --mask PATH")
     masks = MaskSource(mask) if mask is not None else None
-    from .inputs import collect_inputs
+    from .inputs import collect_inputs, parse_shard, select_shard
+    from .pipeline import check_workers, default_workers, default_write_threads
 
-    items = collect_inputs(inputs, stdin=sys.stdin)
+    share = parse_shard(shard) if shard is not None else None
+    decode_workers = default_workers() if workers == "auto" else check_workers(_int(workers))
+    items = select_shard(collect_inputs(inputs, stdin=sys.stdin), share)
 
     from .explainer import Explainer, RenderOptions
     from .models import load_model
-    from .runner import REPORT_NAME, RunOptions, run_explain
+    from .runner import RunOptions, run_explain
 
     loaded = load_model(
         model,
@@ -380,6 +432,7 @@ def _explain(
         device=device,
         aug_smooth=aug_smooth,
         eigen_smooth=eigen_smooth,
+        amp=amp,
     )
     classes = tuple(explainer.resolve_targets(target or []))
     if explainer.layer_chosen_automatically:
@@ -395,6 +448,11 @@ def _explain(
         save_raw=save_raw,
         masks=masks,
         gate=gate,
+        workers=decode_workers,
+        write_threads=default_write_threads(),
+        shard=share,
+        overlay_format=image_format,
+        heatmap=heatmap,
         render=RenderOptions(
             colormap=colormap, alpha=alpha, interpolation=interpolation, normalize=normalize
         ),
@@ -410,11 +468,18 @@ def _explain(
     summary = report.to_dict()["summary"]
     _log(
         f"{summary['ok']}/{summary['images']} images explained in {summary['seconds']:.1f}s; "
-        f"report: {out / REPORT_NAME}"
+        f"report: {out / options.report_name}"
     )
     if report.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if report.errors or report.gate_failures else EXIT_OK
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--workers takes a number or auto, got '{text}'") from None
 
 
 def _log_localization(report) -> None:

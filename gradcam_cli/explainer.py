@@ -12,6 +12,7 @@ The CLI's batch runner uses exactly this object; nothing here writes files.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -153,11 +154,14 @@ class Explainer:
         device: str | torch.device = "cpu",
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
+        amp: str | None = None,
     ):
         self.loaded = loaded
         self.method = check_method_options(method, eigen_smooth=eigen_smooth)
         self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.amp = amp
+        self._amp_dtype = _amp_dtype(amp, self.device)
         self.model = loaded.model.to(self.device)
         self.probe: Probe = probe_layers(self.model, loaded.preprocess.input_size, self.device)
         names = parse_layers(layers)
@@ -244,15 +248,33 @@ class Explainer:
         *,
         classes: Sequence[int] | None = None,
         topk: int = 1,
+        arrays: Sequence[np.ndarray] | None = None,
     ) -> list[ImageExplanation]:
-        """Explain RGB images: the given classes for each, else each image's top-k."""
+        """Explain RGB images: the given classes for each, else each image's top-k.
+
+        `arrays` are the images already preprocessed (`Preprocess.to_array`), as the batch
+        runner's decode workers make them; by default they are made here.
+        """
         if topk < 1:
             raise UsageError(f"--topk must be at least 1, got {topk}")
-        preprocess = self.loaded.preprocess
-        batch = torch.from_numpy(np.stack([preprocess.to_array(im) for im in images]))
-        result = explain_batch(
+        if arrays is None:
+            arrays = [self.loaded.preprocess.to_array(image) for image in images]
+        batch = torch.from_numpy(np.stack(arrays))
+        if self.device.type == "cuda":  # page-locked, so the copy overlaps the GPU's work
+            batch = batch.pin_memory()
+        with self._autocast():
+            result = self._explain_tensor(batch.to(self.device, non_blocking=True), classes, topk)
+        return [self._image_explanation(i, image, result) for i, image in enumerate(images)]
+
+    def _autocast(self):
+        if self._amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._amp_dtype)
+
+    def _explain_tensor(self, batch: torch.Tensor, classes, topk: int):
+        return explain_batch(
             self.model,
-            batch.to(self.device),
+            batch,
             self.layers,
             classes=classes,
             topk=topk,
@@ -261,7 +283,6 @@ class Explainer:
             aug_smooth=self.aug_smooth,
             eigen_smooth=self.eigen_smooth,
         )
-        return [self._image_explanation(i, image, result) for i, image in enumerate(images)]
 
     def _image_explanation(self, i: int, image: Image.Image, result) -> ImageExplanation:
         probabilities, scores = result.probabilities[i], result.scores[i]
@@ -283,6 +304,20 @@ class Explainer:
         }
         box = self.loaded.preprocess.crop_box(*image.size)
         return ImageExplanation(image, box, predictions, targets, maps, guided)
+
+
+AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
+    """--amp: the autocast dtype. Maps and scores are still computed in float32."""
+    if amp is None:
+        return None
+    if amp not in AMP_DTYPES:
+        raise UsageError(f"--amp takes bf16 or fp16, got '{amp}'" + did_you_mean(amp, AMP_DTYPES))
+    if amp == "fp16" and device.type == "cpu":
+        raise UsageError("--amp fp16 needs a GPU; on the CPU use --amp bf16")
+    return getattr(torch, AMP_DTYPES[amp])
 
 
 def _label_index(text: str, labels: Sequence[str]) -> int:

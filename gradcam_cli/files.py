@@ -19,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from .errors import UsageError
+from .errors import UsageError, did_you_mean
 
 __all__ = [
     "PNG_COMPRESS_LEVEL",
@@ -123,6 +123,27 @@ def write_png_atomic(path: Path, image: Image.Image) -> None:
             handle, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL
         ),
     )
+
+
+IMAGE_FORMATS = ("png", "jpg")
+JPEG_QUALITY = 90  # for overlays at scale: far smaller and faster to encode than PNG
+
+
+def check_image_format(image_format: str) -> str:
+    if image_format not in IMAGE_FORMATS:
+        raise UsageError(
+            f"--format takes {' or '.join(IMAGE_FORMATS)}, got '{image_format}'"
+            + did_you_mean(image_format, IMAGE_FORMATS)
+        )
+    return image_format
+
+
+def write_image_atomic(path: Path, image: Image.Image, image_format: str) -> None:
+    """Write `image` as `png` (see write_png_atomic) or `jpg` (quality JPEG_QUALITY)."""
+    if check_image_format(image_format) == "png":
+        write_png_atomic(path, image)
+    else:
+        _write_atomic(path, lambda handle: image.save(handle, "JPEG", quality=JPEG_QUALITY))
 
 
 def write_npy_atomic(path: Path, array: np.ndarray) -> None:

@@ -9,23 +9,37 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .errors import GradcamError
 from .explainer import Explainer, ImageExplanation, RenderOptions
-from .files import resolve_inside, write_npy_atomic, write_png_atomic, write_text_atomic
-from .inputs import InputItem, load_image
+from .files import (
+    resolve_inside,
+    write_image_atomic,
+    write_npy_atomic,
+    write_png_atomic,
+    write_text_atomic,
+)
+from .inputs import InputItem
 from .localization import Gate, MaskSource, localization_record, localize, read_mask
+from .pipeline import BoundedWriter, Decoded, decode_batches
+from .render import colormap_lut, heatmap_image, overlay_image
 from .report import ExplanationRecord, ImageResult, Report, TargetRef
 
-__all__ = ["RunOptions", "run_explain", "artifact_stem", "REPORT_NAME"]
+__all__ = ["RunOptions", "run_explain", "artifact_stem", "REPORT_NAME", "shard_report_name"]
 
 REPORT_NAME = "predictions.json"
+
+
+def shard_report_name(shard: tuple[int, int] | None) -> str:
+    """`predictions.json`, or `predictions.K-of-N.json` for one shard of a split run."""
+    return REPORT_NAME if shard is None else f"predictions.{shard[0]}-of-{shard[1]}.json"
+
+
 ZERO_MAP_WARNING = "the map is all zero: no positive evidence for this class at this layer"
 
 
@@ -39,6 +53,15 @@ class RunOptions:
     render: RenderOptions = RenderOptions()
     masks: MaskSource | None = None  # --mask: measure each map against a true mask
     gate: Gate = Gate()  # --min-energy / --require-hit
+    workers: int = 0  # decode processes; 0: decode on one thread of this process
+    write_threads: int = 1  # threads that render, encode and write the pictures
+    overlay_format: str = "png"  # --format: png or jpg
+    heatmap: bool = True  # --no-heatmap: overlays only
+    shard: tuple[int, int] | None = None  # (K, N) of --shard K/N: names the report
+
+    @property
+    def report_name(self) -> str:
+        return shard_report_name(self.shard)
 
 
 def _slug(text: str, limit: int = 32) -> str:
@@ -51,18 +74,14 @@ def artifact_stem(key: str, target_index: int, target_label: str, layer: str) ->
     return f"{key}.{target_index}-{_slug(target_label)}.{_slug(layer, 64)}"
 
 
-def _batches(items: Sequence[InputItem], size: int) -> Iterator[list[InputItem]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
 def run_explain(
     explainer: Explainer,
     items: Sequence[InputItem],
     options: RunOptions,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:
-    """Explain every input, write its pictures, and write OUT/predictions.json."""
+    """Explain every input, write its pictures, and write OUT/predictions.json (or the
+    shard's report). Decoding, the model and writing overlap (`pipeline`)."""
     start = time.perf_counter()
     report = Report(
         model=explainer.loaded.describe(),
@@ -75,16 +94,45 @@ def run_explain(
         method_options=_method_options(explainer),
         measures_localization=options.masks is not None,
     )
+
+    def collect(done: list[ImageResult]) -> None:
+        report.results.extend(done)
+        if done and progress:
+            progress(len(report.results), len(items))
+
+    batches = decode_batches(
+        items, max(1, options.batch_size), explainer.loaded.preprocess, options.workers
+    )
+    # Pictures are saved image by image, so every writer thread has work; at most two batches'
+    # worth wait, which bounds the memory their photos hold.
+    ahead = max(2 * max(1, options.batch_size), 4 * options.write_threads)
+    writer: BoundedWriter[ImageResult] = BoundedWriter(options.write_threads, ahead=ahead)
     try:
-        for batch in _batches(items, max(1, options.batch_size)):
-            report.results.extend(_run_batch(explainer, batch, options))
-            if progress:
-                progress(len(report.results), len(items))
+        for decoded in batches:
+            explained = _explain_batch(explainer, decoded, options)
+            for job in _save_jobs(decoded, explained, options):
+                collect(writer.submit(*job))
+        collect(writer.drain())
     except KeyboardInterrupt:
         report.interrupted = True  # what was done is reported; the CLI exits 130
+        try:  # the images already explained are a few writes from done: finish them
+            collect(writer.drain())
+        except KeyboardInterrupt:  # a second Ctrl-C: keep only what is written
+            collect(_finished_in_order(writer))
+    finally:
+        batches.close()
+        writer.close(cancel=report.interrupted)
     report.seconds = time.perf_counter() - start
-    write_text_atomic(resolve_inside(options.out_dir, REPORT_NAME), report.to_json())
+    write_text_atomic(resolve_inside(options.out_dir, options.report_name), report.to_json())
     return report
+
+
+def _finished_in_order(writer: BoundedWriter) -> list[ImageResult]:
+    """After an interrupt: the saves already done, up to the first one that is not."""
+    done = []
+    while writer.pending and writer.pending[0].done() and not writer.pending[0].cancelled():
+        done.append(writer.pending.popleft().result())
+    return done
 
 
 def _options_record(options: RunOptions) -> dict[str, object]:
@@ -101,41 +149,53 @@ def _options_record(options: RunOptions) -> dict[str, object]:
         "mask": str(options.masks.path) if options.masks else None,
         "min_energy": options.gate.min_energy,
         "require_hit": options.gate.require_hit,
+        "workers": options.workers,
+        "format": options.overlay_format,
+        "heatmap": options.heatmap,
+        "shard": list(options.shard) if options.shard else None,
     }
 
 
 def _method_options(explainer: Explainer) -> dict[str, object]:
-    return {"aug_smooth": explainer.aug_smooth, "eigen_smooth": explainer.eigen_smooth}
+    return {
+        "aug_smooth": explainer.aug_smooth,
+        "eigen_smooth": explainer.eigen_smooth,
+        "amp": explainer.amp,
+    }
 
 
-def _run_batch(
-    explainer: Explainer, batch: list[InputItem], options: RunOptions
-) -> list[ImageResult]:
-    results: dict[int, ImageResult] = {}
-    readable: list[tuple[int, InputItem, Image.Image]] = []
-    for position, item in enumerate(batch):
-        if item.error is not None:
-            results[position] = ImageResult.failed(item.source, item.error)
-            continue
-        try:
-            readable.append((position, item, load_image(item.path)))
-        except GradcamError as exc:
-            results[position] = ImageResult.failed(item.source, str(exc))
-    if readable:
-        try:
-            explained = explainer.explain(
-                [image for _, _, image in readable],
-                classes=options.classes or None,
-                topk=options.topk,
-            )
-        except (RuntimeError, GradcamError) as exc:  # e.g. out of memory: these inputs fail
-            message = f"the model failed on this batch: {_first_line(exc)}"
-            for position, item, _ in readable:
-                results[position] = ImageResult.failed(item.source, message)
+def _explain_batch(
+    explainer: Explainer, decoded: list[Decoded], options: RunOptions
+) -> list[ImageExplanation] | str:
+    """The batch's explanations (readable inputs only, in order), or why the model failed."""
+    readable = [d for d in decoded if d.error is None]
+    if not readable:
+        return []
+    try:
+        return explainer.explain(
+            [d.image for d in readable],
+            arrays=[d.array for d in readable],
+            classes=options.classes or None,
+            topk=options.topk,
+        )
+    except (RuntimeError, GradcamError) as exc:  # e.g. out of memory: these inputs fail
+        return f"the model failed on this batch: {_first_line(exc)}"
+
+
+def _save_jobs(
+    decoded: list[Decoded], explained: list[ImageExplanation] | str, options: RunOptions
+) -> list[tuple]:
+    """One writer job per input, in input order: save its pictures, or record its failure."""
+    explanations = iter(explained) if isinstance(explained, list) else None
+    jobs: list[tuple] = []
+    for d in decoded:
+        if d.error is not None:
+            jobs.append((ImageResult.failed, d.item.source, d.error))
+        elif explanations is None:
+            jobs.append((ImageResult.failed, d.item.source, str(explained)))
         else:
-            for (position, item, _), explanation in zip(readable, explained, strict=True):
-                results[position] = _save(item, explanation, options)
-    return [results[position] for position in range(len(batch))]
+            jobs.append((_save, d.item, next(explanations), options))
+    return jobs
 
 
 def _first_line(exc: BaseException) -> str:
@@ -150,11 +210,7 @@ def _save(item: InputItem, explanation: ImageExplanation, options: RunOptions) -
         for (index, layer), raw in explanation.maps.items():
             target = next(t for t in explanation.targets if t.index == index)
             stem = artifact_stem(item.key, index, target.label, layer)
-            overlay_picture, heatmap_picture = explanation.pictures(index, layer, options.render)
-            overlay = f"{stem}.overlay.png"
-            heatmap = f"{stem}.heatmap.png"
-            write_png_atomic(resolve_inside(options.out_dir, overlay), overlay_picture)
-            write_png_atomic(resolve_inside(options.out_dir, heatmap), heatmap_picture)
+            overlay, heatmap = _save_pictures(explanation, index, layer, stem, options)
             raw_path = None
             if options.save_raw:
                 raw_path = f"{stem}.raw.npy"
@@ -203,6 +259,26 @@ class _MaskCache:
         if isinstance(mask, str):
             return localization_record(None, gate, mask=str(path), error=mask)
         return localization_record(localize(raw, mask, crop_box, str(path)), gate)
+
+
+def _save_pictures(
+    explanation: ImageExplanation, index: int, layer: str, stem: str, options: RunOptions
+) -> tuple[str, str | None]:
+    """Write the overlay (PNG or JPEG) and, unless --no-heatmap, the RGBA heatmap (PNG)."""
+    render = options.render
+    values, inside = explanation.placed(index, layer, render)
+    lut = colormap_lut(render.colormap)
+    overlay = f"{stem}.overlay.{options.overlay_format}"
+    write_image_atomic(
+        resolve_inside(options.out_dir, overlay),
+        overlay_image(explanation.image, values, inside, lut, render.alpha),
+        options.overlay_format,
+    )
+    if not options.heatmap:
+        return overlay, None
+    heatmap = f"{stem}.heatmap.png"
+    write_png_atomic(resolve_inside(options.out_dir, heatmap), heatmap_image(values, inside, lut))
+    return overlay, heatmap
 
 
 def _save_guided(

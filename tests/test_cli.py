@@ -364,6 +364,8 @@ def test_preprocess_and_render_options_are_applied_and_recorded(run, tmp_path):
         "2",
         "--device",
         "cpu",
+        "--workers",
+        "1",
         "--out",
         str(out),
     )
@@ -383,6 +385,10 @@ def test_preprocess_and_render_options_are_applied_and_recorded(run, tmp_path):
         "mask": None,
         "min_energy": None,
         "require_hit": False,
+        "workers": 1,
+        "format": "png",
+        "heatmap": True,
+        "shard": None,
     }
     # alpha 0: inside the model's crop the overlay is the photo itself.
     photo = np.asarray(Image.open("photos/wide.jpg").convert("RGB"), dtype=int)
@@ -599,6 +605,9 @@ def test_help_does_not_import_torch():
         "        assert exc.code == 0, exc.code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'\n"
+        # Decode workers import this module: it must stay as light as the help.
+        "import gradcam_cli.pipeline\n"
+        "assert 'torch' not in sys.modules, 'the pipeline imported torch'\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

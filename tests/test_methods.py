@@ -593,8 +593,8 @@ def test_other_methods_write_no_guided_image_and_record_null(photo):
 def test_smoothing_options_are_applied_and_recorded(photo):
     plain = explain("--out", "a", "--save-raw")
     smooth = explain("--out", "b", "--save-raw", "--aug-smooth", "--eigen-smooth")
-    assert plain["method_options"] == {"aug_smooth": False, "eigen_smooth": False}
-    assert smooth["method_options"] == {"aug_smooth": True, "eigen_smooth": True}
+    assert plain["method_options"] == {"aug_smooth": False, "eigen_smooth": False, "amp": None}
+    assert smooth["method_options"] == {"aug_smooth": True, "eigen_smooth": True, "amp": None}
     raw_a = np.load(photo / "a" / plain["results"][0]["explanations"][0]["raw"])
     raw_b = np.load(photo / "b" / smooth["results"][0]["explanations"][0]["raw"])
     assert raw_a.shape == raw_b.shape and not np.allclose(raw_a, raw_b)

@@ -1,0 +1,164 @@
+"""The stages around the model in a batch run, overlapped so the model never waits.
+
+    decode + preprocess  ──▶  forward + gradients  ──▶  render + PNG encode + write
+    (worker processes, or      (the calling thread,       (a pool of threads: Pillow's
+     one thread)                batch by batch)             encoders and NumPy release the GIL)
+
+Both hand-offs are bounded — at most `ahead` batches decoded and not yet explained, at most
+`ahead` batches explained and not yet written — so memory stays flat however many images a run
+has. Nothing here imports torch: worker processes start light.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from .errors import GradcamError, UsageError
+from .inputs import InputItem, load_image
+from .preprocess import Preprocess
+
+__all__ = [
+    "Decoded",
+    "decode_batches",
+    "BoundedWriter",
+    "default_workers",
+    "default_write_threads",
+    "check_workers",
+]
+
+T = TypeVar("T")
+
+
+@dataclass
+class Decoded:
+    """One input after decoding: the photo and the model's view of it, or why it failed."""
+
+    item: InputItem
+    image: Image.Image | None = None
+    array: np.ndarray | None = None  # float32 [3, h, w], normalised
+    error: str | None = None
+
+
+def default_workers() -> int:
+    """Decode processes for `--workers auto`: the cores the model leaves, at most 4.
+
+    With 2 cores or fewer a process only competes with the model for them; a thread (0
+    workers) then overlaps decoding with the model's waits at no cost.
+    """
+    cores = _cores()
+    return 0 if cores <= 2 else min(4, cores // 2)
+
+
+def default_write_threads() -> int:
+    """Threads that render and encode: one per two cores, at most 4 (the model needs the rest;
+    on 2 cores a second thread only slows the model's own threads down)."""
+    return max(1, min(4, _cores() // 2))
+
+
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def check_workers(workers: int) -> int:
+    if workers < 0:
+        raise UsageError(f"--workers must be 0 (decode in a thread) or more, got {workers}")
+    return workers
+
+
+def _decode_one(item: InputItem, preprocess: Preprocess) -> Decoded:
+    if item.error is not None:
+        return Decoded(item, error=item.error)
+    try:
+        image = load_image(item.path)
+        return Decoded(item, image, preprocess.to_array(image))
+    except GradcamError as exc:
+        return Decoded(item, error=str(exc))
+
+
+def _decode_batch(items: list[InputItem], preprocess: Preprocess) -> list[Decoded]:
+    return [_decode_one(item, preprocess) for item in items]
+
+
+def decode_batches(
+    items: Sequence[InputItem],
+    batch_size: int,
+    preprocess: Preprocess,
+    workers: int = 0,
+    ahead: int = 2,
+) -> Iterator[list[Decoded]]:
+    """Yield the inputs decoded, batch by batch in input order, decoding ahead meanwhile.
+
+    `workers` processes (0: one thread of this process) keep up to `ahead` batches per worker
+    decoded in advance; the rest of the list is not touched until the consumer catches up.
+    """
+    batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    executor: Executor
+    if workers > 0:
+        # forkserver: children start from a clean process, not a copy of one whose torch
+        # thread pools and locks are in use (fork), and faster than spawn.
+        context = multiprocessing.get_context("forkserver")
+        executor = ProcessPoolExecutor(workers, mp_context=context)
+    else:
+        executor = ThreadPoolExecutor(1, thread_name_prefix="gradcam-decode")
+    window = max(1, ahead * max(1, workers))
+    with executor:
+        yield from _bounded_map(executor, _decode_batch, batches, window, preprocess)
+
+
+def _bounded_map(
+    executor: Executor, fn: Callable, batches: Iterable, window: int, *args
+) -> Iterator:
+    pending: deque[Future] = deque()
+    source = iter(batches)
+    try:
+        for batch in source:
+            pending.append(executor.submit(fn, batch, *args))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # the consumer stopped early (Ctrl-C, an error): drop what was not started
+        for future in pending:
+            future.cancel()
+
+
+class BoundedWriter(Generic[T]):
+    """Runs save jobs on threads; results come back in submission order, at most `ahead` wait."""
+
+    def __init__(self, threads: int, ahead: int):
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="gradcam-write")
+        self.ahead = max(1, ahead)
+        self.pending: deque[Future[T]] = deque()
+
+    def submit(self, fn: Callable[..., T], *args) -> list[T]:
+        """Queue a job; returns the results of the oldest jobs once too many are waiting."""
+        self.pending.append(self.pool.submit(fn, *args))
+        done = []
+        while len(self.pending) > self.ahead:
+            done.append(self.pending.popleft().result())
+        return done
+
+    def drain(self) -> list[T]:
+        done = [future.result() for future in self.pending]
+        self.pending.clear()
+        return done
+
+    def close(self, cancel: bool = False) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=cancel)
+
+    def __enter__(self) -> BoundedWriter[T]:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(cancel=exc_type is not None)
