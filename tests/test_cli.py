@@ -614,6 +614,22 @@ def test_help_does_not_import_torch():
     assert "--topk" in proc.stdout
 
 
+def test_cpu_allocator_tuning_runs_before_torch_and_respects_the_user():
+    code = (
+        "import os, sys\n"
+        "from gradcam_cli import cli\n"
+        "os.environ.pop('THP_MEM_ALLOC_ENABLE', None)\n"
+        "cli._tune_cpu_allocator()\n"
+        "assert os.environ['THP_MEM_ALLOC_ENABLE'] == '1'\n"
+        "assert 'torch' not in sys.modules\n"
+        "os.environ['THP_MEM_ALLOC_ENABLE'] = '0'\n"
+        "cli._tune_cpu_allocator()\n"
+        "assert os.environ['THP_MEM_ALLOC_ENABLE'] == '0'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_console_script_and_python_m_run():
     script = Path(sys.executable).with_name("gradcam")
     for command in ([str(script), "--help"], [sys.executable, "-m", "gradcam_cli", "--help"]):
