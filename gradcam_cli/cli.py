@@ -7,6 +7,7 @@ before any image was processed (README "Exit codes").
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -582,6 +583,40 @@ def models(
             typer.echo(f"timm:{name}")
         for name in sorted(n for n in list_models() if fnmatch.fnmatch(n, pattern)):
             typer.echo(f"torchvision:{name}")
+
+
+@app.command()
+def merge(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DIR", show_default=False, help="The --out folder the shares wrote to."
+        ),
+    ],
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Also print the merged report to stdout.")
+    ] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Merge the reports of a run split with --shard K/N into DIR/predictions.json.
+
+    Exit 0 when every input of every share was explained (and passed the gate, if any), 1 when
+    some failed, 2 when shares are missing or come from different runs.
+    """
+    with _exit_codes(verbose):
+        from .merge import merge_shards
+
+        target, merged = merge_shards(folder)
+        if json_out:
+            sys.stdout.write(json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
+        summary = merged["summary"]
+        gate = (summary["localization"] or {}).get("gate_failures", 0)
+        _log(
+            f"merged {summary['images']} images ({summary['ok']} ok, {summary['errors']} "
+            f"failed) into {target}"
+        )
+        code = EXIT_SOME_FAILED if summary["errors"] or gate else EXIT_OK
+    raise typer.Exit(code)
 
 
 def main() -> None:

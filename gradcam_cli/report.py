@@ -21,6 +21,7 @@ __all__ = [
     "ImageResult",
     "Report",
     "library_versions",
+    "localization_totals",
 ]
 
 SCHEMA_VERSION = 1
@@ -72,6 +73,25 @@ class ImageResult:
     @classmethod
     def failed(cls, input: str, error: str) -> ImageResult:
         return cls(input=input, status="error", error=error)
+
+
+def localization_totals(localizations: list[dict]) -> dict[str, object]:
+    """Over the explanations measured against a mask: hit rate, mean energy and the mean
+    share of the mask (energy's chance level), mean IoU, and how many failed the gate."""
+    measured = [m for m in localizations if m["hit"] is not None]
+
+    def mean(key: str) -> float | None:
+        return round(sum(m[key] for m in measured) / len(measured), 6) if measured else None
+
+    return {
+        "explanations": len(localizations),
+        "measured": len(measured),
+        "hit_rate": mean("hit"),
+        "mean_energy": mean("energy"),
+        "mean_iou": mean("iou"),
+        "mean_mask_share": mean("mask_share"),
+        "gate_failures": sum(m["passed"] is False for m in localizations),
+    }
 
 
 def library_versions() -> dict[str, str | None]:
@@ -141,26 +161,9 @@ class Report:
         return sum(record.localization["passed"] is False for _, record in self.localized())
 
     def localization_summary(self) -> dict[str, object] | None:
-        """Over the explanations measured against a mask: hit rate, mean energy and the
-        mean share of the mask (energy's chance level), and how many failed the gate."""
         if not self.measures_localization:
             return None
-        measured = [
-            r.localization for _, r in self.localized() if r.localization["hit"] is not None
-        ]
-
-        def mean(key: str) -> float | None:
-            return round(sum(m[key] for m in measured) / len(measured), 6) if measured else None
-
-        return {
-            "explanations": len(self.localized()),
-            "measured": len(measured),
-            "hit_rate": mean("hit"),
-            "mean_energy": mean("energy"),
-            "mean_iou": mean("iou"),
-            "mean_mask_share": mean("mask_share"),
-            "gate_failures": self.gate_failures,
-        }
+        return localization_totals([record.localization for _, record in self.localized()])
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"

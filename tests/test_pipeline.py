@@ -196,3 +196,51 @@ def test_interrupt_reports_the_batches_already_written(tmp_path, monkeypatch):
     for result in written["results"]:
         assert (out / result["explanations"][0]["overlay"]).is_file()
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+# -- merging the shares ---------------------------------------------------------------------------
+
+
+def merge(*args: str):
+    return CliRunner().invoke(app, ["merge", *args], catch_exceptions=False)
+
+
+def test_merge_joins_the_shares_into_one_report(tmp_path):
+    out = tmp_path / "out"
+    masks = str(SCENES.parent / "masks")
+    for k in (1, 2, 3):
+        assert run_demo(out, str(SCENES), "--shard", f"{k}/3", "--mask", masks).exit_code == 0
+    shares = [json.loads((out / f"predictions.{k}-of-3.json").read_text()) for k in (1, 2, 3)]
+    result = merge(str(out))
+    assert result.exit_code == 0, result.stderr
+    merged = json.loads((out / "predictions.json").read_text())
+    assert merged["results"] == [r for share in shares for r in share["results"]]
+    assert merged["summary"]["images"] == 6 == len(list(SCENES.iterdir()))
+    assert merged["summary"]["ok"] == sum(s["summary"]["ok"] for s in shares)
+    assert merged["summary"]["seconds"] == max(s["summary"]["seconds"] for s in shares)
+    assert merged["options"]["shard"] is None
+    assert merged["summary"]["localization"]["measured"] == 6
+    assert set(merged) == set(shares[0])
+    assert "merged 6 images (6 ok, 0 failed)" in result.stderr
+
+
+def test_merge_refuses_missing_shares_and_other_runs(tmp_path):
+    out = tmp_path / "out"
+    assert run_demo(out, str(SCENES), "--shard", "1/2").exit_code == 0
+    result = merge(str(out))
+    assert result.exit_code == 2 and "missing shares 2/2" in result.stderr
+    assert run_demo(out, str(SCENES), "--shard", "2/2", "--method", "layercam").exit_code == 0
+    result = merge(str(out))
+    assert result.exit_code == 2 and "different method" in result.stderr
+    assert not (out / "predictions.json").exists()
+    result = merge(str(tmp_path / "nowhere"))
+    assert result.exit_code == 2 and "not a folder" in result.stderr
+
+
+def test_merge_exits_1_when_a_share_had_failures(tmp_path, photos):
+    out = tmp_path / "out"
+    for k in (1, 2):
+        run_demo(out, str(photos), "--shard", f"{k}/2")
+    result = merge(str(out))
+    assert result.exit_code == 1
+    assert json.loads((out / "predictions.json").read_text())["summary"]["errors"] == 1
