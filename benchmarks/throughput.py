@@ -37,7 +37,7 @@ from compare import machine  # noqa: E402
 from gradcam_cli.explainer import Explainer, RenderOptions  # noqa: E402
 from gradcam_cli.inputs import collect_inputs, load_image  # noqa: E402
 from gradcam_cli.models import load_model  # noqa: E402
-from gradcam_cli.pipeline import default_workers, default_write_threads  # noqa: E402
+from gradcam_cli.pipeline import default_write_threads, parse_workers  # noqa: E402
 from gradcam_cli.runner import RunOptions, run_explain  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--workers", default="auto")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    workers = default_workers() if args.workers == "auto" else int(args.workers)
+    workers = parse_workers(args.workers)
     device = torch.device(args.device)
     work = Path(tempfile.mkdtemp(prefix="gradcam-throughput-"))
     try:

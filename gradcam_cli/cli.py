@@ -7,7 +7,6 @@ before any image was processed (README "Exit codes").
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -418,10 +417,10 @@ def _explain(
         raise UsageError("--min-energy and --require-hit measure against a mask: add --mask PATH")
     masks = MaskSource(mask) if mask is not None else None
     from .inputs import collect_inputs, parse_shard, select_shard
-    from .pipeline import check_workers, default_workers, default_write_threads
+    from .pipeline import default_write_threads, parse_workers
 
     share = parse_shard(shard) if shard is not None else None
-    decode_workers = default_workers() if workers == "auto" else check_workers(_int(workers))
+    decode_workers = parse_workers(workers)
     items = select_shard(collect_inputs(inputs, stdin=sys.stdin), share)
 
     from .explainer import Explainer, RenderOptions
@@ -486,13 +485,6 @@ def _explain(
     if report.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if report.errors or report.gate_failures else EXIT_OK
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"--workers takes a number or auto, got '{text}'") from None
 
 
 def _log_localization(report) -> None:
@@ -608,7 +600,7 @@ def merge(
 
         target, merged = merge_shards(folder)
         if json_out:
-            sys.stdout.write(json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
+            sys.stdout.write(target.read_text(encoding="utf-8"))
         summary = merged["summary"]
         gate = (summary["localization"] or {}).get("gate_failures", 0)
         _log(

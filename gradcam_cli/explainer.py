@@ -104,7 +104,8 @@ class ImageExplanation:
         layer: str | None = None,
         options: RenderOptions = RenderOptions(),
     ) -> tuple[Image.Image, Image.Image]:
-        """(overlay on the photo, RGBA heatmap), both at the photo's own size."""
+        """(overlay on the photo, RGBA heatmap), both at the photo's own size; the map is
+        placed once for both."""
         values, inside = self.placed(target, layer, options)
         lut = colormap_lut(options.colormap)
         return (
@@ -112,19 +113,23 @@ class ImageExplanation:
             heatmap_image(values, inside, lut),
         )
 
-    def localize(
-        self, target: TargetRef | int, mask: np.ndarray, layer: str | None = None
-    ) -> Localization:
-        """Hit, energy and IoU of this map against a bool mask [H, W] on the photo."""
-        return localize(self.raw(target, layer), mask, self.crop_box)
-
     def overlay(
         self,
         target: TargetRef | int,
         layer: str | None = None,
         options: RenderOptions = RenderOptions(),
     ) -> Image.Image:
-        return self.pictures(target, layer, options)[0]
+        """The overlay alone (no heatmap is rendered)."""
+        values, inside = self.placed(target, layer, options)
+        return overlay_image(
+            self.image, values, inside, colormap_lut(options.colormap), options.alpha
+        )
+
+    def localize(
+        self, target: TargetRef | int, mask: np.ndarray, layer: str | None = None
+    ) -> Localization:
+        """Hit, energy and IoU of this map against a bool mask [H, W] on the photo."""
+        return localize(self.raw(target, layer), mask, self.crop_box)
 
     def guided_picture(
         self,

@@ -169,11 +169,8 @@ class MaskSource:
         self.path = Path(path)
         if not self.path.exists():
             raise UsageError(f"--mask {self.path}: no such file or folder")
+        self.is_folder = self.path.is_dir()  # asked once per explanation: stat only here
         self._index: dict[str, Path] | None = None
-
-    @property
-    def is_folder(self) -> bool:
-        return self.path.is_dir()
 
     def find(self, key: str, class_index: int, class_slug: str) -> Path | None:
         if not self.is_folder:

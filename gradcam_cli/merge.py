@@ -10,16 +10,14 @@ a merged report must describe one run. Torch-free.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from .errors import UsageError
 from .files import write_text_atomic
-from .report import localization_totals
+from .report import REPORT_NAME, SHARD_REPORT, localization_totals
 
-__all__ = ["merge_shards", "SHARD_REPORT"]
+__all__ = ["merge_shards"]
 
-SHARD_REPORT = re.compile(r"predictions\.(\d+)-of-(\d+)\.json")
 _SAME_RUN_KEYS = ("schema_version", "model", "method", "method_options", "layers", "preprocess")
 
 
@@ -34,7 +32,7 @@ def merge_shards(folder: str | Path) -> tuple[Path, dict]:
     merged["options"] = {**documents[0]["options"], "shard": None}
     merged["results"] = [result for doc in documents for result in doc["results"]]
     merged["summary"] = _summary(documents, merged["results"])
-    target = folder / "predictions.json"
+    target = folder / REPORT_NAME
     text = json.dumps(merged, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     write_text_atomic(target, text)
     return target, merged

@@ -4,9 +4,9 @@
     (worker processes, or      (the calling thread,       (a pool of threads: Pillow's
      one thread)                batch by batch)             encoders and NumPy release the GIL)
 
-Both hand-offs are bounded — at most `ahead` batches decoded and not yet explained, at most
-`ahead` batches explained and not yet written — so memory stays flat however many images a run
-has. Nothing here imports torch: worker processes start light.
+Both hand-offs are bounded — a few batches decoded and not yet explained, a few images explained
+and not yet written — so memory stays flat however many images a run has. Nothing here imports
+torch: worker processes start light.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ __all__ = [
     "BoundedWriter",
     "default_workers",
     "default_write_threads",
-    "check_workers",
+    "parse_workers",
 ]
 
 T = TypeVar("T")
@@ -70,7 +70,14 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def check_workers(workers: int) -> int:
+def parse_workers(text: str) -> int:
+    """`--workers`: `auto` (see default_workers) or a count, 0 meaning a decode thread."""
+    if text == "auto":
+        return default_workers()
+    try:
+        workers = int(text)
+    except ValueError:
+        raise UsageError(f"--workers takes a number or auto, got '{text}'") from None
     if workers < 0:
         raise UsageError(f"--workers must be 0 (decode in a thread) or more, got {workers}")
     return workers
@@ -120,9 +127,8 @@ def _bounded_map(
     executor: Executor, fn: Callable, batches: Iterable, window: int, *args
 ) -> Iterator:
     pending: deque[Future] = deque()
-    source = iter(batches)
     try:
-        for batch in source:
+        for batch in batches:
             pending.append(executor.submit(fn, batch, *args))
             if len(pending) >= window:
                 yield pending.popleft().result()
@@ -156,9 +162,3 @@ class BoundedWriter(Generic[T]):
 
     def close(self, cancel: bool = False) -> None:
         self.pool.shutdown(wait=True, cancel_futures=cancel)
-
-    def __enter__(self) -> BoundedWriter[T]:
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        self.close(cancel=exc_type is not None)

@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 
 __all__ = [
     "SCHEMA_VERSION",
+    "REPORT_NAME",
+    "SHARD_REPORT",
+    "shard_report_name",
     "Prediction",
     "TargetRef",
     "ExplanationRecord",
@@ -25,6 +29,14 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+REPORT_NAME = "predictions.json"
+# One share of a run split with --shard K/N; `gradcam merge` finds them by this pattern.
+SHARD_REPORT = re.compile(r"predictions\.(\d+)-of-(\d+)\.json")
+
+
+def shard_report_name(shard: tuple[int, int] | None) -> str:
+    """`predictions.json`, or `predictions.K-of-N.json` for one shard of a split run."""
+    return REPORT_NAME if shard is None else f"predictions.{shard[0]}-of-{shard[1]}.json"
 
 
 def _finite(value: float) -> float | None:
@@ -90,8 +102,12 @@ def localization_totals(localizations: list[dict]) -> dict[str, object]:
         "mean_energy": mean("energy"),
         "mean_iou": mean("iou"),
         "mean_mask_share": mean("mask_share"),
-        "gate_failures": sum(m["passed"] is False for m in localizations),
+        "gate_failures": _gate_failures(localizations),
     }
+
+
+def _gate_failures(localizations: list[dict]) -> int:
+    return sum(m["passed"] is False for m in localizations)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -158,7 +174,7 @@ class Report:
 
     @property
     def gate_failures(self) -> int:
-        return sum(record.localization["passed"] is False for _, record in self.localized())
+        return _gate_failures([record.localization for _, record in self.localized()])
 
     def localization_summary(self) -> dict[str, object] | None:
         if not self.measures_localization:

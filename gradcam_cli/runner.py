@@ -27,18 +27,16 @@ from .files import (
 from .inputs import InputItem
 from .localization import Gate, MaskSource, localization_record, localize, read_mask
 from .pipeline import BoundedWriter, Decoded, decode_batches
-from .render import colormap_lut, heatmap_image, overlay_image
-from .report import ExplanationRecord, ImageResult, Report, TargetRef
+from .report import (
+    REPORT_NAME,
+    ExplanationRecord,
+    ImageResult,
+    Report,
+    TargetRef,
+    shard_report_name,
+)
 
 __all__ = ["RunOptions", "run_explain", "artifact_stem", "REPORT_NAME", "shard_report_name"]
-
-REPORT_NAME = "predictions.json"
-
-
-def shard_report_name(shard: tuple[int, int] | None) -> str:
-    """`predictions.json`, or `predictions.K-of-N.json` for one shard of a split run."""
-    return REPORT_NAME if shard is None else f"predictions.{shard[0]}-of-{shard[1]}.json"
-
 
 ZERO_MAP_WARNING = "the map is all zero: no positive evidence for this class at this layer"
 
@@ -265,19 +263,16 @@ def _save_pictures(
     explanation: ImageExplanation, index: int, layer: str, stem: str, options: RunOptions
 ) -> tuple[str, str | None]:
     """Write the overlay (PNG or JPEG) and, unless --no-heatmap, the RGBA heatmap (PNG)."""
-    render = options.render
-    values, inside = explanation.placed(index, layer, render)
-    lut = colormap_lut(render.colormap)
     overlay = f"{stem}.overlay.{options.overlay_format}"
-    write_image_atomic(
-        resolve_inside(options.out_dir, overlay),
-        overlay_image(explanation.image, values, inside, lut, render.alpha),
-        options.overlay_format,
-    )
-    if not options.heatmap:
-        return overlay, None
-    heatmap = f"{stem}.heatmap.png"
-    write_png_atomic(resolve_inside(options.out_dir, heatmap), heatmap_image(values, inside, lut))
+    heatmap = f"{stem}.heatmap.png" if options.heatmap else None
+    if heatmap:
+        overlay_picture, heatmap_picture = explanation.pictures(index, layer, options.render)
+    else:
+        overlay_picture = explanation.overlay(index, layer, options.render)
+    path = resolve_inside(options.out_dir, overlay)
+    write_image_atomic(path, overlay_picture, options.overlay_format)
+    if heatmap:
+        write_png_atomic(resolve_inside(options.out_dir, heatmap), heatmap_picture)
     return overlay, heatmap
 
 

@@ -594,6 +594,13 @@ def test_models_lists_names_with_their_library(run):
 # -- start-up, entry points, help texts --------------------------------------------------------
 
 
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (nothing imported yet) and insist that it succeeds."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def test_help_does_not_import_torch():
     code = (
         "import sys\n"
@@ -609,9 +616,7 @@ def test_help_does_not_import_torch():
         "import gradcam_cli.pipeline\n"
         "assert 'torch' not in sys.modules, 'the pipeline imported torch'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "--topk" in proc.stdout
+    assert "--topk" in run_python(code).stdout
 
 
 def test_cpu_allocator_tuning_runs_before_torch_and_respects_the_user():
@@ -626,8 +631,7 @@ def test_cpu_allocator_tuning_runs_before_torch_and_respects_the_user():
         "cli._tune_cpu_allocator()\n"
         "assert os.environ['THP_MEM_ALLOC_ENABLE'] == '0'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    run_python(code)
 
 
 def test_console_script_and_python_m_run():
