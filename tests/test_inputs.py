@@ -357,7 +357,10 @@ def test_truncated_file_fails_at_load(tmp_path, fmt):
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [
-        ("text", "not an image Pillow can decode"),
+        ("text", "a text file, not an image"),
+        ("html", "an HTML page, not an image"),
+        ("empty", r"empty file \(0 bytes\)"),
+        ("binary", r"not an image format Pillow can decode \(unknown file signature\)"),
         ("folder", "is a directory"),
         ("missing", "no such file or directory"),
     ],
@@ -366,6 +369,12 @@ def test_unreadable_inputs_raise_one_line_reason(tmp_path, kind, reason):
     path = tmp_path / "photo.jpg"
     if kind == "text":
         path.write_text("hello, not a JPEG")
+    elif kind == "html":
+        path.write_text("<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "binary":
+        path.write_bytes(bytes(range(256)) * 4)
     elif kind == "folder":
         path.mkdir()
     with pytest.raises(ImageReadError, match=f"^cannot read .*photo.jpg: {reason}"):
