@@ -123,6 +123,7 @@ def run_explain(
         report.results = ledger.results()
         report.seconds = time.perf_counter() - start
         report.in_progress = in_progress
+        report.batch_size_reduced_to = splitter.limit
         write_text_atomic(report_path, report.to_json())
 
     checkpoints = Checkpoints(lambda: write_report(in_progress=True))
@@ -158,7 +159,6 @@ def run_explain(
     finally:
         batches.close()
         writer.close(cancel=report.interrupted)
-    report.batch_size_reduced_to = splitter.limit
     try:
         write_report()
     except OSError as exc:  # disk full: the pictures written stay; say the report is missing

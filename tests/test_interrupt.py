@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
 from gradcam_cli.explainer import Explainer
+from gradcam_cli.signals import Terminated
 
 GRADCAM = str(Path(sys.executable).with_name("gradcam"))
 IMAGES = 40
@@ -289,3 +290,19 @@ def test_resume_may_change_batch_size_and_workers_and_needs_no_previous_report(
     assert result.exit_code == 0, result.output
     assert f"resumed: {IMAGES} image(s)" in result.stderr
     assert strict_report(workspace / "out")["options"]["batch_size"] == 5
+
+
+@pytest.mark.parametrize(("stop", "code"), [(KeyboardInterrupt, 130), (Terminated, 143)])
+def test_a_stop_before_any_image_exits_with_its_signal_code_and_one_line(
+    workspace, monkeypatch, stop, code
+):
+    import gradcam_cli.models
+
+    def interrupted(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr(gradcam_cli.models, "load_model", interrupted)
+    monkeypatch.chdir(workspace)
+    result = explain(*command())
+    assert result.exit_code == code
+    assert result.stderr == "gradcam: interrupted\n"  # not click's "Aborted!" and exit 1
