@@ -78,6 +78,20 @@ def test_symlink_loop_in_folder_does_not_hang(tmp_path):
     assert keys(items) == ["sub/cat"]
 
 
+def test_folder_named_like_an_image_is_an_error_only_when_it_holds_no_images(tmp_path):
+    root = tmp_path / "root"
+    (root / "empty.jpg").mkdir(parents=True)
+    make_image(root / "album.png" / "inside.png")
+    (root / "linked.jpg").symlink_to(root / "album.png", target_is_directory=True)  # not entered
+    items = collect_inputs([str(root)])
+    assert [(item.key, item.error) for item in items] == [
+        ("album.png/inside", None),
+        ("empty", "is a directory, not an image (and holds no images)"),
+    ]
+    [item] = collect_inputs([str(root / "empty.jpg")])  # named on the command line
+    assert item.error == "is a directory, not an image (and holds no images)"
+
+
 def test_symlink_to_file_in_folder_is_found(tmp_path):
     target = make_image(tmp_path / "elsewhere" / "dog.png")
     (tmp_path / "in").mkdir()
