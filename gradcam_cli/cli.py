@@ -2,7 +2,8 @@
 
 torch is imported inside the commands, never at module level, so `gradcam --help` stays fast.
 Exit codes: 0 every input explained; 1 some inputs failed; 2 usage or configuration error found
-before any image was processed (README "Exit codes").
+before any image was processed; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)
+(README "Exit codes").
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import typer
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, GradcamError, UsageError
 from .methods import METHODS
 from .render import INTERPOLATIONS, NORMALIZATIONS
+from .signals import EXIT_INTERRUPTED, EXIT_TERMINATED, StopState, stop_signals
 
 app = typer.Typer(
     name="gradcam",
@@ -28,8 +30,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-EXIT_INTERRUPTED = 130
 
 
 def _show_version(value: bool) -> None:
@@ -107,6 +107,9 @@ def _exit_codes(verbose: bool) -> Iterator[None]:
     """Turn library errors into one stderr line and the documented exit code."""
     try:
         yield
+    except KeyboardInterrupt as exc:  # before any image (a run reports its own interruption)
+        typer.echo("gradcam: interrupted", err=True)
+        raise typer.Exit(StopState().exit_code(exc)) from None
     except GradcamError as exc:
         if verbose:
             traceback.print_exc()
@@ -338,6 +341,15 @@ def explain(
             "predictions.K-of-N.json.",
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Finish an interrupted run: take over the images the report in --out lists as "
+            "done (their files still there) and explain only the rest. Refused if that report "
+            "comes from other options.",
+        ),
+    ] = False,
     amp: Annotated[
         str | None,
         typer.Option(
@@ -350,7 +362,7 @@ def explain(
     verbose: VerboseOpt = False,
 ) -> None:
     """Explain images: overlay and heatmap PNGs per image × target × layer, plus a JSON report."""
-    with _exit_codes(verbose):
+    with _exit_codes(verbose), stop_signals() as stop:
         code = _explain(**locals())
     raise typer.Exit(code)
 
@@ -388,8 +400,10 @@ def _explain(
     device,
     workers,
     shard,
+    resume,
     amp,
     verbose,
+    stop: StopState,
 ) -> int:
     _tune_cpu_allocator()
     # Cheap checks first: a bad option costs no model load.
@@ -447,6 +461,11 @@ def _explain(
         amp=amp,
     )
     classes = tuple(explainer.resolve_targets(target or []))
+    if topk > explainer.num_classes:
+        raise UsageError(
+            f"--topk {topk} is more than the model's {explainer.num_classes} classes; "
+            f"give 1–{explainer.num_classes}"
+        )
     if explainer.layer_chosen_automatically:
         _log(
             f"no --layer given: using '{explainer.layers[0]}' "
@@ -465,6 +484,7 @@ def _explain(
         shard=share,
         overlay_format=image_format,
         heatmap=heatmap,
+        resume=resume,
         render=RenderOptions(
             colormap=colormap, alpha=alpha, interpolation=interpolation, normalize=normalize
         ),
@@ -477,14 +497,33 @@ def _explain(
         if result.status != "ok":
             _log(f"{result.input}: {result.error}")
     _log_localization(report)
+    _log_run_notes(report, batch_size)
     summary = report.to_dict()["summary"]
     _log(
         f"{summary['ok']}/{summary['images']} images explained in {summary['seconds']:.1f}s; "
         f"report: {out / options.report_name}"
     )
     if report.interrupted:
-        return EXIT_INTERRUPTED
+        return stop.exit_code()
+    if report.write_error:
+        typer.echo(f"gradcam: error: {report.write_error}", err=True)
+        return EXIT_SOME_FAILED
     return EXIT_SOME_FAILED if report.errors or report.gate_failures else EXIT_OK
+
+
+def _log_run_notes(report, batch_size: int) -> None:
+    """--resume's count, and a batch size cut down after running out of memory."""
+    if report.resumed:
+        _log(
+            f"resumed: {report.resumed} image(s) already done in the previous report, "
+            f"skipped; {len(report.results) - report.resumed} explained now"
+        )
+    if report.batch_size_reduced_to:
+        _log(
+            f"out of memory at --batch-size {batch_size}: batches were split, down to "
+            f"{report.batch_size_reduced_to} image(s); pass --batch-size "
+            f"{report.batch_size_reduced_to} to avoid the retries"
+        )
 
 
 def _log_localization(report) -> None:
@@ -615,8 +654,16 @@ def main() -> None:
     """Console-script entry point."""
     try:
         app()
-    except KeyboardInterrupt:
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        sys.exit(StopState().exit_code(exc))
 
 
-__all__ = ["app", "main", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE"]
+__all__ = [
+    "app",
+    "main",
+    "EXIT_OK",
+    "EXIT_SOME_FAILED",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
+]

@@ -29,6 +29,7 @@ __all__ = [
     "write_npy_atomic",
     "write_text_atomic",
     "check_writable_dir",
+    "os_reason",
 ]
 
 # zlib level 1. Overlays are photos, which deflate shrinks little at any level. Measured on a
@@ -163,11 +164,11 @@ def check_writable_dir(out_dir: Path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise UsageError(
-            f"cannot write to --out {out_dir}: {_os_reason(exc)}; choose another directory"
+            f"cannot write to --out {out_dir}: {os_reason(exc)}; choose another directory"
         ) from exc
 
 
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
     """A short lower-case reason for an OSError ('permission denied', 'read-only file system')."""
     if exc.strerror:
         return exc.strerror[:1].lower() + exc.strerror[1:]

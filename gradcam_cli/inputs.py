@@ -8,6 +8,7 @@ file the way a user expects to see it (EXIF orientation applied, transparency on
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
@@ -28,16 +29,19 @@ from .errors import ImageReadError, UsageError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "InputItem",
+    "DecodedImage",
     "collect_inputs",
+    "decode_image",
     "load_image",
     "parse_shard",
     "shard_of",
     "select_shard",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 MISSING = "no such file or directory"
+IMAGE_NAMED_FOLDER = "is a directory, not an image (and holds no images)"
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _UNSAFE_CHARS = re.compile(r"[^\w.-]")  # \w on str is Unicode-aware: letters, digits, '_'
 # Room for suffixes such as '-12.overlay.png' under the usual 255-byte file-name limit.
@@ -118,7 +122,10 @@ def _expand_one(arg: str) -> Iterator[_Found]:
             yield _Found(arg, path, (path.stem or path.name,), error=_stat_reason(exc))
         return
     if stat.S_ISDIR(mode):
-        yield from _walk_folder(arg, key_prefix=())
+        found = list(_walk_folder(arg, key_prefix=()))
+        if not found and _is_image_name(os.path.normpath(arg)):
+            yield _Found(arg, path, (path.stem,), error=IMAGE_NAMED_FOLDER)
+        yield from found
     elif stat.S_ISREG(mode):
         yield _Found(arg, path, (path.stem,))
     else:  # a pipe or a device: reading it could block forever
@@ -138,6 +145,7 @@ def _expand_glob(pattern: str) -> Iterator[_Found]:
 def _walk_folder(folder: str, key_prefix: tuple[str, ...]) -> Iterator[_Found]:
     """Image files under `folder`, sorted; keys are their paths below it without extension."""
     found: list[tuple[tuple[str, ...], str]] = []  # (parts below folder, path), for sorting
+    image_named_folders: list[tuple[str, ...]] = []
     # followlinks=False: a symlinked folder is listed but never entered, so loops cannot hang.
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = [name for name in dirnames if not name.startswith(".")]
@@ -145,10 +153,19 @@ def _walk_folder(folder: str, key_prefix: tuple[str, ...]) -> Iterator[_Found]:
         for name in filenames:
             if not name.startswith(".") and _is_image_name(name):
                 found.append(((*below, name), os.path.join(dirpath, name)))
+        image_named_folders += [
+            (*below, name)
+            for name in dirnames
+            if _is_image_name(name) and not os.path.islink(os.path.join(dirpath, name))
+        ]
+    # A folder named 'x.jpg' looks like an image: say why it gives none rather than drop it.
+    empty = [p for p in image_named_folders if not any(f[: len(p)] == p for f, _ in found)]
+    found += [(parts, os.path.join(folder, *parts)) for parts in empty]
     found.sort()
     for parts, source in found:
         stem = os.path.splitext(parts[-1])[0]
-        yield _Found(source, Path(source), (*key_prefix, *parts[:-1], stem))
+        error = IMAGE_NAMED_FOLDER if parts in empty else None
+        yield _Found(source, Path(source), (*key_prefix, *parts[:-1], stem), error=error)
 
 
 def _stat_reason(exc: OSError) -> str:
@@ -228,15 +245,32 @@ def _unique_keys(keys: list[str]) -> list[str]:
 # -- decoding ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded photo and what the user should know about how it was read."""
+
+    image: Image.Image  # RGB, fully loaded
+    warnings: tuple[str, ...] = ()  # e.g. only the first frame of an animation was used
+
+
 def load_image(path: Path) -> Image.Image:
     """Decode `path` to a fully loaded RGB image; ImageReadError with a one-line reason otherwise.
 
+    See `decode_image`, which also returns the warnings (such as "first frame only").
+    """
+    return decode_image(path).image
+
+
+def decode_image(path: Path) -> DecodedImage:
+    """Decode `path` as a viewer shows it; ImageReadError with a one-line reason otherwise.
+
     - EXIF orientation is applied, so the map lands on the photo as the user sees it.
-    - Animated GIF/WebP: the first frame.
+    - Animated GIF/WebP/PNG and multi-page TIFF: the first frame, with a warning saying so.
     - Transparent pixels are composited onto white: their stored colour is arbitrary (often
       black or leftover paint), and the model should see what a viewer sees.
     - 16-bit images are scaled by 65535 (Pillow's convert would clip everything above 255 to
       white); float images by their maximum.
+    - PNG checksums are verified (Pillow's decoder skips them; libpng and browsers do not).
     Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) stays in force.
     """
     path = Path(path)
@@ -244,13 +278,37 @@ def load_image(path: Path) -> Image.Image:
         raise ImageReadError(f"cannot read {path}: is a directory")
     try:
         with Image.open(path) as image:
+            if image.format == "PNG":
+                _verify_png(path)
+            frames = _frame_count(image)
             image.load()  # inside the try: truncated data fails here, not later in a worker
             upright = ImageOps.exif_transpose(image)
-            return _to_rgb(upright)
+            return DecodedImage(_to_rgb(upright), _frames_warning(image.format, frames))
     # Every exception: a damaged file can make a Pillow plugin raise almost anything, and one
     # bad input must become one failed result, not the end of a run over a thousand images.
     except Exception as exc:
-        raise ImageReadError(f"cannot read {path}: {_decode_reason(exc)}") from exc
+        raise ImageReadError(f"cannot read {path}: {_decode_reason(exc, path)}") from exc
+
+
+def _verify_png(path: Path) -> None:
+    """Check every chunk's CRC (verify() needs a file of its own: it consumes the image)."""
+    with Image.open(path) as check:
+        check.verify()
+
+
+def _frame_count(image: Image.Image) -> int:
+    frames = int(getattr(image, "n_frames", 1) or 1)
+    if frames > 1:
+        image.seek(0)  # counting seeks through the file; decode the first frame
+    return frames
+
+
+def _frames_warning(image_format: str | None, frames: int) -> tuple[str, ...]:
+    if frames <= 1:
+        return ()
+    unit = "pages" if image_format == "TIFF" else "frames"
+    what = f"multi-page {image_format}" if unit == "pages" else f"animated {image_format}"
+    return (f"{what} with {frames} {unit}: only the first was explained",)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -278,27 +336,99 @@ def _scaled_to_rgb(pixels: np.ndarray, full_scale: float) -> Image.Image:
     return Image.fromarray(grey).convert("RGB")
 
 
-def _decode_reason(exc: BaseException) -> str:
+def _decode_reason(exc: BaseException, path: Path) -> str:
     """One line saying why decoding failed, in words a user can act on."""
-    detail = " ".join(str(exc).split())  # one line, whatever the plugin put in its message
+    detail = _one_line(exc)
     if isinstance(exc, Image.DecompressionBombError):
         pixels = re.search(r"(\d+) pixels", detail)
         size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
         limit = Image.MAX_IMAGE_PIXELS or 0
-        return f"image too large: {size}, over {limit:,} (decompression bomb guard)"
+        return (
+            f"image too large: {size}, over the {limit:,}-pixel limit (decompression bomb "
+            "guard); downscale it below that to explain it"
+        )
     if isinstance(exc, FileNotFoundError):
         return MISSING
     if isinstance(exc, IsADirectoryError):
         return "is a directory"
     if isinstance(exc, PermissionError):
         return "permission denied"
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return "too many levels of symbolic links (a symlink loop)"
     if isinstance(exc, UnidentifiedImageError):
-        return "not an image Pillow can decode (cannot identify image file)"
+        return _unidentified_reason(path)
     if isinstance(exc, MemoryError):
         return "not enough memory to decode it"
     if "truncated" in detail.lower() or isinstance(exc, EOFError):
         return f"truncated ({detail or 'file ends early'})"
+    if isinstance(exc, OSError) and exc.strerror and not detail.startswith("broken"):
+        return exc.strerror[:1].lower() + exc.strerror[1:]
     return f"damaged or unsupported image ({detail or type(exc).__name__})"
+
+
+_HEAD_BYTES = 512
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line, whatever the plugin put in it; chunk names without b'...'."""
+    return re.sub(r"\bb'(\w+)'", r"\1", " ".join(str(exc).split()))
+
+
+def _unidentified_reason(path: Path) -> str:
+    """Why Pillow could not even tell the format: say what the file is instead."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_HEAD_BYTES)
+    except OSError:
+        head = b"?"
+    if not head:
+        return "empty file (0 bytes)"
+    damaged = _plugin_complaint(path, head)
+    if damaged:
+        return damaged
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<!doctype html") or b"<html" in text:
+        return "an HTML page, not an image"
+    if text.startswith(b"<?xml") or b"<svg" in text:
+        return "an XML/SVG document, not a bitmap image (convert it to PNG first)"
+    if _looks_like_text(head):
+        return "a text file, not an image"
+    return "not an image format Pillow can decode (unknown file signature)"
+
+
+def _plugin_complaint(path: Path, head: bytes) -> str | None:
+    """A plugin that recognises the signature but rejects the header: its reason.
+
+    Image.open hides these ("cannot identify image file"), yet they name the damage:
+    "broken PNG file (bad header checksum in b'IHDR')".
+    """
+    for image_format in Image.ID:
+        factory, accept = Image.OPEN[image_format]
+        if accept is None:  # plugins that accept anything tell nothing
+            continue
+        try:
+            recognised = bool(accept(head[:16]))
+        except Exception:  # some accept() functions fail on short input
+            recognised = False
+        if not recognised:
+            continue
+        try:
+            with open(path, "rb") as handle:
+                factory(handle, str(path)).close()
+        except Exception as exc:
+            return f"damaged {image_format} header ({_one_line(exc) or type(exc).__name__})"
+        return None
+    return None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    for cut in range(4):  # the read may end inside a multi-byte character
+        try:
+            decoded = head[: len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return bool(decoded) and all(ch.isprintable() or ch in "\t\r\n" for ch in decoded)
+    return False
 
 
 # -- sharding ----------------------------------------------------------------------------------

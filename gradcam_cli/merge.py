@@ -14,11 +14,9 @@ from pathlib import Path
 
 from .errors import UsageError
 from .files import write_text_atomic
-from .report import REPORT_NAME, SHARD_REPORT, localization_totals
+from .report import REPORT_NAME, SAME_RUN_KEYS, SHARD_REPORT, localization_totals
 
 __all__ = ["merge_shards"]
-
-_SAME_RUN_KEYS = ("schema_version", "model", "method", "method_options", "layers", "preprocess")
 
 
 def merge_shards(folder: str | Path) -> tuple[Path, dict]:
@@ -69,7 +67,7 @@ def _read(path: Path) -> dict:
 def _check_same_run(documents: list[dict], paths: list[Path]) -> None:
     first = documents[0]
     for doc, path in zip(documents[1:], paths[1:], strict=True):
-        differs = [key for key in _SAME_RUN_KEYS if doc.get(key) != first.get(key)]
+        differs = [key for key in SAME_RUN_KEYS if doc.get(key) != first.get(key)]
         if differs:
             raise UsageError(
                 f"{path.name} comes from another run than {paths[0].name} "
@@ -86,6 +84,7 @@ def _summary(documents: list[dict], results: list[dict]) -> dict:
         if explanation.get("localization") is not None
     ]
     measured = any(s.get("localization") is not None for s in summaries)
+    reduced = [s["batch_size_reduced_to"] for s in summaries if s.get("batch_size_reduced_to")]
     return {
         "images": sum(s["images"] for s in summaries),
         "ok": sum(s["ok"] for s in summaries),
@@ -93,4 +92,7 @@ def _summary(documents: list[dict], results: list[dict]) -> dict:
         "seconds": max(s["seconds"] for s in summaries),
         "interrupted": any(s["interrupted"] for s in summaries),
         "localization": localization_totals(localizations) if measured else None,
+        "resumed": sum(s.get("resumed", 0) for s in summaries),
+        "in_progress": any(s.get("in_progress", False) for s in summaries),
+        "batch_size_reduced_to": min(reduced) if reduced else None,
     }

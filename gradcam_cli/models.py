@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
+import pickle
+import re
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -137,9 +141,8 @@ def _build_demo(pretrained: bool) -> tuple[nn.Module, str]:
 
 
 def _download_failed(name: str, exc: Exception) -> ModelDownloadError:
-    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelDownloadError(
-        f"could not download pretrained weights for '{name}' ({cause}); "
+        f"could not download pretrained weights for '{name}' ({_first_line(exc)}); "
         "use --weights PATH for a local file or --no-pretrained for random weights"
     )
 
@@ -267,17 +270,51 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:
-            raise WeightsError(f"cannot read {path} as safetensors: {exc}") from exc
+            raise WeightsError(
+                f"cannot read {path} as safetensors ({_first_line(exc)}); the file may be "
+                "truncated or damaged: copy it again"
+            ) from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError for anything but tensors and containers
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # objects other than tensors and plain containers
         raise WeightsError(
-            f"refused to load {path}: it is not a plain state_dict that loads with "
-            f"weights_only=True ({first}). Save it with torch.save(model.state_dict(), ...) "
-            "or as .safetensors"
+            f"refused to load {path}: it holds Python objects{_unpickled_global(exc)}, not "
+            "only tensors, and unpickling them could run code; it is loaded only with "
+            "weights_only=True. Save it with torch.save(model.state_dict(), ...) or as "
+            ".safetensors"
+        ) from exc
+    except Exception as exc:  # empty, truncated, not a checkpoint at all
+        raise WeightsError(
+            f"cannot read {path} as a torch checkpoint ({_error_text(exc)}); the file may be "
+            "truncated or damaged: copy it again, or save it with torch.save(model.state_dict(), "
+            "...) or as .safetensors"
         ) from exc
     return _unwrap_state_dict(obj, path)
+
+
+def _unpickled_global(exc: Exception) -> str:
+    """' (posix.system)': what the pickle wanted to import or call, when torch says."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return f" ({found.group(1)})" if found else ""
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an error's message (its first sentence if long), or its type."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > 100 and ". " in text:
+        text = text.split(". ")[0]
+    return text or type(exc).__name__
+
+
+def _error_text(exc: Exception) -> str:
+    """'KeyError: 101' where the message alone would say nothing."""
+    text = _first_line(exc)
+    if isinstance(exc, RuntimeError) or text == type(exc).__name__:
+        return text
+    return f"{type(exc).__name__}: {text}"
 
 
 def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -476,6 +513,8 @@ def override_preprocess(
             continue
         if len(values) != 3:
             raise UsageError(f"--{option} takes three numbers (R G B), got {len(values)}")
+        if not all(math.isfinite(v) for v in values):
+            raise UsageError(f"--{option} values must be finite numbers, got {list(values)}")
         if option == "std" and any(v <= 0 for v in values):
             raise UsageError("--std values must be positive")
         changes[option] = tuple(float(v) for v in values)

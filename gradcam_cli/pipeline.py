@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -23,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import GradcamError, UsageError
-from .inputs import InputItem, load_image
+from .inputs import InputItem, decode_image
 from .preprocess import Preprocess
 
 __all__ = [
@@ -46,6 +47,7 @@ class Decoded:
     image: Image.Image | None = None
     array: np.ndarray | None = None  # float32 [3, h, w], normalised
     error: str | None = None
+    warnings: tuple[str, ...] = ()  # how it was read (first frame of an animation, ...)
 
 
 def default_workers() -> int:
@@ -87,8 +89,9 @@ def _decode_one(item: InputItem, preprocess: Preprocess) -> Decoded:
     if item.error is not None:
         return Decoded(item, error=item.error)
     try:
-        image = load_image(item.path)
-        return Decoded(item, image, preprocess.to_array(image))
+        decoded = decode_image(item.path)
+        image = decoded.image
+        return Decoded(item, image, preprocess.to_array(image), warnings=decoded.warnings)
     except GradcamError as exc:
         return Decoded(item, error=str(exc))
 
@@ -115,12 +118,22 @@ def decode_batches(
         # forkserver: children start from a clean process, not a copy of one whose torch
         # thread pools and locks are in use (fork), and faster than spawn.
         context = multiprocessing.get_context("forkserver")
-        executor = ProcessPoolExecutor(workers, mp_context=context)
+        executor = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_leave_stop_signals_to_the_parent
+        )
     else:
         executor = ThreadPoolExecutor(1, thread_name_prefix="gradcam-decode")
     window = max(1, ahead * max(1, workers))
     with executor:
         yield from _bounded_map(executor, _decode_batch, batches, window, preprocess)
+
+
+def _leave_stop_signals_to_the_parent() -> None:
+    """Decode workers ignore Ctrl-C and SIGTERM: a terminal's Ctrl-C reaches the whole process
+    group, and a worker dying mid-task would break the pool before the parent can stop cleanly.
+    The parent shuts them down; if it dies, their pipe closes and they exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _bounded_map(

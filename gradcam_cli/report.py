@@ -11,13 +11,15 @@ import json
 import math
 import platform
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 
 __all__ = [
     "SCHEMA_VERSION",
     "REPORT_NAME",
     "SHARD_REPORT",
+    "SAME_RUN_KEYS",
     "shard_report_name",
     "Prediction",
     "TargetRef",
@@ -30,6 +32,9 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 REPORT_NAME = "predictions.json"
+# The top-level keys that say what a run computes: two reports that differ in one of these
+# describe different runs (`gradcam merge`, `--resume`).
+SAME_RUN_KEYS = ("schema_version", "model", "method", "method_options", "layers", "preprocess")
 # One share of a run split with --shard K/N; `gradcam merge` finds them by this pattern.
 SHARD_REPORT = re.compile(r"predictions\.(\d+)-of-(\d+)\.json")
 
@@ -81,10 +86,32 @@ class ImageResult:
     size: list[int] | None = None  # [width, height] of the original image
     predictions: list[Prediction] = field(default_factory=list)
     explanations: list[ExplanationRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # about the input (first frame only, ...)
 
     @classmethod
-    def failed(cls, input: str, error: str) -> ImageResult:
-        return cls(input=input, status="error", error=error)
+    def failed(cls, input: str, error: str, warnings: Sequence[str] = ()) -> ImageResult:
+        return cls(input=input, status="error", error=error, warnings=list(warnings))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> ImageResult:
+        """A record read back from a report (`--resume`); keys this version does not know are
+        dropped."""
+        values = _known_fields(cls, data)
+        values["predictions"] = [
+            Prediction(**_known_fields(Prediction, p)) for p in data.get("predictions") or []
+        ]
+        values["explanations"] = [
+            ExplanationRecord(
+                **{**_known_fields(ExplanationRecord, e), "target": TargetRef(**e["target"])}
+            )
+            for e in data.get("explanations") or []
+        ]
+        return cls(**values)
+
+
+def _known_fields(cls: type, data: Mapping[str, object]) -> dict[str, object]:
+    names = {f.name for f in fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
 
 
 def localization_totals(localizations: list[dict]) -> dict[str, object]:
@@ -136,6 +163,10 @@ class Report:
     seconds: float = 0.0
     interrupted: bool = False
     measures_localization: bool = False  # --mask given: the summary gets a localization part
+    resumed: int = 0  # results taken over from the previous report (--resume)
+    in_progress: bool = False  # a checkpoint written while the run goes on
+    batch_size_reduced_to: int | None = None  # after running out of memory
+    write_error: str | None = None  # why the report file could not be written (not in JSON)
 
     @property
     def errors(self) -> int:
@@ -161,6 +192,9 @@ class Report:
                 "seconds": round(self.seconds, 3),
                 "interrupted": self.interrupted,
                 "localization": self.localization_summary(),
+                "resumed": self.resumed,
+                "in_progress": self.in_progress,
+                "batch_size_reduced_to": self.batch_size_reduced_to,
             },
         }
 

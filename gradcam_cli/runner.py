@@ -1,12 +1,16 @@
 """Batch mode: inputs → batches → explanations → PNG/NPY files and the JSON report.
 
 Each input gets exactly one result record, in input order. An image that cannot be read, or a
-batch the model fails on, becomes an `error` record and the run goes on. Every file is written
-atomically (temporary file, then rename) and only under the output folder.
+batch the model fails on, becomes an `error` record and the run goes on; a batch that runs out
+of memory is split and retried (`oom`). Every file is written atomically (temporary file, then
+rename) and only under the output folder; the report is also written now and then while the
+run goes on, and `resume` takes a previous run's finished images over.
 """
 
 from __future__ import annotations
 
+import errno
+import gc
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +22,7 @@ import numpy as np
 from .errors import GradcamError
 from .explainer import Explainer, ImageExplanation, RenderOptions
 from .files import (
+    os_reason,
     resolve_inside,
     write_image_atomic,
     write_npy_atomic,
@@ -26,6 +31,7 @@ from .files import (
 )
 from .inputs import InputItem
 from .localization import Gate, MaskSource, localization_record, localize, read_mask
+from .oom import BatchSplitter
 from .pipeline import BoundedWriter, Decoded, decode_batches
 from .report import (
     REPORT_NAME,
@@ -35,10 +41,25 @@ from .report import (
     TargetRef,
     shard_report_name,
 )
+from .resume import (
+    Checkpoints,
+    Ledger,
+    check_same_configuration,
+    read_report,
+    reusable_results,
+)
 
 __all__ = ["RunOptions", "run_explain", "artifact_stem", "REPORT_NAME", "shard_report_name"]
 
 ZERO_MAP_WARNING = "the map is all zero: no positive evidence for this class at this layer"
+NONFINITE_MAP_WARNING = (
+    "the map had NaN or infinite values (from the model's gradients at this layer); "
+    "they were set to 0"
+)
+NONFINITE_SCORES = (
+    "the model's scores for this image are NaN or infinite, so there is nothing to explain; "
+    "check the model and its preprocessing on this input"
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,7 @@ class RunOptions:
     overlay_format: str = "png"  # --format: png or jpg
     heatmap: bool = True  # --no-heatmap: overlays only
     shard: tuple[int, int] | None = None  # (K, N) of --shard K/N: names the report
+    resume: bool = False  # --resume: take over the finished images of the report in out_dir
 
     @property
     def report_name(self) -> str:
@@ -92,27 +114,44 @@ def run_explain(
         method_options=_method_options(explainer),
         measures_localization=options.masks is not None,
     )
+    report_path = resolve_inside(options.out_dir, options.report_name)
+    reused = _previous_results(report, items, report_path, options) if options.resume else {}
+    ledger = Ledger.start(len(items), reused)
+    report.resumed = len(reused)
+
+    def write_report(in_progress: bool = False) -> None:
+        report.results = ledger.results()
+        report.seconds = time.perf_counter() - start
+        report.in_progress = in_progress
+        report.batch_size_reduced_to = splitter.limit
+        write_text_atomic(report_path, report.to_json())
+
+    checkpoints = Checkpoints(lambda: write_report(in_progress=True))
 
     def collect(done: list[ImageResult]) -> None:
-        report.results.extend(done)
-        if done and progress:
-            progress(len(report.results), len(items))
+        ledger.add(done)
+        if done:
+            if progress:
+                progress(ledger.count, len(items))
+            checkpoints.maybe_write()
 
+    todo = [items[index] for index in ledger.todo]
     batches = decode_batches(
-        items, max(1, options.batch_size), explainer.loaded.preprocess, options.workers
+        todo, max(1, options.batch_size), explainer.loaded.preprocess, options.workers
     )
+    splitter = _splitter(explainer, options)
     # Pictures are saved image by image, so every writer thread has work; at most two batches'
     # worth wait, which bounds the memory their photos hold.
     ahead = max(2 * max(1, options.batch_size), 4 * options.write_threads)
     writer: BoundedWriter[ImageResult] = BoundedWriter(options.write_threads, ahead=ahead)
     try:
         for decoded in batches:
-            explained = _explain_batch(explainer, decoded, options)
+            explained = _explain_batch(splitter, decoded)
             for job in _save_jobs(decoded, explained, options):
                 collect(writer.submit(*job))
         collect(writer.drain())
-    except KeyboardInterrupt:
-        report.interrupted = True  # what was done is reported; the CLI exits 130
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one (signals.py)
+        report.interrupted = True  # what was done is reported; the CLI exits 130 (143)
         try:  # the images already explained are a few writes from done: finish them
             collect(writer.drain())
         except KeyboardInterrupt:  # a second Ctrl-C: keep only what is written
@@ -120,9 +159,22 @@ def run_explain(
     finally:
         batches.close()
         writer.close(cancel=report.interrupted)
-    report.seconds = time.perf_counter() - start
-    write_text_atomic(resolve_inside(options.out_dir, options.report_name), report.to_json())
+    try:
+        write_report()
+    except OSError as exc:  # disk full: the pictures written stay; say the report is missing
+        report.write_error = f"cannot write the report {report_path}: {os_reason(exc)}"
     return report
+
+
+def _previous_results(
+    report: Report, items: Sequence[InputItem], report_path: Path, options: RunOptions
+) -> dict[int, ImageResult]:
+    """--resume: the finished results of the report already in --out (none if there is none)."""
+    if not report_path.is_file():
+        return {}
+    previous = read_report(report_path)
+    check_same_configuration(previous, report.to_dict(), report_path)
+    return reusable_results(previous, items, options.out_dir)
 
 
 def _finished_in_order(writer: BoundedWriter) -> list[ImageResult]:
@@ -162,37 +214,50 @@ def _method_options(explainer: Explainer) -> dict[str, object]:
     }
 
 
-def _explain_batch(
-    explainer: Explainer, decoded: list[Decoded], options: RunOptions
-) -> list[ImageExplanation] | str:
-    """The batch's explanations (readable inputs only, in order), or why the model failed."""
+def _splitter(explainer: Explainer, options: RunOptions) -> BatchSplitter:
+    """Explains decoded inputs in chunks that fit in memory (see `oom`)."""
+
+    def explain(chunk: Sequence[Decoded]) -> list[ImageExplanation]:
+        return explainer.explain(
+            [d.image for d in chunk],
+            arrays=[d.array for d in chunk],
+            classes=options.classes or None,
+            topk=options.topk,
+        )
+
+    def release() -> None:
+        gc.collect()
+        if explainer.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    return BatchSplitter(explain, release)
+
+
+def _explain_batch(splitter: BatchSplitter, decoded: list[Decoded]) -> list[ImageExplanation | str]:
+    """One outcome per readable input, in order: its explanation, or why it has none."""
     readable = [d for d in decoded if d.error is None]
     if not readable:
         return []
     try:
-        return explainer.explain(
-            [d.image for d in readable],
-            arrays=[d.array for d in readable],
-            classes=options.classes or None,
-            topk=options.topk,
-        )
-    except (RuntimeError, GradcamError) as exc:  # e.g. out of memory: these inputs fail
-        return f"the model failed on this batch: {_first_line(exc)}"
+        return splitter(readable)
+    except (RuntimeError, GradcamError) as exc:  # the model fails: these inputs fail
+        return [f"the model failed on this batch: {_first_line(exc)}"] * len(readable)
 
 
 def _save_jobs(
-    decoded: list[Decoded], explained: list[ImageExplanation] | str, options: RunOptions
+    decoded: list[Decoded], explained: list[ImageExplanation | str], options: RunOptions
 ) -> list[tuple]:
     """One writer job per input, in input order: save its pictures, or record its failure."""
-    explanations = iter(explained) if isinstance(explained, list) else None
+    outcomes = iter(explained)
     jobs: list[tuple] = []
     for d in decoded:
-        if d.error is not None:
-            jobs.append((ImageResult.failed, d.item.source, d.error))
-        elif explanations is None:
-            jobs.append((ImageResult.failed, d.item.source, str(explained)))
+        outcome = d.error if d.error is not None else next(outcomes)
+        if isinstance(outcome, str):
+            jobs.append((ImageResult.failed, d.item.source, outcome, d.warnings))
         else:
-            jobs.append((_save, d.item, next(explanations), options))
+            jobs.append((_save, d.item, outcome, options, d.warnings))
     return jobs
 
 
@@ -201,35 +266,88 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _save(item: InputItem, explanation: ImageExplanation, options: RunOptions) -> ImageResult:
-    records = []
-    masks = _MaskCache(options.masks, explanation.image.size)
+def _save(
+    item: InputItem,
+    explanation: ImageExplanation,
+    options: RunOptions,
+    warnings: Sequence[str] = (),
+) -> ImageResult:
+    if any(p.probability is None for p in explanation.predictions):
+        return ImageResult(
+            input=item.source,
+            status="error",
+            error=NONFINITE_SCORES,
+            size=list(explanation.image.size),
+            predictions=explanation.predictions,
+            warnings=list(warnings),
+        )
     try:
-        for (index, layer), raw in explanation.maps.items():
-            target = next(t for t in explanation.targets if t.index == index)
-            stem = artifact_stem(item.key, index, target.label, layer)
-            overlay, heatmap = _save_pictures(explanation, index, layer, stem, options)
-            raw_path = None
-            if options.save_raw:
-                raw_path = f"{stem}.raw.npy"
-                write_npy_atomic(resolve_inside(options.out_dir, raw_path), raw.astype(np.float32))
-            warnings = [] if float(raw.max(initial=0.0)) > 0 else [ZERO_MAP_WARNING]
-            guided = _save_guided(explanation, index, layer, f"{stem}.guided.png", options)
-            localization = masks.measure(item.key, target, raw, explanation.crop_box, options.gate)
-            records.append(
-                ExplanationRecord(
-                    target, layer, overlay, heatmap, raw_path, warnings, guided, localization
-                )
-            )
-    except OSError as exc:  # disk full, permissions: this image fails, files written stay whole
-        return ImageResult.failed(item.source, f"cannot write outputs: {exc.strerror or exc}")
+        records = _save_explanations(item, explanation, options)
+    except Exception as exc:  # one image's failure must not end the run
+        return ImageResult.failed(item.source, _save_failure(exc, explanation), warnings)
     return ImageResult(
         input=item.source,
         status="ok",
         size=list(explanation.image.size),
         predictions=explanation.predictions,
         explanations=records,
+        warnings=list(warnings),
     )
+
+
+def _save_explanations(
+    item: InputItem, explanation: ImageExplanation, options: RunOptions
+) -> list[ExplanationRecord]:
+    records = []
+    masks = _MaskCache(options.masks, explanation.image.size)
+    for (index, layer), raw in explanation.maps.items():
+        target = next(t for t in explanation.targets if t.index == index)
+        stem = artifact_stem(item.key, index, target.label, layer)
+        overlay, heatmap = _save_pictures(explanation, index, layer, stem, options)
+        raw, warnings = _checked_map(raw)
+        raw_path = None
+        if options.save_raw:
+            raw_path = f"{stem}.raw.npy"
+            write_npy_atomic(resolve_inside(options.out_dir, raw_path), raw)
+        guided = _save_guided(explanation, index, layer, f"{stem}.guided.png", options)
+        localization = masks.measure(item.key, target, raw, explanation.crop_box, options.gate)
+        records.append(
+            ExplanationRecord(
+                target, layer, overlay, heatmap, raw_path, warnings, guided, localization
+            )
+        )
+    return records
+
+
+def _checked_map(raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The raw map as float32 with non-finite values set to 0 (the pictures draw them as 0
+    too), and the warnings it deserves."""
+    raw = np.asarray(raw, dtype=np.float32)
+    warnings = []
+    finite = np.isfinite(raw)
+    if not finite.all():
+        raw = np.where(finite, raw, np.float32(0.0))
+        warnings.append(NONFINITE_MAP_WARNING)
+    if not float(raw.max(initial=0.0)) > 0:
+        warnings.append(ZERO_MAP_WARNING)
+    return raw, warnings
+
+
+def _save_failure(exc: Exception, explanation: ImageExplanation) -> str:
+    """One line on why an explained image could not be saved; files already written stay
+    whole (every write is atomic)."""
+    if isinstance(exc, OSError):  # disk full, permissions, quota
+        hint = "; free some space, then rerun with --resume" if exc.errno == errno.ENOSPC else ""
+        return f"cannot write its outputs: {os_reason(exc)}{hint}"
+    if isinstance(exc, GradcamError):  # e.g. a symlink in --out that leads elsewhere
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        width, height = explanation.image.size
+        return (
+            f"not enough memory to draw its pictures at the photo's size ({width}×{height}); "
+            "downscale it"
+        )
+    return f"internal error while drawing its pictures: {type(exc).__name__}: {_first_line(exc)}"
 
 
 class _MaskCache:

@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -71,6 +72,12 @@ def workspace(tmp_path_factory):
         "from torch import nn\n\n\n"
         "def conv_block(cin, cout):\n"
         "    return [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU()]\n"
+    )
+    (root / "labels.txt").write_text("cat\ndog\nbird\nfish\n")
+    (root / "marker_model.py").write_text(
+        "from pathlib import Path\n\n"
+        "Path('MODEL_IMPORTED').touch()  # proves the model file was loaded\n\n"
+        "from my_models import Tiny  # noqa: E402\n"
     )
     photos = root / "photos"
     (photos / "sub").mkdir(parents=True)
@@ -465,14 +472,28 @@ def one_error_line(result) -> str:
             ["--model", "timm:test_resnet", "--no-pretrained", "--target", "tabbby"],
             "Did you mean one of 'tabby'",
         ),
+        ([*TINY, "--alpha", "-0.1"], "alpha must be between 0 and 1, got -0.1"),
+        ([*TINY, "--alpha", "nan"], "alpha must be between 0 and 1"),
+        ([*TINY, "--colormap", "no_such_map"], "unknown colormap 'no_such_map'"),
+        ([*TINY, "--method", "grad-cam"], "Did you mean 'gradcam'"),
+        ([*TINY, "--topk", "-3"], "--topk must be at least 1"),
+        ([*TINY, "--target", "-1"], "out of range: the model has 4 classes (0–3)"),
+        ([*TINY, "--target", "999"], "out of range: the model has 4 classes (0–3)"),
+        ([*TINY, "--labels", "labels.txt", "--target", "dgo"], "Did you mean 'dog'"),
+        ([*TINY, "--labels", "labels.txt", "--target", "zebra"], "not a class of this model"),
+        ([*TINY, "--topk", "5"], "--topk 5 is more than the model's 4 classes; give 1–4"),
+        ([*TINY, "--std", "nan", "1", "1"], "--std values must be finite numbers"),
+        ([*TINY, "--mean", "0", "inf", "0"], "--mean values must be finite numbers"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line_before_any_output(run, tmp_path, args, expected):
     out = tmp_path / "out"
-    result = run("explain", "photos/wide.jpg", *args, "--out", str(out))
+    result = run("explain", "photos/wide.jpg", "photos/tall.png", *args, "--out", str(out))
     assert result.exit_code == 2, result.output
     assert expected in one_error_line(result)
-    assert not (out / "predictions.json").exists()
+    # Before any work: no image processed, nothing written (the folder itself may exist).
+    assert not out.exists() or list(out.iterdir()) == []
+    assert result.stdout == ""
 
 
 def test_no_inputs_found_is_a_usage_error(run, tmp_path):
@@ -509,13 +530,72 @@ class _RunsCode:
         return (os.system, ("echo pwned > PWNED",))
 
 
-def test_pickled_code_in_weights_is_refused_and_never_runs(run, workspace, tmp_path):
-    weights = tmp_path / "evil.pt"
-    torch.save({"fc.weight": _RunsCode()}, weights)
+def _save_evil(path: Path, kind: str) -> None:
+    if kind == "tensor-slot":
+        torch.save({"fc.weight": _RunsCode()}, path)
+    elif kind == "nested-in-a-dict":
+        torch.save(
+            {"epoch": 3, "state_dict": {"fc.weight": torch.zeros(4, 16)}, "x": [_RunsCode()]}, path
+        )
+    elif kind == "legacy-format":
+        torch.save({"model": _RunsCode()}, path, _use_new_zipfile_serialization=False)
+    else:  # a bare pickle, no torch container at all
+        path.write_bytes(pickle.dumps(_RunsCode()))
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("evil.pt", "tensor-slot"),
+        ("evil.pth", "nested-in-a-dict"),
+        ("evil.pth", "legacy-format"),
+        ("evil.pt", "bare-pickle"),
+    ],
+)
+def test_pickled_code_in_weights_is_refused_and_never_runs(run, workspace, tmp_path, name, kind):
+    weights = tmp_path / name
+    _save_evil(weights, kind)
+    # The payload is live: unpickled the unsafe way, in another folder, it runs.
+    elsewhere = tmp_path / "unsafe_load"
+    elsewhere.mkdir()
+    run_python_in(
+        elsewhere, f"import torch; torch.load({str(weights)!r}, weights_only=False)", check=False
+    )
+    assert (elsewhere / "PWNED").exists()
+
     result = explain_with_weights(run, weights, tmp_path / "out")
     assert result.exit_code == 2
-    assert "weights_only=True" in one_error_line(result)
+    line = one_error_line(result)
+    assert f"refused to load {weights}" in line and "could run code" in line
+    assert "torch.save(model.state_dict()" in line
     assert not (workspace / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "expected"),
+    [
+        ("tiny.safetensors", "truncated", "cannot read {} as safetensors"),
+        ("tiny.safetensors", "garbage", "cannot read {} as safetensors"),
+        ("tiny.safetensors", "empty", "cannot read {} as safetensors"),
+        ("tiny.pt", "truncated", "cannot read {} as a torch checkpoint"),
+        ("tiny.pt", "empty", "cannot read {} as a torch checkpoint"),
+    ],
+)
+def test_damaged_weights_files_exit_2_with_one_line(run, tmp_path, Tiny, name, damage, expected):
+    from safetensors.torch import save_file
+
+    weights = tmp_path / name
+    if name.endswith(".safetensors"):
+        save_file(Tiny().state_dict(), str(weights))
+    else:
+        torch.save(Tiny().state_dict(), weights)
+    data = weights.read_bytes()
+    damaged = {"truncated": data[: len(data) // 2], "garbage": os.urandom(400), "empty": b""}
+    weights.write_bytes(damaged[damage])
+    result = explain_with_weights(run, weights, tmp_path / "out")
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert expected.format(weights) in line and "truncated or damaged" in line
 
 
 def test_failed_download_says_so_and_names_the_offline_options(run, tmp_path, monkeypatch):
@@ -550,13 +630,19 @@ def test_failed_timm_download_is_one_line_too(run, tmp_path, monkeypatch):
     assert "--no-pretrained" in one_error_line(result)
 
 
-def test_unwritable_out_fails_before_the_model_loads(run, tmp_path):
+def test_unwritable_out_fails_before_the_model_loads(run, workspace, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = run(
-        "explain", "photos/wide.jpg", "--model", "timm:not_a_model", "--out", str(blocker / "out")
-    )
-    assert result.exit_code == 2 and "--out" in one_error_line(result)
+    out = blocker / "out"  # cannot be created, even by root
+    marker = workspace / "MODEL_IMPORTED"
+    marker.unlink(missing_ok=True)
+    model = ["--model", "marker_model.py:Tiny", "--input-size", "64"]
+    result = run("explain", "photos/wide.jpg", *model, "--out", str(out))
+    assert result.exit_code == 2 and "cannot write to --out" in one_error_line(result)
+    assert not marker.exists()  # the model file was never even imported
+    assert run("explain", "photos/wide.jpg", *model, "--out", str(tmp_path / "ok")).exit_code == 0
+    assert marker.exists()  # ... which it is, with a writable --out
+    marker.unlink()
 
 
 def test_verbose_shows_the_traceback(run, tmp_path):
@@ -596,8 +682,12 @@ def test_models_lists_names_with_their_library(run):
 
 def run_python(code: str) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter (nothing imported yet) and insist that it succeeds."""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    return run_python_in(None, code)
+
+
+def run_python_in(cwd: Path | None, code: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd)
+    assert proc.returncode == 0 or not check, proc.stderr
     return proc
 
 

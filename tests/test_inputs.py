@@ -78,6 +78,20 @@ def test_symlink_loop_in_folder_does_not_hang(tmp_path):
     assert keys(items) == ["sub/cat"]
 
 
+def test_folder_named_like_an_image_is_an_error_only_when_it_holds_no_images(tmp_path):
+    root = tmp_path / "root"
+    (root / "empty.jpg").mkdir(parents=True)
+    make_image(root / "album.png" / "inside.png")
+    (root / "linked.jpg").symlink_to(root / "album.png", target_is_directory=True)  # not entered
+    items = collect_inputs([str(root)])
+    assert [(item.key, item.error) for item in items] == [
+        ("album.png/inside", None),
+        ("empty", "is a directory, not an image (and holds no images)"),
+    ]
+    [item] = collect_inputs([str(root / "empty.jpg")])  # named on the command line
+    assert item.error == "is a directory, not an image (and holds no images)"
+
+
 def test_symlink_to_file_in_folder_is_found(tmp_path):
     target = make_image(tmp_path / "elsewhere" / "dog.png")
     (tmp_path / "in").mkdir()
@@ -357,7 +371,10 @@ def test_truncated_file_fails_at_load(tmp_path, fmt):
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [
-        ("text", "not an image Pillow can decode"),
+        ("text", "a text file, not an image"),
+        ("html", "an HTML page, not an image"),
+        ("empty", r"empty file \(0 bytes\)"),
+        ("binary", r"not an image format Pillow can decode \(unknown file signature\)"),
         ("folder", "is a directory"),
         ("missing", "no such file or directory"),
     ],
@@ -366,6 +383,12 @@ def test_unreadable_inputs_raise_one_line_reason(tmp_path, kind, reason):
     path = tmp_path / "photo.jpg"
     if kind == "text":
         path.write_text("hello, not a JPEG")
+    elif kind == "html":
+        path.write_text("<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "binary":
+        path.write_bytes(bytes(range(256)) * 4)
     elif kind == "folder":
         path.mkdir()
     with pytest.raises(ImageReadError, match=f"^cannot read .*photo.jpg: {reason}"):

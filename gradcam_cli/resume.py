@@ -1,0 +1,151 @@
+"""What a run has done, kept safe: checkpoints of the report, and `--resume` from one.
+
+While a run goes on, its report is written every so often (atomically, `summary.in_progress`
+true), so that a crash, a SIGKILL or a power cut loses only the last few seconds of work.
+`--resume` reads the report back (a finished, interrupted or checkpointed one), refuses it if it
+comes from another configuration, and takes over every `ok` record whose files are all still
+there: those images are neither decoded nor explained again. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+from .files import resolve_inside
+from .inputs import InputItem
+from .report import SAME_RUN_KEYS, ImageResult
+
+__all__ = [
+    "CHECKPOINT_SECONDS",
+    "Checkpoints",
+    "Ledger",
+    "reusable_results",
+    "check_same_configuration",
+]
+
+# At least this long between two checkpoints, and at least 20 times what the last one took to
+# write: a report of a million results takes seconds to write, and must not slow the run down.
+CHECKPOINT_SECONDS = 10.0
+_CHECKPOINT_COST_FACTOR = 20.0
+
+# Options that change how fast a run goes, not what it writes; every other option must match.
+_SPEED_OPTIONS = frozenset({"batch_size", "workers"})
+# The keys of an explanation record that name files; a record is reused only if all exist.
+ARTIFACT_KEYS = ("overlay", "heatmap", "raw", "guided")
+
+
+def read_report(path: Path) -> dict:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+        raise UsageError(
+            f"--resume: cannot read {path} ({reason}); delete it to start over"
+        ) from None
+    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
+        raise UsageError(f"--resume: {path} is not a gradcam report; delete it to start over")
+    return document
+
+
+def check_same_configuration(previous: Mapping, current: Mapping, path: Path) -> None:
+    """UsageError naming what differs when `previous` was written by another configuration."""
+    differs = [key for key in SAME_RUN_KEYS if previous.get(key) != current.get(key)]
+    old, new = previous.get("options") or {}, current.get("options") or {}
+    differs += [
+        f"--{key.replace('_', '-')}"
+        for key in sorted(set(old) | set(new))
+        if key not in _SPEED_OPTIONS and old.get(key) != new.get(key)
+    ]
+    if differs:
+        raise UsageError(
+            f"--resume: {path} comes from another configuration (different "
+            f"{', '.join(differs)}); run with the same options, or use another --out"
+        )
+
+
+def reusable_results(
+    previous: Mapping, items: Sequence[InputItem], out_dir: Path
+) -> dict[int, ImageResult]:
+    """Index in `items` → the previous `ok` record of that input, if all its files exist.
+
+    A record is reused only when its files carry the input's current key: when the list of
+    inputs changed and keys moved, the image is explained again rather than risk two inputs
+    sharing files.
+    """
+    done = {
+        record.get("input"): record
+        for record in previous.get("results", [])
+        if isinstance(record, dict) and record.get("status") == "ok"
+    }
+    reused = {}
+    for index, item in enumerate(items):
+        record = done.get(item.source)
+        if record is not None and _files_complete(record, item.key, out_dir):
+            reused[index] = ImageResult.from_dict(record)
+    return reused
+
+
+def _files_complete(record: Mapping, key: str, out_dir: Path) -> bool:
+    explanations = record.get("explanations") or []
+    paths = [e.get(name) for e in explanations for name in ARTIFACT_KEYS if e.get(name)]
+    if not explanations or not all(
+        isinstance(path, str) and path.startswith(f"{key}.") for path in paths
+    ):
+        return False
+    try:  # writes are atomic (temporary file, then rename): a file that exists is whole
+        return all(resolve_inside(out_dir, path).is_file() for path in paths)
+    except UsageError:
+        return False
+
+
+@dataclass
+class Ledger:
+    """Results in input order: those taken over (`--resume`) and those of this run so far."""
+
+    slots: list[ImageResult | None]
+    todo: list[int]  # indices of the inputs this run explains, in order
+    filled: int = 0
+
+    @classmethod
+    def start(cls, count: int, reused: Mapping[int, ImageResult]) -> Ledger:
+        slots = [reused.get(index) for index in range(count)]
+        return cls(slots, [index for index in range(count) if index not in reused])
+
+    def add(self, done: Sequence[ImageResult]) -> None:
+        for result in done:
+            self.slots[self.todo[self.filled]] = result
+            self.filled += 1
+
+    def results(self) -> list[ImageResult]:
+        return [result for result in self.slots if result is not None]
+
+    @property
+    def count(self) -> int:
+        return len(self.slots) - len(self.todo) + self.filled
+
+
+class Checkpoints:
+    """Writes the report now and then while the run goes on; a failed write is retried later
+    (the previous checkpoint stays whole: writes are atomic)."""
+
+    def __init__(self, write: Callable[[], None], clock: Callable[[], float] = time.monotonic):
+        self.write, self.clock = write, clock
+        self.interval = CHECKPOINT_SECONDS
+        self.last = clock()
+
+    def maybe_write(self) -> None:
+        if self.clock() - self.last < self.interval:
+            return
+        start = self.clock()
+        try:
+            self.write()
+        except OSError:
+            pass  # e.g. disk full: the last checkpoint is still there; the final write reports
+        took = self.clock() - start
+        self.last = self.clock()
+        self.interval = max(CHECKPOINT_SECONDS, _CHECKPOINT_COST_FACTOR * took)

@@ -1,0 +1,55 @@
+"""SIGTERM stops a run the way Ctrl-C does: the images already explained are written, the
+report says `interrupted`, and the exit code says which signal it was (130 or 143).
+
+Python turns SIGINT into KeyboardInterrupt; `stop_signals` makes SIGTERM (what `kill`,
+systemd, Docker, Kubernetes and Slurm send) raise `Terminated`, a KeyboardInterrupt, so every
+`except KeyboardInterrupt` that cleans up handles both. Torch-free.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "Terminated", "StopState", "stop_signals"]
+
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's code for Ctrl-C
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived; raised where Python raises KeyboardInterrupt for SIGINT."""
+
+
+@dataclass
+class StopState:
+    """Which stop signal arrived last, if any."""
+
+    terminated: bool = False
+
+    def exit_code(self, exc: BaseException | None = None) -> int:
+        if isinstance(exc, Terminated) or self.terminated:
+            return EXIT_TERMINATED
+        return EXIT_INTERRUPTED
+
+
+@contextmanager
+def stop_signals() -> Iterator[StopState]:
+    """While inside, SIGTERM raises Terminated; the previous handler is restored on exit."""
+    state = StopState()
+    if threading.current_thread() is not threading.main_thread():  # handlers: main thread only
+        yield state
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        state.terminated = True
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGTERM, previous)
