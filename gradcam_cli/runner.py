@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .errors import GradcamError
 from .explainer import Explainer, ImageExplanation, RenderOptions
@@ -24,9 +25,12 @@ from .files import (
     write_png_atomic,
     write_text_atomic,
 )
+from .htmlreport import save_thumbnail, write_page
 from .inputs import InputItem
 from .localization import Gate, MaskSource, localization_record, localize, read_mask
+from .panel import Pictures, caption_fields, save_panel
 from .pipeline import BoundedWriter, Decoded, decode_batches
+from .render import colormap_lut
 from .report import (
     REPORT_NAME,
     ExplanationRecord,
@@ -56,6 +60,8 @@ class RunOptions:
     overlay_format: str = "png"  # --format: png or jpg
     heatmap: bool = True  # --no-heatmap: overlays only
     shard: tuple[int, int] | None = None  # (K, N) of --shard K/N: names the report
+    panel: bool = False  # --panel: one figure per explanation (panel.py)
+    report: bool = False  # --report: thumbnails, then OUT/index.html (htmlreport.py)
 
     @property
     def report_name(self) -> str:
@@ -122,6 +128,8 @@ def run_explain(
         writer.close(cancel=report.interrupted)
     report.seconds = time.perf_counter() - start
     write_text_atomic(resolve_inside(options.out_dir, options.report_name), report.to_json())
+    if options.report and options.shard is None:  # a share's page would show a share only
+        write_page(options.out_dir, report.to_dict())
     return report
 
 
@@ -151,6 +159,8 @@ def _options_record(options: RunOptions) -> dict[str, object]:
         "format": options.overlay_format,
         "heatmap": options.heatmap,
         "shard": list(options.shard) if options.shard else None,
+        "panel": options.panel,
+        "report": options.report,
     }
 
 
@@ -208,17 +218,21 @@ def _save(item: InputItem, explanation: ImageExplanation, options: RunOptions) -
         for (index, layer), raw in explanation.maps.items():
             target = next(t for t in explanation.targets if t.index == index)
             stem = artifact_stem(item.key, index, target.label, layer)
-            overlay, heatmap = _save_pictures(explanation, index, layer, stem, options)
+            pictures = _render(explanation, index, layer, options)
+            overlay, heatmap = _save_pictures(pictures, stem, options)
             raw_path = None
             if options.save_raw:
                 raw_path = f"{stem}.raw.npy"
                 write_npy_atomic(resolve_inside(options.out_dir, raw_path), raw.astype(np.float32))
             warnings = [] if float(raw.max(initial=0.0)) > 0 else [ZERO_MAP_WARNING]
-            guided = _save_guided(explanation, index, layer, f"{stem}.guided.png", options)
+            guided = _save_guided(pictures.guided, f"{stem}.guided.png", options)
             localization = masks.measure(item.key, target, raw, explanation.crop_box, options.gate)
+            panel = _save_panel(
+                item, explanation, target, layer, stem, pictures, localization, options
+            )
             records.append(
                 ExplanationRecord(
-                    target, layer, overlay, heatmap, raw_path, warnings, guided, localization
+                    target, layer, overlay, heatmap, raw_path, warnings, guided, localization, panel
                 )
             )
     except OSError as exc:  # disk full, permissions: this image fails, files written stay whole
@@ -259,29 +273,62 @@ class _MaskCache:
         return localization_record(localize(raw, mask, crop_box, str(path)), gate)
 
 
-def _save_pictures(
-    explanation: ImageExplanation, index: int, layer: str, stem: str, options: RunOptions
-) -> tuple[str, str | None]:
-    """Write the overlay (PNG or JPEG) and, unless --no-heatmap, the RGBA heatmap (PNG)."""
+def _render(explanation: ImageExplanation, index: int, layer: str, options: RunOptions) -> Pictures:
+    """The pictures of one explanation, the map placed once for all; the heatmap only when it
+    is written or shown in a panel."""
+    if options.heatmap or options.panel:
+        overlay, heatmap = explanation.pictures(index, layer, options.render)
+    else:
+        overlay, heatmap = explanation.overlay(index, layer, options.render), None
+    guided = explanation.guided_picture(index, layer, options.render)
+    return Pictures(explanation.image, overlay, heatmap, guided)
+
+
+def _save_pictures(pictures: Pictures, stem: str, options: RunOptions) -> tuple[str, str | None]:
+    """Write the overlay (PNG or JPEG), its thumbnail with --report and, unless --no-heatmap,
+    the RGBA heatmap (PNG)."""
     overlay = f"{stem}.overlay.{options.overlay_format}"
     heatmap = f"{stem}.heatmap.png" if options.heatmap else None
-    if heatmap:
-        overlay_picture, heatmap_picture = explanation.pictures(index, layer, options.render)
-    else:
-        overlay_picture = explanation.overlay(index, layer, options.render)
     path = resolve_inside(options.out_dir, overlay)
-    write_image_atomic(path, overlay_picture, options.overlay_format)
-    if heatmap:
-        write_png_atomic(resolve_inside(options.out_dir, heatmap), heatmap_picture)
+    write_image_atomic(path, pictures.overlay, options.overlay_format)
+    if options.report:
+        save_thumbnail(options.out_dir, overlay, pictures.overlay)
+    if heatmap and pictures.heatmap is not None:  # _render made it: options.heatmap
+        write_png_atomic(resolve_inside(options.out_dir, heatmap), pictures.heatmap)
     return overlay, heatmap
 
 
-def _save_guided(
-    explanation: ImageExplanation, index: int, layer: str, path: str, options: RunOptions
-) -> str | None:
+def _save_guided(picture: Image.Image | None, path: str, options: RunOptions) -> str | None:
     """Guided methods: write the guided image and return its path; None for other methods."""
-    picture = explanation.guided_picture(index, layer, options.render)
     if picture is None:
         return None
     write_png_atomic(resolve_inside(options.out_dir, path), picture)
     return path
+
+
+def _save_panel(
+    item: InputItem,
+    explanation: ImageExplanation,
+    target: TargetRef,
+    layer: str,
+    stem: str,
+    pictures: Pictures,
+    localization: dict[str, object] | None,
+    options: RunOptions,
+) -> str | None:
+    """--panel: write the explanation's figure and return its path; None without --panel."""
+    if not options.panel:
+        return None
+    fields = caption_fields(
+        input=item.source,
+        size=explanation.image.size,
+        predictions=[asdict(p) for p in explanation.predictions],
+        target=asdict(target),
+        method=explanation.method,
+        layer=layer,
+        localization=localization,
+        colormap=options.render.colormap,
+        normalize=options.render.normalize,
+    )
+    lut = colormap_lut(options.render.colormap)
+    return save_panel(options.out_dir, stem, pictures, fields, lut, options.render.colormap)
