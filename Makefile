@@ -31,8 +31,8 @@ lint: install  ## ruff check and ruff format --check
 
 demo: install  ## explain the sample scenes offline with the demo model; results in demo_out/
 	$(BIN)/gradcam explain sample_images/scenes --model demo:shapes \
-		--mask sample_images/masks --require-hit --out demo_out
-	@echo "open demo_out/ (overlays, heatmaps, predictions.json)"
+		--mask sample_images/masks --require-hit --panel --report --out demo_out
+	@echo "open demo_out/index.html (overlays, panels, heatmaps, predictions.json)"
 
 demo-model: install  ## retrain the demo model (about 5 min on 2 cores), redraw the sample scenes
 	$(BIN)/python -m gradcam_cli.demo.train

@@ -286,6 +286,22 @@ def explain(
             "after ReLU, before resizing or normalising).",
         ),
     ] = False,
+    panel: Annotated[
+        bool,
+        typer.Option(
+            "--panel",
+            help="Also write one figure per image × target × layer (KEY...panel.png): photo, "
+            "heatmap, overlay (and guided image) side by side, a colour bar and a caption.",
+        ),
+    ] = False,
+    report_page: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Also write OUT/index.html, a self-contained page to browse the run "
+            "(thumbnails, filters, errors); `gradcam report OUT` rebuilds it.",
+        ),
+    ] = False,
     mask: Annotated[
         Path | None,
         typer.Option(
@@ -393,6 +409,8 @@ def _explain(
     image_format,
     heatmap,
     save_raw,
+    panel,
+    report_page,
     mask,
     min_energy,
     require_hit,
@@ -485,6 +503,8 @@ def _explain(
         overlay_format=image_format,
         heatmap=heatmap,
         resume=resume,
+        panel=panel,
+        report=report_page,
         render=RenderOptions(
             colormap=colormap, alpha=alpha, interpolation=interpolation, normalize=normalize
         ),
@@ -503,6 +523,7 @@ def _explain(
         f"{summary['ok']}/{summary['images']} images explained in {summary['seconds']:.1f}s; "
         f"report: {out / options.report_name}"
     )
+    _log_page(out, report_page, share)
     if report.interrupted:
         return stop.exit_code()
     if report.write_error:
@@ -523,6 +544,16 @@ def _log_run_notes(report, batch_size: int) -> None:
             f"out of memory at --batch-size {batch_size}: batches were split, down to "
             f"{report.batch_size_reduced_to} image(s); pass --batch-size "
             f"{report.batch_size_reduced_to} to avoid the retries"
+        )
+
+
+def _log_page(out: Path, report_page: bool, share) -> None:
+    if report_page and share is None:
+        _log(f"page: {out / 'index.html'}")
+    elif report_page:  # one share's page would show one share: the merged report makes it
+        _log(
+            f"--report: when every share is done, run `gradcam merge {out}`, "
+            f"then `gradcam report {out}`"
         )
 
 
@@ -648,6 +679,26 @@ def merge(
         )
         code = EXIT_SOME_FAILED if summary["errors"] or gate else EXIT_OK
     raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            metavar="OUT", show_default=False, help="The --out folder of a gradcam explain run."
+        ),
+    ],
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write OUT/index.html from OUT/predictions.json, and any missing thumbnails from the
+    overlays on disk. No model is loaded. Exit 2 when there is no readable predictions.json.
+    """
+    with _exit_codes(verbose):
+        from .htmlreport import read_report, write_page
+
+        page = write_page(folder, read_report(folder))
+        _log(f"page: {page}")
 
 
 def main() -> None:

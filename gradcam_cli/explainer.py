@@ -82,6 +82,7 @@ class ImageExplanation:
     maps: dict[tuple[int, str], np.ndarray]  # (class index, layer) → raw map [h, w] float32
     # Guided methods only: (class index, layer) → signed input-resolution image [3, H, W].
     guided: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+    method: str = ""  # the method's name, for captions (`--panel`)
 
     def raw(self, target: TargetRef | int, layer: str | None = None) -> np.ndarray:
         index = target.index if isinstance(target, TargetRef) else int(target)
@@ -308,7 +309,7 @@ class Explainer:
             for rank, target in enumerate(targets)
         }
         box = self.loaded.preprocess.crop_box(*image.size)
-        return ImageExplanation(image, box, predictions, targets, maps, guided)
+        return ImageExplanation(image, box, predictions, targets, maps, guided, self.method.name)
 
 
 AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}

@@ -76,6 +76,7 @@ class ExplanationRecord:
     warnings: list[str] = field(default_factory=list)
     guided: str | None = None  # the guided image (guided methods), else null
     localization: dict[str, object] | None = None  # with --mask: localization.Localization
+    panel: str | None = None  # with --panel: the figure of this explanation, else null
 
 
 @dataclass(frozen=True)

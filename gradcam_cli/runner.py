@@ -14,10 +14,11 @@ import gc
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .errors import GradcamError
 from .explainer import Explainer, ImageExplanation, RenderOptions
@@ -29,10 +30,13 @@ from .files import (
     write_png_atomic,
     write_text_atomic,
 )
+from .htmlreport import save_thumbnail, write_page
 from .inputs import InputItem
 from .localization import Gate, MaskSource, localization_record, localize, read_mask
 from .oom import BatchSplitter
+from .panel import Pictures, caption_fields, save_panel
 from .pipeline import BoundedWriter, Decoded, decode_batches
+from .render import colormap_lut
 from .report import (
     REPORT_NAME,
     ExplanationRecord,
@@ -78,6 +82,8 @@ class RunOptions:
     heatmap: bool = True  # --no-heatmap: overlays only
     shard: tuple[int, int] | None = None  # (K, N) of --shard K/N: names the report
     resume: bool = False  # --resume: take over the finished images of the report in out_dir
+    panel: bool = False  # --panel: one figure per explanation (panel.py)
+    report: bool = False  # --report: thumbnails, then OUT/index.html (htmlreport.py)
 
     @property
     def report_name(self) -> str:
@@ -163,6 +169,8 @@ def run_explain(
         write_report()
     except OSError as exc:  # disk full: the pictures written stay; say the report is missing
         report.write_error = f"cannot write the report {report_path}: {os_reason(exc)}"
+    if options.report and options.shard is None:  # a share's page would show a share only
+        write_page(options.out_dir, report.to_dict())
     return report
 
 
@@ -203,6 +211,8 @@ def _options_record(options: RunOptions) -> dict[str, object]:
         "format": options.overlay_format,
         "heatmap": options.heatmap,
         "shard": list(options.shard) if options.shard else None,
+        "panel": options.panel,
+        "report": options.report,
     }
 
 
@@ -303,17 +313,19 @@ def _save_explanations(
     for (index, layer), raw in explanation.maps.items():
         target = next(t for t in explanation.targets if t.index == index)
         stem = artifact_stem(item.key, index, target.label, layer)
-        overlay, heatmap = _save_pictures(explanation, index, layer, stem, options)
+        pictures = _render(explanation, index, layer, options)
+        overlay, heatmap = _save_pictures(pictures, stem, options)
         raw, warnings = _checked_map(raw)
         raw_path = None
         if options.save_raw:
             raw_path = f"{stem}.raw.npy"
             write_npy_atomic(resolve_inside(options.out_dir, raw_path), raw)
-        guided = _save_guided(explanation, index, layer, f"{stem}.guided.png", options)
+        guided = _save_guided(pictures.guided, f"{stem}.guided.png", options)
         localization = masks.measure(item.key, target, raw, explanation.crop_box, options.gate)
+        panel = _save_panel(item, explanation, target, layer, stem, pictures, localization, options)
         records.append(
             ExplanationRecord(
-                target, layer, overlay, heatmap, raw_path, warnings, guided, localization
+                target, layer, overlay, heatmap, raw_path, warnings, guided, localization, panel
             )
         )
     return records
@@ -377,29 +389,62 @@ class _MaskCache:
         return localization_record(localize(raw, mask, crop_box, str(path)), gate)
 
 
-def _save_pictures(
-    explanation: ImageExplanation, index: int, layer: str, stem: str, options: RunOptions
-) -> tuple[str, str | None]:
-    """Write the overlay (PNG or JPEG) and, unless --no-heatmap, the RGBA heatmap (PNG)."""
+def _render(explanation: ImageExplanation, index: int, layer: str, options: RunOptions) -> Pictures:
+    """The pictures of one explanation, the map placed once for all; the heatmap only when it
+    is written or shown in a panel."""
+    if options.heatmap or options.panel:
+        overlay, heatmap = explanation.pictures(index, layer, options.render)
+    else:
+        overlay, heatmap = explanation.overlay(index, layer, options.render), None
+    guided = explanation.guided_picture(index, layer, options.render)
+    return Pictures(explanation.image, overlay, heatmap, guided)
+
+
+def _save_pictures(pictures: Pictures, stem: str, options: RunOptions) -> tuple[str, str | None]:
+    """Write the overlay (PNG or JPEG), its thumbnail with --report and, unless --no-heatmap,
+    the RGBA heatmap (PNG)."""
     overlay = f"{stem}.overlay.{options.overlay_format}"
     heatmap = f"{stem}.heatmap.png" if options.heatmap else None
-    if heatmap:
-        overlay_picture, heatmap_picture = explanation.pictures(index, layer, options.render)
-    else:
-        overlay_picture = explanation.overlay(index, layer, options.render)
     path = resolve_inside(options.out_dir, overlay)
-    write_image_atomic(path, overlay_picture, options.overlay_format)
-    if heatmap:
-        write_png_atomic(resolve_inside(options.out_dir, heatmap), heatmap_picture)
+    write_image_atomic(path, pictures.overlay, options.overlay_format)
+    if options.report:
+        save_thumbnail(options.out_dir, overlay, pictures.overlay)
+    if heatmap and pictures.heatmap is not None:  # _render made it: options.heatmap
+        write_png_atomic(resolve_inside(options.out_dir, heatmap), pictures.heatmap)
     return overlay, heatmap
 
 
-def _save_guided(
-    explanation: ImageExplanation, index: int, layer: str, path: str, options: RunOptions
-) -> str | None:
+def _save_guided(picture: Image.Image | None, path: str, options: RunOptions) -> str | None:
     """Guided methods: write the guided image and return its path; None for other methods."""
-    picture = explanation.guided_picture(index, layer, options.render)
     if picture is None:
         return None
     write_png_atomic(resolve_inside(options.out_dir, path), picture)
     return path
+
+
+def _save_panel(
+    item: InputItem,
+    explanation: ImageExplanation,
+    target: TargetRef,
+    layer: str,
+    stem: str,
+    pictures: Pictures,
+    localization: dict[str, object] | None,
+    options: RunOptions,
+) -> str | None:
+    """--panel: write the explanation's figure and return its path; None without --panel."""
+    if not options.panel:
+        return None
+    fields = caption_fields(
+        input=item.source,
+        size=explanation.image.size,
+        predictions=[asdict(p) for p in explanation.predictions],
+        target=asdict(target),
+        method=explanation.method,
+        layer=layer,
+        localization=localization,
+        colormap=options.render.colormap,
+        normalize=options.render.normalize,
+    )
+    lut = colormap_lut(options.render.colormap)
+    return save_panel(options.out_dir, stem, pictures, fields, lut, options.render.colormap)

@@ -1,0 +1,74 @@
+"""Words for the figures of one explanation, shared by the panel's caption and the HTML page.
+
+Everything here reads the JSON report's plain values (dicts, lists, numbers), so the page can be
+rebuilt from `predictions.json` alone, and the two places always say the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "NORMALIZATION_MEANINGS",
+    "probability_text",
+    "prediction_text",
+    "target_text",
+    "localization_text",
+    "gate_text",
+]
+
+# What 0 and 1 on the colour bar mean for each --normalize mode (render.normalize_map).
+NORMALIZATION_MEANINGS = {
+    "minmax": "0 = this map's minimum, 1 = its maximum",
+    "max": "0 = zero, 1 = this map's maximum",
+    "none": "raw map values, clipped to [0, 1]",
+}
+
+
+def probability_text(probability: float | None) -> str:
+    return "n/a" if probability is None else f"{probability:.3f}"
+
+
+def prediction_text(predictions: Sequence[Mapping]) -> str:
+    """The top prediction: `tabby 0.873`, or `none` when there is none."""
+    if not predictions:
+        return "none"
+    top = predictions[0]
+    return f"{top.get('label')} {probability_text(top.get('probability'))}"
+
+
+def target_text(target: Mapping, predictions: Sequence[Mapping]) -> str:
+    """`281 tabby`, with its probability when it is among the predictions listed."""
+    text = f"{target.get('index')} {target.get('label')}"
+    for prediction in predictions:
+        if prediction.get("index") == target.get("index"):
+            return f"{text} ({probability_text(prediction.get('probability'))})"
+    return text
+
+
+def localization_text(localization: Mapping | None) -> str | None:
+    """`hit, energy 0.412 (mask share 0.081), IoU 0.530`; the reason when nothing was
+    measured; None without --mask."""
+    if localization is None:
+        return None
+    if localization.get("error"):
+        return str(localization["error"])
+    hit = "hit" if localization.get("hit") else "miss"
+    return (
+        f"{hit}, energy {_number(localization.get('energy'))} "
+        f"(mask share {_number(localization.get('mask_share'))}), "
+        f"IoU {_number(localization.get('iou'))}"
+    )
+
+
+def gate_text(localization: Mapping | None) -> str | None:
+    """`passed`, `failed: …the shortfalls…`, or None when no gate was set."""
+    if localization is None or localization.get("passed") is None:
+        return None
+    if localization["passed"]:
+        return "passed"
+    return "failed: " + "; ".join(str(s) for s in localization.get("shortfalls") or [])
+
+
+def _number(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "n/a"

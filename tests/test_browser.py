@@ -1,0 +1,161 @@
+"""The report page in a real browser: headless Chromium opens OUT/index.html from disk (file://),
+every image loads, the filters hide and show cards, the viewer opens the overlay and the panel.
+
+Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). When they are missing
+this test fails, on purpose: a skipped browser test would pass CI without checking anything.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import HOSTILE_NAME, HOSTILE_STEM, one_explanation_report
+from PIL import Image
+
+from gradcam_cli.htmlreport import write_page
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"headless Chromium is needed for this test, and {', '.join(missing)} is missing: "
+            "install the Debian packages chromium and chromium-driver "
+            "(apt-get install chromium chromium-driver; .ci/run does it)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)  # so that Selenium Manager never downloads one
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_page(driver, page: Path) -> None:
+    driver.get(page.as_uri())
+    assert driver.execute_script("return document.readyState") == "complete"
+
+
+def loaded_images(driver, selector: str) -> list[tuple[str, int]]:
+    """(src, naturalWidth) of each image, after bringing it into view (they load lazily)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    images = driver.find_elements("css selector", selector)
+    for image in images:
+        driver.execute_script("arguments[0].scrollIntoView()", image)
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0])).every(i => i.complete)",
+            selector,
+        )
+    )
+    driver.execute_script("window.scrollTo(0, 0)")
+    return [(i.get_attribute("src"), i.get_property("naturalWidth")) for i in images]
+
+
+def visible_statuses(driver) -> list[str]:
+    return [
+        card.get_attribute("data-status")
+        for card in driver.find_elements("css selector", "#grid .card")
+        if card.is_displayed()
+    ]
+
+
+def choose(driver, name: str, value: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("css selector", f"select[name='{name}']")).select_by_value(value)
+
+
+def test_report_page_in_headless_chromium(browser, demo_run, tmp_path):
+    out, _ = demo_run
+    open_page(browser, out / "index.html")
+    thumbnails = loaded_images(browser, "#grid img")
+    assert len(thumbnails) == 5
+    assert all(width > 0 for _, width in thumbnails), thumbnails
+    screenshot = tmp_path / "report.png"
+    assert browser.save_screenshot(str(screenshot))
+    print(f"screenshot of the report page: {screenshot}")
+
+    # The script revealed the filters; each one hides and shows cards.
+    assert browser.find_element("id", "filters").is_displayed()
+    everything = visible_statuses(browser)
+    assert sorted(everything) == ["error", "gate-failed", "gate-failed", "ok", "ok", "ok"]
+    choose(browser, "status", "error")
+    assert visible_statuses(browser) == ["error"]
+    assert browser.find_element("id", "shown").text == "1 of 6 shown"
+    choose(browser, "status", "gate-failed")
+    assert visible_statuses(browser) == ["gate-failed", "gate-failed"]
+    choose(browser, "status", "")
+    assert visible_statuses(browser) == everything
+    choose(browser, "target", "star")
+    targets = [
+        c.get_attribute("data-target")
+        for c in browser.find_elements("css selector", "#grid .card")
+        if c.is_displayed()
+    ]
+    assert targets and set(targets) == {"star"} and len(targets) < len(everything)
+    choose(browser, "target", "")
+
+    # A hostile file name is shown as text: no element came out of it.
+    names = [h.text for h in browser.find_elements("css selector", "#grid .card h2")]
+    assert any(name.replace("\n", "").endswith(HOSTILE_NAME) for name in names), names
+    assert not browser.find_elements("css selector", "[onerror]")
+
+    # Clicking a thumbnail opens the full-size overlay and the panel.
+    browser.find_element("css selector", "#grid a.open").click()
+    viewer = browser.find_element("id", "viewer")
+    assert viewer.get_property("open")
+    shown = loaded_images(browser, "#viewer img")
+    assert len(shown) == 2 and all(width > 0 for _, width in shown), shown
+    assert shown[0][0].endswith(".overlay.png") and shown[1][0].endswith(".panel.png")
+    with Image.open(out / Path(shown[1][0]).name) as panel:
+        assert shown[1][1] == panel.width  # the panel itself, at full size
+    browser.save_screenshot(str(tmp_path / "viewer.png"))
+    print(f"screenshot of the viewer: {tmp_path / 'viewer.png'}")
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
+
+
+def test_links_with_hostile_characters_load_from_file_urls(browser, demo_run, tmp_path):
+    out = tmp_path / "out"
+    stem = f"{HOSTILE_STEM}.0-circle.features"
+    original = sorted(demo_run[0].glob("*.overlay.png"))[0]
+    (out / "sub dir").mkdir(parents=True)
+    shutil.copy(original, out / f"{stem}.overlay.png")
+    shutil.copy(str(original).replace(".overlay.", ".panel."), out / f"{stem}.panel.png")
+    document = one_explanation_report(
+        0, "circle", "features", overlay=f"{stem}.overlay.png", panel=f"{stem}.panel.png"
+    )
+    write_page(out, document)
+    open_page(browser, out / "index.html")
+    [(source, width)] = loaded_images(browser, "#grid img")
+    assert width > 0, source
+    browser.find_element("css selector", "#grid a.open").click()
+    shown = loaded_images(browser, "#viewer img")
+    assert all(width > 0 for _, width in shown), shown
