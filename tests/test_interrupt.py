@@ -306,3 +306,26 @@ def test_a_stop_before_any_image_exits_with_its_signal_code_and_one_line(
     result = explain(*command())
     assert result.exit_code == code
     assert result.stderr == "gradcam: interrupted\n"  # not click's "Aborted!" and exit 1
+
+
+@pytest.mark.parametrize(("option", "key"), [("--panel", "panel"), ("--save-raw", "raw")])
+def test_resume_redoes_an_image_whose_optional_file_is_gone(workspace, monkeypatch, option, key):
+    """Every file a record names counts, not only overlay and heatmap: a missing panel or raw
+    map makes --resume explain that image again."""
+    monkeypatch.chdir(workspace)
+    assert explain(*command(option)).exit_code == 0
+    first = strict_report(workspace / "out")
+    lost = first["results"][4]
+    (workspace / "out" / lost["explanations"][0][key]).unlink()
+    seen = []
+    real = Explainer.explain
+
+    def recording(self, images, **kwargs):
+        seen.extend(images)
+        return real(self, images, **kwargs)
+
+    monkeypatch.setattr(Explainer, "explain", recording)
+    result = explain(*command(option, "--resume"))
+    assert result.exit_code == 0, result.output
+    assert len(seen) == 1 and strict_report(workspace / "out")["summary"]["resumed"] == IMAGES - 1
+    assert (workspace / "out" / lost["explanations"][0][key]).is_file()
