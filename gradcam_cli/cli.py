@@ -590,35 +590,29 @@ def layers(
     ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """List a model's layers: dotted path, type, output shape, and which are usable targets.
+    """List a model's layers: dotted path, type, output shape, the map it gives (tokens and
+    channels-last outputs are laid out as C×h×w), and which are usable targets.
 
     Random weights are used (the structure does not depend on them), so this works offline.
     """
     with _exit_codes(verbose):
-        from .layers import probe_layers
+        from .layers import layer_table, probe_layers
         from .models import load_model
 
         loaded = load_model(model, pretrained=False, num_classes=num_classes, input_size=input_size)
         probe = probe_layers(loaded.model, loaded.preprocess.input_size)
-        default = _default_or_none(probe)
+        try:
+            default = probe.default_layer()
+        except GradcamError as exc:
+            default = None
+            _log(f"no default layer: {exc}")
         h, w = loaded.preprocess.input_size
         typer.echo(
-            f"# {loaded.source}:{loaded.name}, input 3×{h}×{w}; * = usable target, > = default"
+            f"# {loaded.source}:{loaded.name}, input 3×{h}×{w}; "
+            "* = usable target, > = default; map = C×h×w explained"
         )
-        for info in probe.layers:
-            if usable and not info.usable:
-                continue
-            mark = ">" if info.name == default else ("*" if info.usable else " ")
-            shape = "×".join(map(str, info.shape[1:])) if info.shape else "-"
-            note = f"  ({info.reason})" if info.reason else ""
-            typer.echo(f"{mark} {info.name:<40} {info.kind:<24} {shape:<16}{note}".rstrip())
-
-
-def _default_or_none(probe) -> str | None:
-    try:
-        return probe.default_layer()
-    except GradcamError:
-        return None
+        for line in layer_table(probe, default, usable_only=usable):
+            typer.echo(line)
 
 
 @app.command()
@@ -627,24 +621,27 @@ def models(
         str,
         typer.Argument(metavar="PATTERN", help="Shell-style filter, e.g. 'resnet*' or '*vit*'."),
     ] = "*",
+    pretrained: Annotated[
+        bool,
+        typer.Option(
+            "--pretrained",
+            help="Only models with pretrained weights; timm's with their tags "
+            "(timm:resnet50.a1_in1k), each a valid --model.",
+        ),
+    ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """List model names the tool can load, with their source library."""
+    """List the model names --model accepts, with their library: the demo model, timm, and
+    torchvision's image classifiers. Exit 1 when nothing matches."""
     with _exit_codes(verbose):
-        import fnmatch
+        from .models import list_model_names, no_model_matches
 
-        import timm
-        from torchvision.models import list_models
-
-        from .models import DEMO_MODELS
-
-        for name in DEMO_MODELS:
-            if fnmatch.fnmatch(name, pattern):
-                typer.echo(f"demo:{name}")
-        for name in timm.list_models(pattern):
-            typer.echo(f"timm:{name}")
-        for name in sorted(n for n in list_models() if fnmatch.fnmatch(n, pattern)):
-            typer.echo(f"torchvision:{name}")
+        names = list_model_names(pattern, pretrained=pretrained)
+        for name in names:
+            typer.echo(name)
+        if not names:
+            _log(f"error: {no_model_matches(pattern)}")
+            raise typer.Exit(EXIT_SOME_FAILED)
 
 
 @app.command()

@@ -28,6 +28,7 @@ from torch import nn
 from .errors import LayerError, TargetError
 from .guided import guided_relus
 from .layers import LayerRef, extract_logits
+from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
 from .methods import CamMethod, LayerView, get_method
 from .modelstate import frozen_eval, removing
 
@@ -63,12 +64,20 @@ class BatchExplanation:
 
 
 class _Capture:
-    """Forward hook for one target layer: makes its output differentiable and keeps it."""
+    """Forward hook for one target layer: makes its output differentiable and keeps it.
 
-    def __init__(self, ref: LayerRef):
+    The output keeps its own layout (tokens, channels-last, ...): gradients are taken against
+    it as the module returned it, and `layout` turns both into [B, C, h, w] maps, for this
+    batch's input size.
+    """
+
+    def __init__(self, ref: LayerRef, images: torch.Tensor, prefix: int | None):
         self.ref = ref
+        self.batch, self.input_size = images.shape[0], tuple(images.shape[2:])
+        self.prefix = prefix  # prefix tokens, as the model declares them
         self.calls = 0
         self.handle: torch.Tensor | None = None  # the tensor gradients are taken against
+        self.layout: Layout | None = None
 
     def __call__(self, module: nn.Module, args: object, output: object) -> object:
         index = self.calls
@@ -76,17 +85,33 @@ class _Capture:
         wanted = 0 if self.ref.call is None else self.ref.call
         if index != wanted:
             return None
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            is_tensor = isinstance(output, torch.Tensor)
-            shape = list(output.shape) if is_tensor else type(output).__name__
+        if not isinstance(output, torch.Tensor):
             raise LayerError(
-                f"layer '{self.ref}' outputs {shape}, not a [B, C, H, W] map; choose a "
-                "convolutional layer (`gradcam layers MODEL` marks the usable ones)"
+                f"layer '{self.ref}' outputs {type(output).__name__}, not a tensor; choose "
+                "another layer (`gradcam layers MODEL` marks the usable ones)"
             )
+        try:
+            self.layout = infer_layout(
+                tuple(output.shape),
+                self.input_size,
+                module=module,
+                prefix=self.prefix,
+                batch=self.batch,
+            )
+        except NotSpatialError as exc:
+            raise LayerError(
+                f"layer '{self.ref}' cannot be explained: {exc}; choose a layer with a spatial "
+                "output (`gradcam layers MODEL` marks the usable ones)"
+            ) from None
         # Downstream of an earlier target the output is already in the recorded graph;
         # otherwise this is where the graph starts: a leaf, so nothing upstream is recorded.
         self.handle = output if output.requires_grad else output.detach().requires_grad_(True)
         return self.handle.clone()
+
+    def activations(self) -> torch.Tensor:
+        """A as a map [B, C, h, w], detached (after check_calls)."""
+        assert self.handle is not None and self.layout is not None
+        return self.layout.to_map(self.handle.detach())
 
     def check_calls(self) -> None:
         if self.ref.call is None and self.calls > 1:
@@ -202,7 +227,9 @@ def _explain_view(
 ) -> _ViewResult:
     """One forward with the captures, the head-only gradients, then the method's maps."""
     method = settings.method
-    captures = [_Capture(ref) for ref in settings.layers]
+    captures = [
+        _Capture(ref, images, declared_prefix_tokens(model, ref.name)) for ref in settings.layers
+    ]
     modules = dict(model.named_modules())
     handles: list = []
     with removing(handles):
@@ -226,14 +253,14 @@ def _explain_view(
     )
     scores = scores.detach()
     maps = {}
-    for capture, activations in zip(captures, _captured(captures), strict=True):
+    for capture in captures:
         view = LayerView(
-            activations=activations,
+            activations=capture.activations(),
             gradients=gradients.get(str(capture.ref), []),
             targets=targets,
             scores=scores,
             images=images,
-            head=_HeadRunner(model, capture.ref, images, activations, scores, settings),
+            head=_HeadRunner(model, capture, images, scores, settings),
             forward=_forward_scores(model, settings.outputs_probabilities),
             guided_gradients=guided_gradients,
             layer=str(capture.ref),
@@ -243,15 +270,11 @@ def _explain_view(
     return _ViewResult(logits.detach(), targets, maps, guided_gradients)
 
 
-def _captured(captures: list[_Capture]) -> list[torch.Tensor]:
-    """Each layer's A, detached (check_calls has made sure every capture fired)."""
-    return [c.handle.detach() for c in captures if c.handle is not None]
-
-
 def _gradients(
     scores: torch.Tensor, targets: torch.Tensor, captures: list[_Capture]
 ) -> dict[str, list[torch.Tensor]]:
-    """Per layer, per target rank: ∂(summed selected scores)/∂A, through the head only."""
+    """Per layer, per target rank: ∂(summed selected scores)/∂A as a map [B, C, h, w], through
+    the head only."""
     handles = [c.handle for c in captures]
     per_layer: dict[str, list[torch.Tensor]] = {str(c.ref): [] for c in captures}
     ranks = targets.shape[1]
@@ -261,9 +284,10 @@ def _gradients(
             selected, handles, retain_graph=rank < ranks - 1, allow_unused=True
         )
         for capture, grad in zip(captures, grads, strict=True):
-            activations = capture.handle.detach()
             per_layer[str(capture.ref)].append(
-                torch.zeros_like(activations) if grad is None else grad
+                torch.zeros_like(capture.activations())
+                if grad is None
+                else capture.layout.to_map(grad)
             )
     return per_layer
 
@@ -323,25 +347,30 @@ class _HeadRunner:
     fails (something from before the layer reaches the head, e.g. a skip connection, or an op
     that refuses an empty batch) full forward passes of the images are used instead — correct
     but slower — with a HeadOnlyFallbackWarning. Never a wrong answer.
+
+    Rows come as maps [N, C, h, w] and go back into the layer's own layout; a token layer's
+    prefix tokens (the class token) are the image's own, unchanged.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        ref: LayerRef,
+        capture: _Capture,
         images: torch.Tensor,
-        activations: torch.Tensor,
         scores: torch.Tensor,
         settings: _Settings,
     ):
-        self.model, self.ref, self.images = model, ref, images
-        self.module = dict(model.named_modules())[ref.name]
-        self.activations, self.scores = activations, scores
+        assert capture.handle is not None and capture.layout is not None
+        self.model, self.ref, self.images = model, capture.ref, images
+        self.module = dict(model.named_modules())[capture.ref.name]
+        self.layout, self.outputs = capture.layout, capture.handle.detach()
+        self.scores = scores
         self.outputs_probabilities = settings.outputs_probabilities
         self.method_name = settings.method.name
         self.head_only: bool | None = None  # unknown until checked
 
-    def __call__(self, rows: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+    def __call__(self, maps: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        rows = self.layout.from_map(maps, self.outputs[image_index])
         if self.head_only is None:
             self.head_only = self._head_only_reproduces_the_scores()
         if self.head_only:
@@ -367,7 +396,7 @@ class _HeadRunner:
         return out if tuple(out.shape) == (rows.shape[0], self.scores.shape[1]) else None
 
     def _head_only_reproduces_the_scores(self) -> bool:
-        out = self._try_head_only(self.activations)
+        out = self._try_head_only(self.outputs)
         scale = 1.0 + float(self.scores.abs().max())
         if out is not None and torch.allclose(out.float(), self.scores.float(), 1e-4, 1e-4 * scale):
             return True

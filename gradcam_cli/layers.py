@@ -1,5 +1,12 @@
 """Layers: dotted paths, a probe of every module's output, and the automatic choice.
 
+The probe runs one image through the model and records, for every module, its output, how it
+lies (`layouts`: a conv map, channels-last, or tokens), and whether the logits depend on its
+spatial positions. The automatic choice is the last layer, in forward order, that is usable:
+for a CNN its last spatial stage; for a class-token ViT the last block's `norm1`, since only the
+class token of the blocks' outputs reaches the head, while `norm1` feeds the attention in which
+the class token reads the patches.
+
 A layer is named by its dotted path (`layer4`, `layer4.2`); integer parts index a module's
 children in order, negative ones from the end (`features.-1`); `layer4[2]` is accepted as
 `layer4.2`. A module that runs several times per forward (a shared `nn.ReLU`) is refused unless
@@ -16,6 +23,7 @@ import torch
 from torch import nn
 
 from .errors import LayerError, UnknownLayerError, UsageError, did_you_mean
+from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
 from .modelstate import frozen_eval, removing
 
 __all__ = [
@@ -26,11 +34,15 @@ __all__ = [
     "resolve_layer",
     "probe_layers",
     "extract_logits",
+    "layer_table",
 ]
 
-# Never the automatic choice: modules that pass their input through unchanged, and adaptive
-# pools, which only resample the map before them (VGG's 7×7 avgpool after `features`).
+# Never the automatic choice: modules that pass their input through unchanged or only move its
+# axes (torchvision Swin's `Permute`), adaptive pools, which only resample the map before them
+# (VGG's 7×7 avgpool after `features`), linear projections inside a block (a ViT's `qkv`,
+# whose query part is unused for the patches), and attention weights (a softmax over tokens).
 _PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_NOT_DEFAULT = {cls.__name__ for cls in _PASS_THROUGH} | {"Permute", "Linear", "Softmax"}
 
 
 @dataclass(frozen=True)
@@ -146,12 +158,21 @@ class LayerInfo:
     shape: tuple[int, ...] | None  # output shape of its first call, None when not a tensor
     calls: int
     order: int  # when its first call finished, in forward order; -1 when never called
-    reaches_logits: bool
+    reaches_logits: bool  # through its spatial positions (patch tokens, not prefix tokens)
     reason: str  # why it cannot be a target; "" when it can
+    layout: Layout | None = None  # how its output lies at the probe's input size
 
     @property
     def usable(self) -> bool:
         return not self.reason
+
+    @property
+    def map_shape(self) -> tuple[int, int, int] | None:
+        """(C, h, w) of the map it gives, at the probe's input size."""
+        if self.layout is None or self.shape is None:
+            return None
+        channels = self.shape[-1] if self.layout.kind != "nchw" else self.shape[1]
+        return (channels, *self.layout.grid)
 
 
 @dataclass(frozen=True)
@@ -160,6 +181,8 @@ class Probe:
     num_outputs: int  # width of the model's logits
     # The forward ends in nn.Sigmoid/nn.Softmax: its outputs are probabilities, not logits.
     outputs_probabilities: bool = False
+    # False when the logits do not depend on the image at all (e.g. a zero-initialised head).
+    depends_on_input: bool = True
 
     def get(self, name: str) -> LayerInfo:
         for info in self.layers:
@@ -169,17 +192,20 @@ class Probe:
 
     def default_layer(self) -> str:
         """The last layer, in forward order, with a spatial output that the logits depend on."""
-        candidates = [i for i in self.layers if i.usable and i.kind not in _pass_through_names()]
+        candidates = [i for i in self.layers if i.usable and i.kind not in _NOT_DEFAULT]
+        if not self.depends_on_input:
+            raise LayerError(
+                "the model's outputs do not depend on the input image at all (every gradient is "
+                "zero, e.g. a classifier initialised to zeros), so there is nothing to explain; "
+                "load trained weights (--pretrained or --weights PATH)"
+            )
         if not candidates:
             raise LayerError(
-                "found no layer with a spatial [B, C, H, W] output that the logits depend on; "
-                "name one with --layer (see `gradcam layers MODEL`)"
+                "found no layer with a spatial output (a [B, C, H, W] map, channels-last, or "
+                "patch tokens) that the logits depend on; name one with --layer "
+                "(see `gradcam layers MODEL`)"
             )
         return max(candidates, key=lambda info: info.order).name
-
-
-def _pass_through_names() -> set[str]:
-    return {cls.__name__ for cls in _PASS_THROUGH}
 
 
 def probe_layers(
@@ -230,22 +256,23 @@ def probe_layers(
             ) from exc
         mix = torch.randn(logits.shape, generator=generator).to(logits.device)
         grads = (
-            torch.autograd.grad((logits * mix).sum(), [t for _, t in outputs], allow_unused=True)
-            if outputs and logits.requires_grad
-            else [None] * len(outputs)
+            torch.autograd.grad(
+                (logits * mix).sum(), [x, *(t for _, t in outputs)], allow_unused=True
+            )
+            if logits.requires_grad
+            else [None] * (1 + len(outputs))
         )
-    reaches = {
-        name: g is not None and bool(g.abs().sum() > 0)
-        for (name, _), g in zip(outputs, grads, strict=True)
-    }
+    input_gradient, *grads = grads
+    gradients = dict(zip([name for name, _ in outputs], grads, strict=True))
     infos = [
-        _layer_info(name, module, records.get(name), reaches.get(name, False))
+        _layer_info(name, module, records.get(name), gradients.get(name), input_size, model)
         for name, module in named
     ]
     return Probe(
         infos,
         num_outputs=logits.shape[1],
         outputs_probabilities=_ends_in_probabilities(last_leaf, logits),
+        depends_on_input=input_gradient is not None and bool((input_gradient != 0).any()),
     )
 
 
@@ -262,20 +289,55 @@ def _ends_in_probabilities(last_leaf: list[tuple[nn.Module, object]], logits: to
     )
 
 
-def _layer_info(name: str, module: nn.Module, rec: dict | None, reaches: bool) -> LayerInfo:
+def _layer_info(
+    name: str,
+    module: nn.Module,
+    rec: dict | None,
+    gradient: torch.Tensor | None,
+    input_size: tuple[int, int],
+    model: nn.Module,
+) -> LayerInfo:
     kind = type(module).__name__
     if rec is None:
         return LayerInfo(name, kind, None, 0, -1, False, "not called in forward")
-    shape = rec["shape"]
-    reason = ""
+    shape, calls, order = rec["shape"], rec["calls"], rec["order"]
     if shape is None:
-        reason = "output is not a tensor"
-    elif len(shape) != 4:
-        reason = f"output {list(shape)} is not a [B, C, H, W] map"
-    elif shape[2] * shape[3] <= 1:
-        reason = "output is 1×1: no spatial extent"
-    elif rec["calls"] > 1:
-        reason = f"runs {rec['calls']} times per forward (pick one with @N)"
+        return LayerInfo(name, kind, None, calls, order, False, "output is not a tensor")
+    try:
+        layout = infer_layout(
+            shape, input_size, module=module, prefix=declared_prefix_tokens(model, name), batch=1
+        )
+    except NotSpatialError as exc:
+        return LayerInfo(name, kind, shape, calls, order, False, str(exc))
+    # != 0 rather than > 0: a NaN gradient (a model that gives NaN on the random probe image)
+    # still shows the dependence.
+    reaches = gradient is not None and bool((layout.to_map(gradient) != 0).any())
+    reason = ""
+    if calls > 1:
+        reason = f"runs {calls} times per forward (pick one with @N)"
+    elif (
+        not reaches
+        and layout.kind == "tokens"
+        and gradient is not None
+        and bool((gradient != 0).any())
+    ):
+        reason = "only the class token(s) reach the logits, not its patch tokens"
     elif not reaches:
         reason = "the logits do not depend on it"
-    return LayerInfo(name, kind, shape, rec["calls"], rec["order"], reaches, reason)
+    return LayerInfo(name, kind, shape, calls, order, reaches, reason, layout)
+
+
+def layer_table(probe: Probe, default: str | None, usable_only: bool = False) -> list[str]:
+    """`gradcam layers`: a line per layer, `>` the default and `*` the usable ones, with the
+    output's shape, the map it gives and how it was read, or why it cannot be used."""
+    shown = [info for info in probe.layers if info.usable or not usable_only]
+    width = max([len(info.name) for info in shown] + [24])
+    lines = [f"  {'layer':<{width}} {'type':<24} {'output':<16} {'map':<14} notes"]
+    for info in shown:
+        mark = ">" if info.name == default else ("*" if info.usable else " ")
+        output = "×".join(map(str, info.shape[1:])) if info.shape else "-"
+        layout = info.map_shape and "×".join(map(str, info.map_shape)) or "-"
+        notes = "; ".join(n for n in (info.layout and info.layout.describe(), info.reason) if n)
+        line = f"{mark} {info.name:<{width}} {info.kind:<24} {output:<16} {layout:<14} {notes}"
+        lines.append(line.rstrip())
+    return lines

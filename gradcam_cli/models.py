@@ -38,6 +38,8 @@ __all__ = [
     "load_model",
     "parse_model_spec",
     "resolve_source",
+    "list_model_names",
+    "no_model_matches",
     "read_state_dict",
     "load_weights",
     "read_labels_file",
@@ -87,17 +89,62 @@ def _timm_has(name: str) -> bool:
     return timm.is_model(name)
 
 
-def _torchvision_has(name: str) -> bool:
+def _torchvision_classifiers() -> list[str]:
+    """torchvision's image classifiers: not its detection, segmentation, video, optical-flow
+    or quantized models, which live in sub-modules of torchvision.models."""
+    import torchvision
     from torchvision.models import list_models
 
-    return name in list_models()
+    return list_models(module=torchvision.models)
+
+
+def _torchvision_has(name: str) -> bool:
+    return name in _torchvision_classifiers()
 
 
 def _known_names() -> list[str]:
     import timm
+
+    return sorted(set(timm.list_models()) | set(_torchvision_classifiers()))
+
+
+def _not_a_classifier(name: str) -> UnknownModelError | None:
     from torchvision.models import list_models
 
-    return sorted(set(timm.list_models()) | set(list_models()))
+    if name not in list_models():
+        return None
+    return UnknownModelError(
+        f"'{name}' is a torchvision detection, segmentation, video or optical-flow model; "
+        "gradcam explains image classifiers. List them with `gradcam models PATTERN`"
+    )
+
+
+def list_model_names(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """`SOURCE:NAME` for every model `--model` accepts whose name matches the shell pattern:
+    the demo model, timm's, torchvision's classifiers. `pretrained`: only those with
+    pretrained weights, timm's with their tags (`timm:resnet50.a1_in1k`)."""
+    import fnmatch
+
+    import timm
+    from torchvision.models import get_model_weights
+
+    pattern = pattern.lower()
+    names = [f"demo:{name}" for name in DEMO_MODELS if fnmatch.fnmatch(name, pattern)]
+    names += [f"timm:{name}" for name in timm.list_models(pattern, pretrained=pretrained)]
+    for name in sorted(fnmatch.filter(_torchvision_classifiers(), pattern)):
+        if not pretrained or list(get_model_weights(name)):
+            names.append(f"torchvision:{name}")
+    return names
+
+
+def no_model_matches(pattern: str) -> UnknownModelError:
+    """The error for a `gradcam models` pattern that matches nothing, with a suggestion."""
+    words = pattern.strip("*?").split("*")[0] or pattern
+    return UnknownModelError(
+        f"no model name matches '{pattern}'."
+        + did_you_mean(words, [*DEMO_MODELS, *_known_names()])
+        + " Patterns are shell-style: 'resnet*', '*vit*small*'"
+    )
 
 
 def resolve_source(source: str, name: str) -> str:
@@ -113,6 +160,9 @@ def resolve_source(source: str, name: str) -> str:
             return "timm"
         if _torchvision_has(name):
             return "torchvision"
+    wrong_kind = _not_a_classifier(name) if source in ("torchvision", "") else None
+    if wrong_kind is not None:
+        raise wrong_kind
     where = f"{source} " if source else "timm or torchvision "
     known = list(DEMO_MODELS) if source == "demo" else _known_names()
     raise UnknownModelError(
@@ -147,14 +197,14 @@ def _download_failed(name: str, exc: Exception) -> ModelDownloadError:
     )
 
 
-def _build_timm(name: str, pretrained: bool, num_classes: int | None) -> tuple[nn.Module, str]:
-    import timm
-
+def _build_timm(
+    name: str, pretrained: bool, num_classes: int | None, input_size: int | None = None
+) -> tuple[nn.Module, str]:
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if not pretrained:
-        return timm.create_model(name, pretrained=False, **kwargs), "random"
+        return _create_timm(name, False, kwargs, input_size), "random"
     try:
-        model = timm.create_model(name, pretrained=True, **kwargs)
+        model = _create_timm(name, True, kwargs, input_size)
     except RuntimeError as exc:  # no pretrained tag for this architecture
         if "No pretrained weights exist" in str(exc):
             raise UsageError(f"{exc}; pass --no-pretrained or --weights PATH") from exc
@@ -164,6 +214,31 @@ def _build_timm(name: str, pretrained: bool, num_classes: int | None) -> tuple[n
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     ident = cfg.get("hf_hub_id") or f"{cfg.get('architecture', name)}.{cfg.get('tag', '')}"
     return model, f"pretrained:{ident}"
+
+
+def _create_timm(
+    name: str, pretrained: bool, kwargs: dict[str, object], input_size: int | None
+) -> nn.Module:
+    """timm.create_model; with --input-size, built for that size where the architecture has
+    one (ViT, Swin, MaxViT, ...: timm resamples pretrained position embeddings to it)."""
+    import timm
+
+    if input_size is not None:
+        try:
+            return timm.create_model(name, pretrained=pretrained, img_size=input_size, **kwargs)
+        except TypeError as exc:  # a CNN: any size goes, and its constructor has no img_size
+            if "img_size" not in str(exc):
+                raise
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def _randomize_zero_classifiers(model: nn.Module) -> None:
+    """Random builds: a Linear layer initialised to zeros (torchvision's ViT heads, meant to be
+    fine-tuned) gives every image the same logits, so there would be nothing to explain; it
+    gets the default random init instead."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and not module.weight.any():
+            module.reset_parameters()
 
 
 def _torchvision_weights_enum(name: str):
@@ -476,13 +551,15 @@ def load_model(
             model, provenance = _build_demo(use_hub)
             preprocess, labels = PREPROCESS, list(LABELS)
         elif source == "timm":
-            model, provenance = _build_timm(name, use_hub, num_classes)
+            model, provenance = _build_timm(name, use_hub, num_classes, input_size)
             preprocess = _timm_preprocess(model)
             labels = _timm_labels(model) if num_classes is None else None
         else:
             model, provenance = _build_torchvision(name, use_hub, num_classes)
             preprocess = _torchvision_preprocess(name)
             labels = _torchvision_labels(name) if num_classes is None else None
+        if provenance == "random" and source in ("timm", "torchvision"):
+            _randomize_zero_classifiers(model)
     if weights is not None:
         load_weights(model, read_state_dict(weights), str(weights))
         provenance = str(weights)

@@ -450,7 +450,7 @@ def one_error_line(result) -> str:
         (["--model", "my_models.py:Tiny2"], "Did you mean 'Tiny'"),
         ([*TINY, "--layer", "featurs"], "Did you mean 'features'"),
         ([*TINY, "--layer", "features.9"], "its children: 0, 1, 2, 3"),
-        ([*TINY, "--layer", "fc"], "not a [B, C, H, W] map"),
+        ([*TINY, "--layer", "fc"], "has no spatial axes"),
         ([*TINY, "--alpha", "1.5"], "alpha"),
         ([*TINY, "--colormap", "jte"], "Did you mean 'jet'"),
         ([*TINY, "--normalize", "minmx"], "Did you mean 'minmax'"),
@@ -667,9 +667,66 @@ def test_layers_lists_paths_shapes_usable_and_default(run):
     relu = next(line for line in lines if line.split()[:1] == ["layer1.0.relu"])
     assert "runs 2 times" in relu
     fc = next(line for line in lines if " fc " in line)
-    assert fc.startswith(" ") and "not a [B, C, H, W] map" in fc
+    assert fc.startswith(" ") and "has no spatial axes" in fc
     usable = run("layers", "torchvision:resnet18", "--usable", "--input-size", "128").stdout
     assert "4×4" in usable and " fc " not in usable
+
+
+def layer_line(lines: list[str], name: str) -> str:
+    return next(line for line in lines if line[2:].split()[:1] == [name])
+
+
+def test_layers_reads_vit_tokens_and_picks_the_last_norm1(run):
+    lines = run("layers", "timm:test_vit").stdout.splitlines()
+    default = [line for line in lines if line.startswith(">")]
+    assert len(default) == 1 and default[0].split()[1] == "blocks.5.norm1"
+    assert "101×64" in default[0] and "64×10×10" in default[0]
+    assert "tokens: 1 prefix + 10×10" in default[0]
+    block = layer_line(lines, "blocks.5")
+    assert block.startswith(" ") and "class token(s) reach the logits" in block
+    q_norm = layer_line(lines, "blocks.5.attn.q_norm")
+    assert q_norm.startswith(" ") and "not laid out like a 160×160 image" in q_norm
+    # --input-size builds the ViT for that size: the grid follows, read from the model
+    lines = run("layers", "timm:test_vit", "--input-size", "224").stdout.splitlines()
+    assert "tokens: 1 prefix + 14×14" in layer_line(lines, "blocks.5.norm1")
+
+
+def test_layers_reads_channels_last_swin(run):
+    lines = run("layers", "timm:swin_tiny_patch4_window7_224", "--usable").stdout.splitlines()
+    norm = layer_line(lines, "norm")
+    assert norm.startswith(">") and "7×7×768" in norm and "768×7×7" in norm
+    assert "channels-last 7×7" in norm
+
+
+def test_a_layer_that_is_not_spatial_is_refused_with_a_usable_one_suggested(run, tmp_path):
+    out = tmp_path / "out"
+    for layer, reason in [
+        ("blocks.5", "class token(s) reach the logits"),
+        ("head", "has no spatial axes"),
+        ("blocks.5.attn.q_norm", "not laid out like a 160×160 image"),
+    ]:
+        result = run(
+            "explain", "photos/wide.jpg", "-m", "timm:test_vit", "--no-pretrained",
+            "--layer", layer, "--out", str(out),
+        )  # fmt: skip
+        assert result.exit_code == 2
+        [line] = result.stderr.strip().splitlines()
+        assert reason in line and "Try 'blocks.5.norm1'" in line, line
+    assert not list(out.glob("*.png"))
+
+
+def test_vit_through_the_cli_gets_a_patch_grid_map_on_the_photo(run, tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        "explain", "photos/wide.jpg", "-m", "timm:test_vit", "--no-pretrained",
+        "--save-raw", "--out", str(out), "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "using 'blocks.5.norm1'" in result.stderr
+    [explanation] = json.loads(result.stdout)["results"][0]["explanations"]
+    raw = np.load(out / explanation["raw"])
+    assert raw.shape == (10, 10) and raw.max() > 0
+    assert Image.open(out / explanation["overlay"]).size == (200, 120)
 
 
 def test_models_lists_names_with_their_library(run):
@@ -677,6 +734,37 @@ def test_models_lists_names_with_their_library(run):
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert "timm:resnet18" in lines and "torchvision:resnet18" in lines
+    assert run("models", "shapes").stdout.splitlines() == ["demo:shapes"]
+    assert "timm:vit_tiny_patch16_224" in run("models", "*VIT_TINY*").stdout.splitlines()
+
+
+def test_models_lists_only_torchvision_classifiers(run):
+    lines = run("models", "*resnet50*").stdout.splitlines()
+    assert "torchvision:resnet50" in lines
+    assert not [line for line in lines if "rcnn" in line or "deeplab" in line or "fcn" in line]
+
+
+def test_models_pretrained_lists_timm_tags_each_a_valid_model(run):
+    lines = run("models", "resnet18*", "--pretrained").stdout.splitlines()
+    assert "timm:resnet18.a1_in1k" in lines and "torchvision:resnet18" in lines
+    assert "timm:resnet18" not in lines  # the bare name is no tag
+    assert not [line for line in lines if line.startswith("demo:")]
+
+
+def test_models_without_a_match_exits_1_with_a_suggestion(run):
+    result = run("models", "resnt50*")
+    assert result.exit_code == 1 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert "no model name matches 'resnt50*'" in line and "Did you mean" in line
+    assert "'resnet50'" in line
+
+
+@pytest.mark.parametrize("model", ["torchvision:maskrcnn_resnet50_fpn", "fcn_resnet50"])
+def test_a_torchvision_model_that_is_no_classifier_is_refused_by_kind(run, tmp_path, model):
+    result = run("explain", "photos/wide.jpg", "-m", model, "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "segmentation" in line and "gradcam explains image classifiers" in line
 
 
 # -- start-up, entry points, help texts --------------------------------------------------------

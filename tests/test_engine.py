@@ -15,9 +15,15 @@ from gradcam_cli.errors import LayerError, TargetError
 from gradcam_cli.layers import resolve_layer
 
 
-def reference_gradcam(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int]):
-    """Grad-CAM the textbook way: forward hook + tensor hook + loss.backward() on everything."""
+def reference_gradcam(
+    model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], as_map=lambda t: t
+):
+    """Grad-CAM the textbook way: forward hook + tensor hook + loss.backward() on everything,
+    every parameter trainable. `as_map` lays a token or channels-last output out as
+    [B, C, h, w] (the caller's own reading, not the library's)."""
     model = copy.deepcopy(model).eval()
+    for param in model.parameters():
+        param.requires_grad_(True)
     module = dict(model.named_modules())[layer]
     store = {}
 
@@ -29,8 +35,9 @@ def reference_gradcam(model: nn.Module, x: torch.Tensor, layer: str, classes: li
     logits = model(x)
     handle.remove()
     logits[torch.arange(len(classes)), torch.tensor(classes)].sum().backward()
-    weights = store["dA"].mean(dim=(2, 3), keepdim=True)
-    return (weights * store["A"]).sum(dim=1).clamp(min=0)
+    activations, gradients = as_map(store["A"]), as_map(store["dA"])
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    return (weights * activations).sum(dim=1).clamp(min=0)
 
 
 def max_relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:

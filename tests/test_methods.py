@@ -213,8 +213,22 @@ def test_eigen_smooth_replaces_the_channel_sum_by_the_first_component(resnet, me
 # -- Ablation-CAM: the paper's formula, head only ------------------------------------------------
 
 
-def ablation_reference(model, x, layer, target):
-    """Desai & Ramaswamy: w_k = (y - y_k) / y, y_k with channel k zeroed, by full forwards."""
+def channels(output: torch.Tensor, kind: str) -> torch.Tensor:
+    """The layer's output as [B, C, h, w], by hand: `tokens` here have one class token."""
+    if kind == "nhwc":
+        return output.permute(0, 3, 1, 2)
+    if kind == "tokens":
+        patches = output[:, 1:]
+        side = int(patches.shape[1] ** 0.5)
+        return patches.transpose(1, 2).unflatten(2, (side, side))
+    return output
+
+
+def ablation_reference(model, x, layer, target, kind="nchw"):
+    """Desai & Ramaswamy: w_k = (y - y_k) / y, y_k with channel k zeroed, by full forwards.
+
+    Channel k of the map is zeroed: for tokens, in the patch tokens; the class token is the
+    image's own."""
     model = copy.deepcopy(model).eval()
     module = dict(model.named_modules())[layer]
     with torch.no_grad():
@@ -222,13 +236,13 @@ def ablation_reference(model, x, layer, target):
         handle = module.register_forward_hook(lambda m, a, o: store.setdefault("A", o.clone()))
         y = model(x)[0, target]
         handle.remove()
-        a = store["A"]
+        a = channels(store["A"], kind)
         weights = []
         for k in range(a.shape[1]):
 
             def zero_k(_m, _a, out, k=k):
                 out = out.clone()
-                out[:, k] = 0
+                channels(out, kind)[:, k] = 0  # a view: writes through to `out`
                 return out
 
             handle = module.register_forward_hook(zero_k)
@@ -239,17 +253,29 @@ def ablation_reference(model, x, layer, target):
 
 
 @pytest.mark.parametrize(
-    ("name", "layer", "size"),
-    [("resnet18", "layer3", 64), ("timm:convnext_atto", "stages.3", 64)],  # ConvNeXt: A < 0 too
+    ("name", "layer", "size", "kind", "head_only"),
+    [
+        ("resnet18", "layer3", 64, "nchw", True),
+        ("timm:convnext_atto", "stages.3", 64, "nchw", True),  # ConvNeXt: A < 0 too
+        ("tiny-tokens", "norm", 48, "tokens", True),
+        # A block's norm1: the residual adds the block's input after it, so the head cannot
+        # run alone and full forwards are used, with a warning (timm's ViTs also refuse the
+        # empty batch the head-only pass runs the backbone on).
+        ("timm:test_vit", "blocks.5.norm1", 160, "tokens", False),
+        ("timm:test_mambaout", "stages.2", 160, "nhwc", True),
+    ],
 )
-def test_ablationcam_equals_the_paper_formula(name, layer, size):
-    model, x = seeded(name), noise(1, 3, size, size)
+def test_ablationcam_equals_the_paper_formula(name, layer, size, kind, head_only):
+    model = TinyTokens().eval() if name == "tiny-tokens" else seeded(name)
+    x = noise(1, 3, size, size)
     with torch.no_grad():
         target = int(model(x).argmax())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", HeadOnlyFallbackWarning)  # the fast path must hold here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", HeadOnlyFallbackWarning)
         ours = run(model, x, layer, "ablationcam", classes=[target]).maps[layer][0, 0]
-    expected = ablation_reference(model, x, layer, target)
+    fell_back = any(issubclass(w.category, HeadOnlyFallbackWarning) for w in caught)
+    assert fell_back is not head_only
+    expected = ablation_reference(model, x, layer, target, kind)
     assert expected.max() > 0
     torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-4 * float(expected.max()))
 
@@ -514,26 +540,71 @@ def test_aug_smooth_is_the_mean_of_the_views_mapped_back(resnet):
 # -- every method: shapes, batch invariance, the caller's model left as found -------------------
 
 
+class TinyTokens(nn.Module):
+    """A toy ViT: patches → tokens after a class token → LayerNorm → mean of the patch tokens
+    → linear. CAM's architecture, on tokens (and no declared prefix count: the class token
+    parameter says it)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(3, 16, 8, stride=8)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 16))
+        self.mix = nn.Linear(16, 16)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], 1)
+        tokens = self.norm(torch.relu(self.mix(tokens)) + tokens)
+        return self.head(tokens[:, 1:].mean(1))
+
+
+class TinyChannelsLast(nn.Module):
+    """conv → channels-last → LayerNorm → global mean → linear (CAM's architecture, NHWC)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 12, 3, stride=4, padding=1)
+        self.norm = nn.LayerNorm(12)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        return self.head(self.norm(self.conv(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+LAYOUT_MODELS = {
+    "resnet18": (lambda: seeded("resnet18"), "layer4", (2, 2)),
+    "tokens": (TinyTokens, "norm", (6, 6)),
+    "channels-last": (TinyChannelsLast, "norm", (12, 12)),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUT_MODELS)
 @pytest.mark.parametrize("method", list(METHODS))
-def test_every_method_is_batch_invariant_and_leaves_the_model_as_found(method):
-    model = seeded("resnet18")
+def test_every_method_is_batch_invariant_and_leaves_the_model_as_found(method, layout):
+    build, layer, grid = LAYOUT_MODELS[layout]
+    model = build()
     model.train()
-    model.layer1.eval()
-    model.conv1.weight.requires_grad_(False)
-    model.fc.weight.grad = torch.full_like(model.fc.weight, 0.25)
+    first = next(m for m in model.children() if isinstance(m, nn.Conv2d | nn.Sequential))
+    first.eval()
+    first_param, last_param = next(model.parameters()), list(model.parameters())[-2]
+    first_param.requires_grad_(False)
+    last_param.grad = torch.full_like(last_param, 0.25)
     before = model_state(model)
     x = noise(2, 3, 48, 48)
-    batched = run(model, x, "layer4", method, topk=2)
+    batched = run(model, x, layer, method, topk=2)
     assert_same_state(before, model_state(model))
-    single = run(model, x[1:], "layer4", method, topk=2)
+    single = run(model, x[1:], layer, method, topk=2)
     assert torch.equal(single.targets[0], batched.targets[1])
-    torch.testing.assert_close(
-        single.maps["layer4"][0], batched.maps["layer4"][1], rtol=1e-3, atol=1e-5
-    )
-    h, w = (48, 48) if method == "guided-backprop" else (2, 2)
-    assert batched.maps["layer4"].shape == (2, 2, h, w)
-    assert bool((batched.maps["layer4"] >= 0).all())
-    assert batched.guided.keys() == ({"layer4"} if METHODS[method].guided else set())
+    torch.testing.assert_close(single.maps[layer][0], batched.maps[layer][1], rtol=1e-3, atol=1e-5)
+    h, w = (48, 48) if method == "guided-backprop" else grid
+    assert batched.maps[layer].shape == (2, 2, h, w)
+    assert bool((batched.maps[layer] >= 0).all())
+    assert bool(batched.maps[layer].amax(dim=(2, 3)).gt(0).any())
+    assert batched.guided.keys() == ({layer} if METHODS[method].guided else set())
 
 
 def test_the_model_is_left_as_found_when_a_method_raises():
