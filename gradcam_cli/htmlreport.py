@@ -16,7 +16,6 @@ has in memory; the page writer makes any that are missing from the overlay files
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from PIL import Image
 from .captions import gate_text, localization_text, prediction_text, target_text
 from .errors import UsageError
 from .files import resolve_inside, write_image_atomic, write_text_atomic
-from .report import REPORT_NAME, SHARD_REPORT
+from .report import REPORT_NAME, SHARD_REPORT, read_report_file
 
 __all__ = [
     "PAGE_NAME",
@@ -96,13 +95,7 @@ def read_report(out_dir: str | Path) -> dict:
         raise UsageError(
             f"no {REPORT_NAME} in {out_dir}: run `gradcam explain ... --out {out_dir}` first"
         )
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
-        raise UsageError(f"{path} is not a gradcam report (no 'results' list)")
-    return document
+    return read_report_file(path)
 
 
 # -- the page --------------------------------------------------------------------------------

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from .errors import UsageError
 from .files import write_text_atomic
-from .report import REPORT_NAME, SAME_RUN_KEYS, SHARD_REPORT, localization_totals
+from .report import (
+    REPORT_NAME,
+    SAME_RUN_KEYS,
+    SHARD_REPORT,
+    localization_totals,
+    read_report_file,
+)
 
 __all__ = ["merge_shards"]
 
@@ -24,7 +30,7 @@ def merge_shards(folder: str | Path) -> tuple[Path, dict]:
     the merged document."""
     folder = Path(folder)
     shares = _find_shares(folder)
-    documents = [_read(path) for _, path in sorted(shares.items())]
+    documents = [read_report_file(path) for _, path in sorted(shares.items())]
     _check_same_run(documents, sorted(shares.values()))
     merged = dict(documents[0])
     merged["options"] = {**documents[0]["options"], "shard": None}
@@ -55,13 +61,6 @@ def _find_shares(folder: Path) -> dict[int, Path]:
         names = ", ".join(f"{k}/{total}" for k in missing)
         raise UsageError(f"missing shares {names} in {folder}: run them, then merge again")
     return shares
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
 
 
 def _check_same_run(documents: list[dict], paths: list[Path]) -> None:

@@ -14,6 +14,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
+from pathlib import Path
+
+from .errors import UsageError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -21,6 +24,7 @@ __all__ = [
     "SHARD_REPORT",
     "SAME_RUN_KEYS",
     "shard_report_name",
+    "read_report_file",
     "Prediction",
     "TargetRef",
     "ExplanationRecord",
@@ -42,6 +46,19 @@ SHARD_REPORT = re.compile(r"predictions\.(\d+)-of-(\d+)\.json")
 def shard_report_name(shard: tuple[int, int] | None) -> str:
     """`predictions.json`, or `predictions.K-of-N.json` for one shard of a split run."""
     return REPORT_NAME if shard is None else f"predictions.{shard[0]}-of-{shard[1]}.json"
+
+
+def read_report_file(path: Path) -> dict:
+    """A report written by gradcam (predictions.json or a share's), as a dict; UsageError
+    saying why not otherwise. Callers add what the report was read for."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+        raise UsageError(f"cannot read {path} ({reason})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
+        raise UsageError(f"{path} is not a gradcam report (no 'results' list)")
+    return document
 
 
 def _finite(value: float) -> float | None:

@@ -9,7 +9,6 @@ there: those images are neither decoded nor explained again. Torch-free.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 from .errors import UsageError
 from .files import resolve_inside
 from .inputs import InputItem
-from .report import SAME_RUN_KEYS, ImageResult
+from .report import SAME_RUN_KEYS, ImageResult, read_report_file
 
 __all__ = [
     "CHECKPOINT_SECONDS",
@@ -41,15 +40,9 @@ ARTIFACT_KEYS = ("overlay", "heatmap", "raw", "guided", "panel")
 
 def read_report(path: Path) -> dict:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())
-        raise UsageError(
-            f"--resume: cannot read {path} ({reason}); delete it to start over"
-        ) from None
-    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
-        raise UsageError(f"--resume: {path} is not a gradcam report; delete it to start over")
-    return document
+        return read_report_file(path)
+    except UsageError as exc:
+        raise UsageError(f"--resume: {exc}; delete it to start over") from None
 
 
 def check_same_configuration(previous: Mapping, current: Mapping, path: Path) -> None:

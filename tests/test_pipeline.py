@@ -237,6 +237,21 @@ def test_merge_refuses_missing_shares_and_other_runs(tmp_path):
     assert result.exit_code == 2 and "not a folder" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [("{not json", "cannot read"), ('{"results": 3}', "is not a gradcam report")],
+)
+def test_merge_refuses_a_damaged_share_in_one_line(tmp_path, content, reason):
+    out = tmp_path / "out"
+    assert run_demo(out, str(SCENES), "--shard", "1/2").exit_code == 0
+    (out / "predictions.2-of-2.json").write_text(content)
+    result = merge(str(out))
+    assert result.exit_code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "predictions.2-of-2.json" in line and reason in line
+    assert not (out / "predictions.json").exists()
+
+
 def test_merge_exits_1_when_a_share_had_failures(tmp_path, photos):
     out = tmp_path / "out"
     for k in (1, 2):
