@@ -271,13 +271,15 @@ def decode_image(path: Path) -> DecodedImage:
     - 16-bit images are scaled by 65535 (Pillow's convert would clip everything above 255 to
       white); float images by their maximum.
     - PNG checksums are verified (Pillow's decoder skips them; libpng and browsers do not).
-    Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) stays in force.
+    - Images over Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) are refused.
+      Pillow itself only warns up to twice the limit, and decoding then takes gigabytes.
     """
     path = Path(path)
     if path.is_dir():
         raise ImageReadError(f"cannot read {path}: is a directory")
     try:
         with Image.open(path) as image:
+            _refuse_over_pixel_limit(image)
             if image.format == "PNG":
                 _verify_png(path)
             frames = _frame_count(image)
@@ -288,6 +290,14 @@ def decode_image(path: Path) -> DecodedImage:
     # bad input must become one failed result, not the end of a run over a thousand images.
     except Exception as exc:
         raise ImageReadError(f"cannot read {path}: {_decode_reason(exc, path)}") from exc
+
+
+def _refuse_over_pixel_limit(image: Image.Image) -> None:
+    """Pillow raises DecompressionBombError only past twice its limit; raise it from the limit."""
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = image.width * image.height
+    if limit and pixels > limit:
+        raise Image.DecompressionBombError(f"Image size ({pixels} pixels) exceeds limit")
 
 
 def _verify_png(path: Path) -> None:

@@ -6,6 +6,7 @@ import io
 import os
 import sys
 import unicodedata
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -412,6 +413,19 @@ def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ImageReadError, match=r"image too large: 900 pixels.*bomb guard"):
         load_image(path)
+
+
+def test_images_between_the_pixel_limit_and_twice_it_are_refused_too(tmp_path, monkeypatch):
+    # Pillow only warns up to twice MAX_IMAGE_PIXELS, then decodes: gigabytes for a photo
+    # of 90-179 million pixels, drawn at full size. The README promises a refusal from the limit.
+    path = make_image(tmp_path / "big.png", size=(15, 10))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(ImageReadError, match=r"too large: 150 pixels, over the 100-pixel"):
+            load_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 150)  # at the limit: explained
+    assert load_image(path).size == (15, 10)
 
 
 def test_corrupt_data_after_valid_header_is_an_image_read_error(tmp_path):
