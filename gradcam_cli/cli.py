@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,9 +105,11 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebac
 
 @contextmanager
 def _exit_codes(verbose: bool) -> Iterator[None]:
-    """Turn library errors into one stderr line and the documented exit code."""
+    """Turn library errors into one stderr line and the documented exit code, and warnings
+    into one line each."""
     try:
-        yield
+        with _one_line_warnings(verbose):
+            yield
     except KeyboardInterrupt as exc:  # before any image (a run reports its own interruption)
         typer.echo("gradcam: interrupted", err=True)
         raise typer.Exit(StopState().exit_code(exc)) from None
@@ -126,6 +129,24 @@ def _exit_codes(verbose: bool) -> Iterator[None]:
             err=True,
         )
         raise typer.Exit(EXIT_SOME_FAILED) from None
+
+
+@contextmanager
+def _one_line_warnings(verbose: bool) -> Iterator[None]:
+    """Warnings (ours, e.g. a head-only fallback, or a dependency's) as `gradcam: warning: ...`,
+    one line each; --verbose keeps Python's format, which names the source line."""
+    if verbose:
+        yield
+        return
+    with warnings.catch_warnings():
+        # Pillow's pixel-limit warning precedes the input's own error result, which says more.
+        warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+        warnings.showwarning = _show_warning
+        yield
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _log(f"warning: {' '.join(str(message).split())}")
 
 
 def _tune_cpu_allocator() -> None:

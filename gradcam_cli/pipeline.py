@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -119,13 +120,20 @@ def decode_batches(
         # thread pools and locks are in use (fork), and faster than spawn.
         context = multiprocessing.get_context("forkserver")
         executor = ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_leave_stop_signals_to_the_parent
+            workers, mp_context=context, initializer=_start_decode_worker
         )
     else:
         executor = ThreadPoolExecutor(1, thread_name_prefix="gradcam-decode")
     window = max(1, ahead * max(1, workers))
     with executor:
         yield from _bounded_map(executor, _decode_batch, batches, window, preprocess)
+
+
+def _start_decode_worker() -> None:
+    _leave_stop_signals_to_the_parent()
+    # Pillow warns of images over its pixel limit; decode_image refuses them with an error
+    # result that says more, and a worker's raw two-line warning would only clutter stderr.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _leave_stop_signals_to_the_parent() -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_hostile import valid_png_of_size
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
@@ -55,6 +56,20 @@ TINY_MODELS = textwrap.dedent(
     class DictOutput(Tiny):
         def forward(self, x):
             return {"logits": super().forward(x), "aux": x.mean()}
+
+
+    class SkipToHead(nn.Module):
+        # the head also sees `early`: Ablation-CAM cannot run it alone after `body`
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(2)
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+            self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            early = self.stem(x)
+            return self.fc((self.body(early) + early).mean(dim=(2, 3)))
 
 
     def make_tiny(num_classes=4):
@@ -843,6 +858,41 @@ def test_user_model_file_imports_its_sibling_modules_from_another_folder(workspa
     )
     assert proc.returncode == 0, proc.stderr
     assert report_of(tmp_path / "out")["results"][0]["status"] == "ok"
+
+
+def test_warnings_reach_stderr_as_one_gradcam_line_each(workspace, tmp_path):
+    # A fresh process (pytest records warnings itself), with a decode worker process: the
+    # library's fallback warning and Pillow's pixel-limit warning, never Python's two lines.
+    (tmp_path / "over_limit.png").write_bytes(valid_png_of_size(10_000, 9_000))
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("gradcam")),
+            "explain",
+            str(workspace / "photos" / "wide.jpg"),
+            str(tmp_path / "over_limit.png"),
+            "--model",
+            f"{workspace / 'my_models.py'}:SkipToHead",
+            "--input-size",
+            "32",
+            "--method",
+            "ablationcam",
+            "--layer",
+            "body",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert all(line.startswith("gradcam: ") for line in lines), proc.stderr
+    assert "gradcam: warning: --method ablationcam at layer 'body': running the head alone" in (
+        proc.stderr
+    )
+    assert sum("over the 89,478,485-pixel limit" in line for line in lines) == 1
 
 
 def test_every_command_and_option_has_help_text():

@@ -140,6 +140,7 @@ BAD = {  # name → words its error must contain
     "data_crc.png": "checksum in IDAT",
     "bomb.png": "decompression bomb guard",
     "huge_20000.png": "downscale it",
+    "over_limit.png": "over the 89,478,485-pixel limit",  # Pillow alone only warns up to 2×
     "x.jpg": "is a directory",
     "loop_a.png": "symlink loop",
     "loop_b.png": "symlink loop",
@@ -164,6 +165,7 @@ def write_bad_files(folder: Path) -> None:
     (folder / "data_crc.png").write_bytes(bytes(data_crc))
     (folder / "bomb.png").write_bytes(png_declaring(100_000, 100_000) + png_chunk(b"IEND", b""))
     (folder / "huge_20000.png").write_bytes(valid_png_of_size(20_000, 20_000))
+    (folder / "over_limit.png").write_bytes(valid_png_of_size(10_000, 9_000))
     (folder / "x.jpg").mkdir()
     (folder / "loop_a.png").symlink_to("loop_b.png")
     (folder / "loop_b.png").symlink_to("loop_a.png")
@@ -207,7 +209,7 @@ def test_a_folder_of_hostile_files_fails_each_bad_one_and_explains_the_good_as_a
     by_name = {r["input"][len(str(mixed)) + 1 :]: r for r in report["results"]}
     good = {r["input"][len(str(clean)) + 1 :]: r for r in alone["results"]}
     # Exactly one result per input, in input order: every image-named entry, good or bad.
-    assert len(by_name) == len(report["results"]) == len(good) + len(BAD) == 28
+    assert len(by_name) == len(report["results"]) == len(good) + len(BAD) == 29
     assert set(by_name) == set(good) | set(BAD)
     assert [r["input"] for r in report["results"]] == sorted(r["input"] for r in report["results"])
     assert report["summary"] == {**report["summary"], "ok": len(good), "errors": len(BAD)}
