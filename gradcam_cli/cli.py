@@ -139,7 +139,8 @@ def _one_line_warnings(verbose: bool) -> Iterator[None]:
         yield
         return
     with warnings.catch_warnings():
-        # Pillow's pixel-limit warning precedes the input's own error result, which says more.
+        # Pillow's pixel-limit warning precedes the input's own error result, which says more
+        # (matched by its text: importing Pillow for its class would slow every start-up).
         warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
         warnings.showwarning = _show_warning
         yield
