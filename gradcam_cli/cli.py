@@ -570,8 +570,10 @@ def _log_run_notes(report, batch_size: int) -> None:
 
 
 def _log_page(out: Path, report_page: bool, share) -> None:
+    from .htmlreport import PAGE_NAME
+
     if report_page and share is None:
-        _log(f"page: {out / 'index.html'}")
+        _log(f"page: {out / PAGE_NAME}")
     elif report_page:  # one share's page would show one share: the merged report makes it
         _log(
             f"--report: when every share is done, run `gradcam merge {out}`, "

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import LayerError, TargetError
+from .errors import LayerError, TargetError, first_line
 from .guided import guided_relus
 from .layers import LayerRef, extract_logits
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
@@ -444,7 +444,7 @@ def _explain_augmented(
         h, w = images.shape[2:]
         raise LayerError(
             f"--aug-smooth runs the model on rescaled copies of the image ({h}×{w}) and the "
-            f"model failed on one ({str(exc).splitlines()[0]}); drop --aug-smooth for this model"
+            f"model failed on one ({first_line(exc)}); drop --aug-smooth for this model"
         ) from exc
 
 

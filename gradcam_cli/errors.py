@@ -20,6 +20,7 @@ __all__ = [
     "TargetError",
     "ImageReadError",
     "did_you_mean",
+    "first_line",
 ]
 
 # Exit codes are a public contract (README "Exit codes").
@@ -66,6 +67,13 @@ class ImageReadError(GradcamError):
     """One input could not be read as an image; the run records it and goes on."""
 
     exit_code = EXIT_SOME_FAILED
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none: what a
+    one-line reason can quote of an exception from torch, Pillow or a user's model."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:

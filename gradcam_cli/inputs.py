@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError, UsageError
+from .files import os_reason
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -172,7 +173,7 @@ def _stat_reason(exc: OSError) -> str:
     """'no such file or directory', 'permission denied', 'too many levels of symbolic links'."""
     if isinstance(exc, FileNotFoundError) or not exc.strerror:
         return MISSING
-    return exc.strerror[:1].lower() + exc.strerror[1:]
+    return os_reason(exc)
 
 
 def _is_image_name(name: str) -> bool:
@@ -372,7 +373,7 @@ def _decode_reason(exc: BaseException, path: Path) -> str:
     if "truncated" in detail.lower() or isinstance(exc, EOFError):
         return f"truncated ({detail or 'file ends early'})"
     if isinstance(exc, OSError) and exc.strerror and not detail.startswith("broken"):
-        return exc.strerror[:1].lower() + exc.strerror[1:]
+        return os_reason(exc)
     return f"damaged or unsupported image ({detail or type(exc).__name__})"
 
 

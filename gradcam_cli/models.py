@@ -30,7 +30,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ModelDownloadError, UnknownModelError, UsageError, WeightsError, did_you_mean
+from .errors import (
+    ModelDownloadError,
+    UnknownModelError,
+    UsageError,
+    WeightsError,
+    did_you_mean,
+    first_line,
+)
 from .preprocess import Preprocess
 
 __all__ = [
@@ -192,7 +199,7 @@ def _build_demo(pretrained: bool) -> tuple[nn.Module, str]:
 
 def _download_failed(name: str, exc: Exception) -> ModelDownloadError:
     return ModelDownloadError(
-        f"could not download pretrained weights for '{name}' ({_first_line(exc)}); "
+        f"could not download pretrained weights for '{name}' ({_first_sentence(exc)}); "
         "use --weights PATH for a local file or --no-pretrained for random weights"
     )
 
@@ -346,7 +353,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except Exception as exc:
             raise WeightsError(
-                f"cannot read {path} as safetensors ({_first_line(exc)}); the file may be "
+                f"cannot read {path} as safetensors ({_first_sentence(exc)}); the file may be "
                 "truncated or damaged: copy it again"
             ) from exc
     try:
@@ -375,18 +382,15 @@ def _unpickled_global(exc: Exception) -> str:
     return f" ({found.group(1)})" if found else ""
 
 
-def _first_line(exc: Exception) -> str:
-    """The first line of an error's message (its first sentence if long), or its type."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
-    if len(text) > 100 and ". " in text:
-        text = text.split(". ")[0]
-    return text or type(exc).__name__
+def _first_sentence(exc: Exception) -> str:
+    """`first_line`, cut to its first sentence when long (hub and safetensors errors ramble)."""
+    text = first_line(exc)
+    return text.split(". ")[0] if len(text) > 100 and ". " in text else text
 
 
 def _error_text(exc: Exception) -> str:
     """'KeyError: 101' where the message alone would say nothing."""
-    text = _first_line(exc)
+    text = _first_sentence(exc)
     if isinstance(exc, RuntimeError) or text == type(exc).__name__:
         return text
     return f"{type(exc).__name__}: {text}"

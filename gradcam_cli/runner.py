@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import GradcamError
+from .errors import GradcamError, first_line
 from .explainer import Explainer, ImageExplanation, RenderOptions
 from .files import (
     os_reason,
@@ -253,7 +253,7 @@ def _explain_batch(splitter: BatchSplitter, decoded: list[Decoded]) -> list[Imag
     try:
         return splitter(readable)
     except (RuntimeError, GradcamError) as exc:  # the model fails: these inputs fail
-        return [f"the model failed on this batch: {_first_line(exc)}"] * len(readable)
+        return [f"the model failed on this batch: {first_line(exc)}"] * len(readable)
 
 
 def _save_jobs(
@@ -269,11 +269,6 @@ def _save_jobs(
         else:
             jobs.append((_save, d.item, outcome, options, d.warnings))
     return jobs
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _save(
@@ -359,7 +354,7 @@ def _save_failure(exc: Exception, explanation: ImageExplanation) -> str:
             f"not enough memory to draw its pictures at the photo's size ({width}×{height}); "
             "downscale it"
         )
-    return f"internal error while drawing its pictures: {type(exc).__name__}: {_first_line(exc)}"
+    return f"internal error while drawing its pictures: {type(exc).__name__}: {first_line(exc)}"
 
 
 class _MaskCache:
