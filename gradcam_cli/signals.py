@@ -14,7 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "Terminated", "StopState", "stop_signals"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
+    "Terminated",
+    "StopState",
+    "stop_signals",
+    "stop_requested",
+]
 
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's code for Ctrl-C
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
@@ -22,6 +29,16 @@ EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived; raised where Python raises KeyboardInterrupt for SIGINT."""
+
+
+# Set by the handlers below: a KeyboardInterrupt while this is False was raised by code (a
+# user's model calling `raise KeyboardInterrupt`), not by a signal, and is that code's error.
+_received: list[int] = []
+
+
+def stop_requested() -> bool:
+    """True once SIGINT or SIGTERM has arrived inside `stop_signals`."""
+    return bool(_received)
 
 
 @dataclass
@@ -45,11 +62,21 @@ def stop_signals() -> Iterator[StopState]:
         return
 
     def terminate(signum: int, frame: object) -> None:
+        _received.append(signum)
         state.terminated = True
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    def interrupt(signum: int, frame: object) -> None:
+        _received.append(signum)
+        raise KeyboardInterrupt
+
+    previous_term = signal.signal(signal.SIGTERM, terminate)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is not signal.SIG_IGN:  # `cmd &` in a script ignores Ctrl-C: keep that
+        signal.signal(signal.SIGINT, interrupt)
+    _received.clear()
     try:
         yield state
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
