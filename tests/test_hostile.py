@@ -176,18 +176,23 @@ def write_bad_files(folder: Path) -> None:
 
 @pytest.fixture
 def deny_reads_as_root(monkeypatch):
-    """chmod 0 stops reads for ordinary users only; as root (CI containers), open() is made to
-    fail with EACCES for files of mode 0, as it would for anyone else."""
+    """chmod 0 stops reads for ordinary users only; as root (CI containers), opening a file of
+    mode 0 for reading is made to fail with EACCES, as it would for anyone else."""
     if os.geteuid() != 0:
         return
-    real_open = Image.open
+    real_open = os.open
 
-    def open_as_a_user(fp, *args, **kwargs):
-        if isinstance(fp, str | os.PathLike) and os.stat(fp).st_mode & 0o777 == 0:
-            raise PermissionError(errno.EACCES, "Permission denied", str(fp))
-        return real_open(fp, *args, **kwargs)
+    def open_as_a_user(path, flags, *args, **kwargs):
+        reading = flags & (os.O_WRONLY | os.O_RDWR) == 0
+        try:
+            denied = reading and os.stat(path).st_mode & 0o777 == 0
+        except (OSError, TypeError, ValueError):
+            denied = False
+        if denied:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(Image, "open", open_as_a_user)
+    monkeypatch.setattr(os, "open", open_as_a_user)
 
 
 def test_a_folder_of_hostile_files_fails_each_bad_one_and_explains_the_good_as_alone(

@@ -170,7 +170,7 @@ def test_symlink_loop_given_as_argument_says_why(tmp_path):
 def test_special_file_is_an_error_not_a_hang(tmp_path):
     os.mkfifo(tmp_path / "pipe.jpg")
     (item,) = collect_inputs([str(tmp_path / "pipe.jpg")])
-    assert item.error == "not a regular file"
+    assert item.error == "not a regular file: a named pipe (FIFO)"
 
 
 def test_same_file_reached_twice_is_listed_once(tree, tmp_path):
@@ -436,3 +436,294 @@ def test_corrupt_data_after_valid_header_is_an_image_read_error(tmp_path):
     (tmp_path / "bad.png").write_bytes(bytes(data))
     with pytest.raises(ImageReadError, match=r"^cannot read .*bad\.png: "):
         load_image(tmp_path / "bad.png")
+
+
+# -- collect_inputs: never a run's own outputs (issue 14) ----------------------------------
+
+REPORT_HEAD = '{\n  "schema_version": 1,\n  "model": {},\n  "results": []\n}\n'
+
+
+def a_run_out(folder: Path, report: str = "predictions.json", n: int = 3) -> Path:
+    """A folder as a gradcam run leaves it: overlays, heatmaps and the report."""
+    for i in range(n):
+        make_image(folder / f"scene{i}.0-circle.features.overlay.png")
+    (folder / report).write_text(REPORT_HEAD, encoding="utf-8")
+    return folder
+
+
+def test_a_folder_walk_skips_everything_inside_out_however_it_is_spelled(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    make_image(photos / "a.jpg")
+    make_image(photos / "b.png")
+    a_run_out(photos / "gradcam_out")
+    (photos / "gradcam_out" / "predictions.json").unlink()  # a first run's out: no report yet
+    monkeypatch.chdir(photos)
+    link = tmp_path / "link_to_out"
+    link.symlink_to(photos / "gradcam_out", target_is_directory=True)
+    for out in (Path("gradcam_out"), Path("./gradcam_out/"), photos / "gradcam_out", link):
+        skipped: list[str] = []
+        items = collect_inputs(["."], out_dir=out, on_skip=skipped.append)
+        assert sources(items) == ["./a.jpg", "./b.png"], out
+        assert skipped == [
+            f"skipped 3 files inside --out {out}; name a file explicitly to explain it"
+        ], out
+
+
+def test_out_not_yet_made_and_nothing_skipped_say_nothing(tmp_path):
+    make_image(tmp_path / "in" / "a.jpg")
+    skipped: list[str] = []
+    items = collect_inputs([str(tmp_path / "in")], out_dir=tmp_path / "out", on_skip=skipped.append)
+    assert keys(items) == ["a"] and skipped == []
+
+
+def test_folders_holding_another_runs_report_are_skipped_and_others_kept(tmp_path):
+    root = tmp_path / "runs"
+    make_image(root / "photo.png")
+    a_run_out(root / "a")
+    a_run_out(root / "a" / "sub")  # under a report folder: skipped with it
+    a_run_out(root / "shard", report="predictions.2-of-4.json", n=2)
+    # Named like a report but not one: a user's own file; the folder's images are theirs.
+    make_image(root / "mine" / "cat.png")
+    (root / "mine" / "predictions.json").write_text('{"cat": 0.9}', encoding="utf-8")
+    make_image(root / "broken" / "dog.png")
+    (root / "broken" / "predictions.json").write_text("{not json", encoding="utf-8")
+    skipped: list[str] = []
+    items = collect_inputs([str(root)], on_skip=skipped.append)
+    assert keys(items) == ["broken/dog", "mine/cat", "photo"]
+    assert skipped == [
+        f"skipped 8 files in folders holding another run's report ({root / 'a'}, "
+        f"{root / 'shard'}); name a file explicitly to explain it"
+    ]
+
+
+def test_skips_inside_out_and_report_folders_are_counted_in_one_message(tmp_path):
+    root = tmp_path / "scenes"
+    for name in ("s1", "s2"):
+        make_image(root / f"{name}.png")
+    a_run_out(root / "gradcam_out", n=4)
+    a_run_out(root / "runs" / "a", n=2)
+    skipped: list[str] = []
+    out = root / "gradcam_out"
+    items = collect_inputs([str(root)], out_dir=out, on_skip=skipped.append)
+    assert keys(items) == ["s1", "s2"]
+    assert skipped == [
+        f"skipped 4 files inside --out {out} and 2 in folders holding another run's report "
+        f"({root / 'runs' / 'a'}); name a file explicitly to explain it"
+    ]
+
+
+def test_a_glob_skips_out_and_report_folders_too(tmp_path, monkeypatch):
+    make_image(tmp_path / "s1.png")
+    a_run_out(tmp_path / "gradcam_out", n=2)
+    a_run_out(tmp_path / "old", n=2)
+    monkeypatch.chdir(tmp_path)
+    skipped: list[str] = []
+    items = collect_inputs(["**/*.png"], out_dir=Path("gradcam_out"), on_skip=skipped.append)
+    assert sources(items) == ["s1.png"]
+    assert len(skipped) == 1 and "skipped 2 files inside --out gradcam_out and 2 in" in skipped[0]
+    # A glob into another run's folder is still a glob: skipped.
+    assert collect_inputs(["old/*.png", "s1.png"]) == collect_inputs(["s1.png"])
+
+
+def test_a_file_named_explicitly_is_explained_even_inside_out(tmp_path):
+    out = a_run_out(tmp_path / "gradcam_out", n=1)
+    overlay = out / "scene0.0-circle.features.overlay.png"
+    skipped: list[str] = []
+    items = collect_inputs([str(overlay)], out_dir=out, on_skip=skipped.append)
+    assert sources(items) == [str(overlay)] and items[0].error is None and skipped == []
+
+
+def test_a_folder_inside_out_gives_nothing_and_the_usage_error_says_why(tmp_path):
+    out = a_run_out(tmp_path / "gradcam_out", n=2)
+    with pytest.raises(UsageError, match=r"no input images found in .*skipped 2 files inside"):
+        collect_inputs([str(out)], out_dir=out)
+
+
+# -- only regular files are read (issue 14) ------------------------------------------------
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+
+
+def bound_socket(path: Path) -> None:
+    """A Unix socket file at `path` (it stays after the socket is closed)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+
+
+@needs_fifo
+def test_special_files_in_a_folder_are_items_with_an_error_naming_their_kind(tmp_path):
+    root = tmp_path / "in"
+    make_image(root / "photo.png")
+    os.mkfifo(root / "pipe.jpg")
+    bound_socket(root / "sock.png")
+    (root / "zero.png").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "another_pipe")
+    (root / "to_pipe.jpg").symlink_to(tmp_path / "another_pipe")
+    items = collect_inputs([str(root)])
+    assert [(item.key, item.error) for item in items] == [
+        ("photo", None),
+        ("pipe", "not a regular file: a named pipe (FIFO)"),
+        ("sock", "not a regular file: a socket"),
+        ("to_pipe", "not a regular file: a named pipe (FIFO)"),
+        ("zero", "not a regular file: a character device"),
+    ]
+
+
+def decode_in_a_thread(path: Path, seconds: float = 10.0):
+    """decode_image(path) on a thread: (finished, its exception or result); a blocked open of
+    a FIFO is released afterwards by opening its other end."""
+    import threading
+
+    from gradcam_cli.inputs import decode_image
+
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(decode_image(path))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    finished = not thread.is_alive()
+    if not finished:  # unblock the reader so that the thread ends
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+    return finished, outcome[0] if outcome else None
+
+
+@needs_fifo
+@pytest.mark.parametrize("via", ["fifo", "symlink"])
+def test_decoding_a_fifo_fails_at_once_instead_of_blocking(tmp_path, via):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    path = tmp_path / "pipe.jpg"
+    if via == "symlink":
+        (tmp_path / "link.png").symlink_to(path)
+        path = tmp_path / "link.png"
+    finished, outcome = decode_in_a_thread(path)
+    assert finished, "decode_image blocked on a named pipe"
+    assert isinstance(outcome, ImageReadError)
+    assert str(outcome) == f"cannot read {path}: not a regular file: a named pipe (FIFO)"
+
+
+@needs_fifo
+def test_a_file_swapped_for_a_fifo_after_the_check_does_not_block(tmp_path, monkeypatch):
+    """The check and the open are two steps: what is opened is checked again (fstat)."""
+    path = tmp_path / "photo.jpg"
+    os.mkfifo(path)
+    regular = os.stat(make_image(tmp_path / "real.jpg"))
+    real_stat = os.stat
+
+    def looks_regular(target, *args, **kwargs):  # what stat saw before the swap
+        return regular if Path(target) == path else real_stat(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", looks_regular)
+    finished, outcome = decode_in_a_thread(path)
+    assert finished, "decode_image blocked on a named pipe"
+    assert isinstance(outcome, ImageReadError) and "a named pipe (FIFO)" in str(outcome)
+
+
+def test_character_devices_are_refused_by_name(tmp_path):
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    with pytest.raises(ImageReadError, match="not a regular file: a character device$"):
+        load_image(tmp_path / "zero.png")
+    [item] = collect_inputs([str(tmp_path / "zero.png")])
+    assert item.error == "not a regular file: a character device"
+
+
+# -- unsupported is not damaged (issue 14) -------------------------------------------------
+
+
+def png_with_chunk(kind: bytes, body: bytes) -> bytes:
+    """A small valid PNG with one more chunk right after IHDR."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), RED).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    crc = struct.pack(">I", zlib.crc32(kind + body))
+    return png[:33] + struct.pack(">I", len(body)) + kind + body + crc + png[33:]
+
+
+def iccp_bomb() -> bytes:
+    """An ICC profile of 2 MB of zeros, a few kB compressed: over Pillow's 1 MB text limit."""
+    import zlib
+
+    return png_with_chunk(b"iCCP", b"icc\0\0" + zlib.compress(bytes(2 * 2**20), 9))
+
+
+def tiff_with_samples(samples: int, grey: bool = True, width: int = 8, height: int = 8) -> bytes:
+    """An uncompressed little-endian TIFF of `samples` 8-bit channels: grey or RGB, the rest
+    "unspecified" extra samples, the layout tifffile writes for a multispectral [H, W, C] array."""
+    import struct
+
+    data = bytes(width * height * samples)
+    extra = samples - (1 if grey else 3)
+    entries = [  # tag, type (3 short, 4 long), count, value or offset
+        (256, 3, 1, width),
+        (257, 3, 1, height),
+        (258, 3, 1, 8),  # bits per sample (one value for all)
+        (259, 3, 1, 1),  # no compression
+        (262, 3, 1, 1 if grey else 2),  # photometric: min-is-black or RGB
+        (273, 4, 1, 0),  # strip offset, set below
+        (277, 3, 1, samples),
+        (278, 3, 1, height),
+        (279, 4, 1, len(data)),
+        (284, 3, 1, 1),
+    ]
+    if extra > 0:
+        entries.append((338, 3, extra, 0))  # extra samples, all 0 ("unspecified")
+    outside = 2 * extra if extra > 2 else 0  # more than two shorts: stored after the IFD
+    ifd_end = 8 + 2 + 12 * len(entries) + 4
+    out = b"II*\0" + struct.pack("<IH", 8, len(entries))
+    for tag, kind, count, value in entries:
+        if tag == 273:
+            value = ifd_end + outside
+        elif tag == 338 and outside:
+            value = ifd_end
+        short = kind == 3 and count <= 2 and not (tag == 338 and outside)
+        packed = struct.pack("<HH", value, 0) if short else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, count) + packed
+    return out + b"\0\0\0\0" + bytes(outside) + data
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        (
+            "icc.png",
+            iccp_bomb,
+            "unsupported PNG: a text or ICC-profile chunk larger than Pillow's safety limit "
+            r"\(PngImagePlugin.MAX_TEXT_CHUNK, 1 MB decompressed\); "
+            "save it again without metadata to explain it",
+        ),
+        (
+            "ztxt.png",
+            lambda: png_with_chunk(
+                b"zTXt", b"Comment\0\0" + __import__("zlib").compress(bytes(2 * 2**20))
+            ),
+            r"unsupported PNG: a text or ICC-profile chunk larger than Pillow's safety limit .*",
+        ),
+        (
+            "five.tif",
+            lambda: tiff_with_samples(5),
+            r"unsupported TIFF: 5 channels \(samples per pixel\) of 8 bits; "
+            "save it as RGB or RGBA to explain it",
+        ),
+    ],
+)
+def test_unsupported_files_say_unsupported_and_why(tmp_path, name, content, reason):
+    (tmp_path / name).write_bytes(content())
+    with pytest.raises(ImageReadError, match=f"^cannot read .*{name}: {reason}$"):
+        load_image(tmp_path / name)
+
+
+def test_the_tiff_recipe_decodes_with_three_channels(tmp_path):
+    for samples, grey in ((1, True), (2, True), (3, False), (5, False)):
+        (tmp_path / "ok.tif").write_bytes(tiff_with_samples(samples, grey, width=6, height=4))
+        assert load_image(tmp_path / "ok.tif").size == (6, 4), samples
