@@ -7,7 +7,8 @@ Every message says what went wrong and what to do next. Importing this module is
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 __all__ = [
     "GradcamError",
@@ -19,8 +20,11 @@ __all__ = [
     "LayerError",
     "TargetError",
     "ImageReadError",
+    "UserCodeError",
     "did_you_mean",
     "first_line",
+    "what_it_did",
+    "running_user_code",
 ]
 
 # Exit codes are a public contract (README "Exit codes").
@@ -69,6 +73,11 @@ class ImageReadError(GradcamError):
     exit_code = EXIT_SOME_FAILED
 
 
+class UserCodeError(GradcamError):
+    """A model's own code (the user's model file, its factory, a forward pass while the model
+    is probed) raised an exception or called sys.exit before any image was processed."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an error's message, or its type's name when it has none: what a
     one-line reason can quote of an exception from torch, Pillow or a user's model."""
@@ -85,3 +94,32 @@ def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
         return f" Did you mean '{matches[0]}'?"
     quoted = ", ".join(f"'{m}'" for m in matches)
     return f" Did you mean one of {quoted}?"
+
+
+def what_it_did(exc: BaseException) -> str:
+    """'raised RuntimeError: boom', 'raised KeyboardInterrupt', 'called sys.exit(0)': what
+    code that is not ours did, in a few words for a one-line error."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({'' if exc.code is None else repr(exc.code)})"
+    name = type(exc).__name__
+    return f"raised {name}: {first_line(exc)}" if str(exc).strip() else f"raised {name}"
+
+
+@contextmanager
+def running_user_code(doing: str, advice: str) -> Iterator[None]:
+    """Run code that is not ours (a model file, its factory, its forward). Whatever it raises,
+    even SystemExit, becomes a UserCodeError '{doing} {what_it_did}; {advice}', so a run ends
+    with one line and exit 2 instead of a silent exit or an 'internal error'. Our own errors
+    pass through, and so does a KeyboardInterrupt that a signal may have raised."""
+    try:
+        yield
+    except GradcamError:
+        raise
+    except KeyboardInterrupt as exc:
+        from .signals import stop_requested
+
+        if stop_requested():  # Ctrl-C or SIGTERM, or nobody watching who could tell
+            raise
+        raise UserCodeError(f"{doing} {what_it_did(exc)}; {advice}") from exc
+    except (Exception, SystemExit) as exc:
+        raise UserCodeError(f"{doing} {what_it_did(exc)}; {advice}") from exc

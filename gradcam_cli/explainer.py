@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .engine import explain_batch
-from .errors import LayerError, TargetError, UsageError, did_you_mean
+from .errors import LayerError, TargetError, UsageError, did_you_mean, running_user_code
 from .guided import guided_picture
 from .layers import LayerRef, Probe, parse_layers, probe_layers, resolve_layer
 from .localization import Localization, localize
@@ -169,7 +169,9 @@ class Explainer:
         self.amp = amp
         self._amp_dtype = _amp_dtype(amp, self.device)
         self.model = loaded.model.to(self.device)
-        self.probe: Probe = probe_layers(self.model, loaded.preprocess.input_size, self.device)
+        self.probe: Probe = probe_layers(
+            self.model, loaded.preprocess.input_size, self.device, model_name=loaded.title
+        )
         names = parse_layers(layers)
         self.layer_chosen_automatically = not names
         if not names:
@@ -204,13 +206,18 @@ class Explainer:
         """Methods with architectural needs (CAM's head) fail here, before any image."""
         generator = torch.Generator().manual_seed(0)
         probe_image = torch.rand(1, 3, *self.loaded.preprocess.input_size, generator=generator)
-        explain_batch(
-            self.model,
-            probe_image.to(self.device),
-            self.layers,
-            method=self.method,
-            outputs_probabilities=self.probe.outputs_probabilities,
-        )
+        h, w = self.loaded.preprocess.input_size
+        with running_user_code(
+            f"running {self.loaded.title} with --method {self.method.name} on a {h}×{w} image",
+            "fix the model, or rerun with --verbose for the traceback",
+        ):
+            explain_batch(
+                self.model,
+                probe_image.to(self.device),
+                self.layers,
+                method=self.method,
+                outputs_probabilities=self.probe.outputs_probabilities,
+            )
 
     def _checked_labels(self, labels: list[str] | None) -> list[str] | None:
         if labels is None:

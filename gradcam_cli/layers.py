@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import LayerError, UnknownLayerError, UsageError, did_you_mean
+from .errors import LayerError, UnknownLayerError, UsageError, did_you_mean, running_user_code
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
 from .modelstate import frozen_eval, removing
 
@@ -208,15 +208,22 @@ class Probe:
         return max(candidates, key=lambda info: info.order).name
 
 
+_FIX_IT = "fix the model, or rerun with --verbose for the traceback"
+
+
 def probe_layers(
     model: nn.Module,
     input_size: tuple[int, int],
     device: torch.device | str = "cpu",
+    *,
+    model_name: str | None = None,
 ) -> Probe:
     """Run one image through the model and record what every module outputs.
 
     A full backward from a random mix of the logits tells which outputs the logits depend on.
-    It is done once per run, on one image, so its cost does not matter.
+    It is done once per run, on one image, so its cost does not matter. What the model's code
+    raises (or a sys.exit in it) is a UserCodeError naming `model_name` ("your model
+    net.py:make", "timm:resnet50"; `LoadedModel.title`).
     """
     records: dict[str, dict] = {}
     outputs: list[tuple[str, torch.Tensor]] = []
@@ -245,23 +252,22 @@ def probe_layers(
     with frozen_eval(model), removing(handles), torch.enable_grad():
         for name, module in named:
             handles.append(module.register_forward_hook(make_hook(name)))
-        try:
-            logits = extract_logits(model(x))
-        except LayerError:
-            raise
-        except Exception as exc:
-            raise UsageError(
-                f"the model failed on a {input_size[0]}×{input_size[1]} input ({exc}); "
-                "set the size it expects with --input-size"
-            ) from exc
-        mix = torch.randn(logits.shape, generator=generator).to(logits.device)
-        grads = (
-            torch.autograd.grad(
-                (logits * mix).sum(), [x, *(t for _, t in outputs)], allow_unused=True
-            )
-            if logits.requires_grad
-            else [None] * (1 + len(outputs))
+        doing = f"running {model_name or 'the model'} on a {input_size[0]}×{input_size[1]} image"
+        advice = (
+            "fix the model, or give a size it takes with --input-size "
+            "(--verbose shows the traceback)"
         )
+        with running_user_code(doing, advice):
+            logits = extract_logits(model(x))
+        mix = torch.randn(logits.shape, generator=generator).to(logits.device)
+        with running_user_code(doing.replace("running", "the backward pass of", 1), _FIX_IT):
+            grads = (
+                torch.autograd.grad(
+                    (logits * mix).sum(), [x, *(t for _, t in outputs)], allow_unused=True
+                )
+                if logits.requires_grad
+                else [None] * (1 + len(outputs))
+            )
     input_gradient, *grads = grads
     gradients = dict(zip([name for name, _ in outputs], grads, strict=True))
     infos = [

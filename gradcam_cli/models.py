@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
 import pickle
 import re
+import stat
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -37,12 +39,15 @@ from .errors import (
     WeightsError,
     did_you_mean,
     first_line,
+    running_user_code,
 )
 from .preprocess import Preprocess
 
 __all__ = [
     "LoadedModel",
     "load_model",
+    "check_input_size",
+    "check_num_classes",
     "parse_model_spec",
     "resolve_source",
     "list_model_names",
@@ -72,6 +77,43 @@ class LoadedModel:
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "source": self.source, "weights": self.weights}
+
+    @property
+    def title(self) -> str:
+        """How messages name it: 'your model path/net.py:make', 'timm:resnet50'."""
+        return _title(self.source, self.name)
+
+
+def _title(source: str, name: str) -> str:
+    return f"your model {name}" if source == "custom" else f"{source}:{name}"
+
+
+# -- option values -----------------------------------------------------------------------------
+
+# Activations, and so memory, grow with the square of the input size: 4096² is already 336× the
+# pixels of 224², and anything larger fails to allocate rather than explaining anything.
+INPUT_SIZE_RANGE = (8, 4096)
+NUM_CLASSES_RANGE = (1, 100_000)
+
+
+def check_input_size(value: int | None) -> None:
+    """--input-size: 8–4096 pixels (None: the model's own)."""
+    low, high = INPUT_SIZE_RANGE
+    if value is not None and not low <= value <= high:
+        raise UsageError(
+            f"--input-size must be {low}–{high} pixels, got {value} (a model's memory for "
+            "activations grows with the square of the size); give one in that range"
+        )
+
+
+def check_num_classes(value: int | None) -> None:
+    """--num-classes: 1–100000 (None: the model's own)."""
+    low, high = NUM_CLASSES_RANGE
+    if value is not None and not low <= value <= high:
+        raise UsageError(
+            f"--num-classes must be {low}–{high}, got {value}; give the number of classes "
+            "the model's head should have"
+        )
 
 
 # -- model specs -------------------------------------------------------------------------------
@@ -171,12 +213,38 @@ def resolve_source(source: str, name: str) -> str:
     if wrong_kind is not None:
         raise wrong_kind
     where = f"{source} " if source else "timm or torchvision "
-    known = list(DEMO_MODELS) if source == "demo" else _known_names()
     raise UnknownModelError(
         f"unknown model '{name}': {where}has no model of that name."
-        + did_you_mean(name.split(".")[0], known)
+        + _elsewhere(source, name)
+        + _suggestion(source, name)
         + " List names with `gradcam models PATTERN`, or load your own with path/to/file.py:Class."
     )
+
+
+def _suggestion(source: str, name: str) -> str:
+    """' Did you mean ...?' with names of the library asked for (both when none was), never
+    the rejected name itself (with a pretrained tag, its architecture may exist)."""
+    import timm
+
+    arch = name.split(".")[0]
+    if source == "demo":
+        known = list(DEMO_MODELS)
+    elif source == "timm":
+        known = timm.list_models()
+    elif source == "torchvision":
+        known = _torchvision_classifiers()
+    else:
+        known = _known_names()
+    return did_you_mean(arch, [known_name for known_name in known if known_name != arch])
+
+
+def _elsewhere(source: str, name: str) -> str:
+    """' timm has a model of that name: use timm:NAME.' when the other library has it."""
+    others = {"timm": ("torchvision",), "torchvision": ("timm",), "demo": ("timm", "torchvision")}
+    for other in others.get(source, ()):
+        if (_timm_has if other == "timm" else _torchvision_has)(name):
+            return f" {other} has a model of that name: use {other}:{name}."
+    return ""
 
 
 # -- builders ----------------------------------------------------------------------------------
@@ -289,6 +357,9 @@ def _build_torchvision(
     return model, f"pretrained:{enum}"
 
 
+_FIX_IT = "fix it, or rerun with --verbose for the traceback"
+
+
 def _import_callable(spec: str):
     """`file.py:callable` or `package.module:callable` → the callable."""
     target, _, attr = spec.rpartition(":")
@@ -307,14 +378,22 @@ def _import_callable(spec: str):
         folder = str(path.resolve().parent)
         if folder not in sys.path:
             sys.path.insert(0, folder)  # like running the file: its sibling modules import
-        loader_spec.loader.exec_module(module)
+        try:
+            with running_user_code(f"importing your model file {target}", _FIX_IT):
+                loader_spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(module_name, None)  # no half-imported module for the next try
+            raise
     else:
         if "" not in sys.path and str(Path.cwd()) not in sys.path:
             sys.path.insert(0, str(Path.cwd()))  # like `python -m`: the current folder imports
         try:
-            module = importlib.import_module(target)
+            with running_user_code(f"importing your model module {target}", _FIX_IT):
+                module = importlib.import_module(target)
         except ImportError as exc:
-            raise UnknownModelError(f"cannot import module '{target}' for '{spec}': {exc}") from exc
+            raise UnknownModelError(
+                f"cannot import module '{target}' for '{spec}': {first_line(exc)}"
+            ) from exc
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -328,11 +407,17 @@ def _build_custom(spec: str, num_classes: int | None) -> nn.Module:
     factory = _import_callable(spec)
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     try:
-        model = factory(**kwargs)
-    except TypeError as exc:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:  # it takes no num_classes, or needs arguments we cannot give
         raise UsageError(
-            f"calling {spec}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) failed: {exc}"
+            f"calling {spec}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) failed: "
+            f"{first_line(exc)}; it must need no arguments, and take num_classes=N when "
+            "--num-classes N is given"
         ) from exc
+    except ValueError:  # no signature to read (a builtin): the call itself will tell
+        pass
+    with running_user_code(f"your model {spec}", _FIX_IT):
+        model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise UnknownModelError(f"{spec} returned {type(model).__name__}, not a torch nn.Module")
     return model
@@ -345,8 +430,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors or a torch checkpoint, never unpickling arbitrary objects."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():
+            raise WeightsError(f"weights file {path} is not a regular file; give a checkpoint")
         raise WeightsError(f"weights file {path} not found")
-    if path.suffix == ".safetensors":
+    try:
+        with path.open("rb") as file:
+            start = file.read(9)
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
+    if path.suffix == ".safetensors" or _is_safetensors(start, path.stat().st_size):
         from safetensors.torch import load_file
 
         try:
@@ -356,6 +448,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"cannot read {path} as safetensors ({_first_sentence(exc)}); the file may be "
                 "truncated or damaged: copy it again"
             ) from exc
+    if start and not start.startswith(TORCH_MAGIC):  # empty: "truncated or damaged" below
+        raise WeightsError(
+            f"{path} is not a PyTorch checkpoint or safetensors file; give a state_dict saved "
+            "with torch.save(model.state_dict(), ...) or as .safetensors"
+        )
     try:
         with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
             warnings.simplefilter("ignore")
@@ -374,6 +471,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "...) or as .safetensors"
         ) from exc
     return _unwrap_state_dict(obj, path)
+
+
+# How torch.save files start: a zip archive (torch >= 1.6), or a pickle (the legacy format).
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _is_safetensors(start: bytes, size: int) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then the JSON header."""
+    return (
+        len(start) == 9 and start[8:9] == b"{" and 8 + int.from_bytes(start[:8], "little") <= size
+    )
 
 
 def _unpickled_global(exc: Exception) -> str:
@@ -410,20 +518,70 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load `state` strictly, or say which keys and shapes do not fit and what to do."""
+def load_weights(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    *,
+    model_name: str = "the model",
+    classes_fixed: bool = False,
+) -> None:
+    """Load `state` strictly, or say which keys and shapes do not fit and what to do.
+
+    `--num-classes N` is suggested only when the final classifier alone differs, in its
+    class count, and never for a model whose class count is fixed (`classes_fixed`)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or mismatched:
+        classes = None if missing or unexpected else _head_classes(model, state, mismatched)
+        if classes is None:
+            hint = (
+                f"the checkpoint is for another architecture than {model_name}: check that "
+                "--model names the one it was trained with"
+            )
+        elif classes_fixed:
+            hint = (
+                f"the checkpoint is for {classes} classes, and {model_name} has a fixed "
+                "number: drop --weights, or name the checkpoint's own model with --model"
+            )
+        else:
+            hint = (
+                f"the checkpoint looks trained for {classes} classes: add --num-classes {classes}"
+            )
         raise WeightsError(
-            _mismatch_message(source, expected, state, missing, unexpected, mismatched)
+            _mismatch_message(source, expected, state, missing, unexpected, mismatched, hint)
         )
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # a model's own loading hooks
+        raise WeightsError(f"loading weights {source} failed: {_error_text(exc)}") from exc
 
 
-def _mismatch_message(source, expected, state, missing, unexpected, mismatched) -> str:
+def _head_classes(
+    model: nn.Module, state: Mapping[str, torch.Tensor], mismatched: Sequence[str]
+) -> int | None:
+    """N when the only keys that do not fit are the final classifier's weight and bias (the
+    last parameters the model registers), differing only in their first dimension, N."""
+    names = [name for name, _ in model.named_parameters()]
+    if not names or not mismatched:
+        return None
+    head = names[-1].rpartition(".")[0]
+    expected = dict(model.named_parameters())
+    counts = set()
+    for key in mismatched:
+        module, _, kind = key.rpartition(".")
+        if module != head or kind not in ("weight", "bias") or key not in expected:
+            return None
+        got, want = state[key].shape, expected[key].shape
+        if len(got) != len(want) or got[1:] != want[1:]:
+            return None
+        counts.add(got[0])
+    return counts.pop() if len(counts) == 1 else None
+
+
+def _mismatch_message(source, expected, state, missing, unexpected, mismatched, hint) -> str:
     def some(keys: Sequence[str]) -> str:
         return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
 
@@ -438,13 +596,6 @@ def _mismatch_message(source, expected, state, missing, unexpected, mismatched) 
         parts.append(f"missing keys: {some(missing)}")
     if unexpected:
         parts.append(f"unexpected keys: {some(unexpected)}")
-    hint = "check that --model names the architecture the checkpoint was trained with"
-    head = [k for k in mismatched if state[k].shape[1:] == expected[k].shape[1:]]
-    if head:  # only the first dimension differs: a classifier trained for another class count
-        hint = (
-            f"the checkpoint looks trained for {state[head[-1]].shape[0]} classes: "
-            f"add --num-classes {state[head[-1]].shape[0]}"
-        )
     return f"weights {source} do not fit the model: " + "; ".join(parts) + f"; {hint}"
 
 
@@ -508,14 +659,45 @@ def _torchvision_labels(name: str) -> list[str] | None:
 
 
 def read_labels_file(path: str | Path) -> list[str]:
+    """Class names, one a line in class-index order, from UTF-8 text (a BOM is dropped).
+
+    Blank lines at the end are ignored; one anywhere else would shift every later class's
+    index, so it is refused, like text that is not UTF-8, with its line number."""
+    path = Path(path)
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO waits, /dev/zero never ends
+            raise UsageError(
+                f"--labels {path} is not a regular file; give a text file with one class "
+                "name per line"
+            )
+        data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read --labels {path}: {exc.strerror or exc}") from exc
-    labels = [line.strip() for line in lines if line.strip()]
-    if not labels:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UsageError(
+            f"--labels {path}: line {line} is not UTF-8 text; save the file as UTF-8, "
+            "one class name per line"
+        ) from None
+    lines = [line.strip() for line in re.split(r"\r\n|\r|\n", text)]
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
         raise UsageError(f"--labels {path} is empty; give one class name per line")
-    return labels
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            raise UsageError(
+                f"--labels {path}: line {number} is blank, which would shift the classes "
+                "after it; give one class name per line, in class-index order"
+            )
+        if "\x00" in line:
+            raise UsageError(
+                f"--labels {path}: line {number} holds a NUL byte; give a text file with "
+                "one class name per line"
+            )
+    return lines
 
 
 # -- the one entry point -----------------------------------------------------------------------
@@ -533,8 +715,8 @@ def load_model(
     std: Sequence[float] | None = None,
 ) -> LoadedModel:
     """Build the model a `--model` spec names, with its preprocessing and labels."""
-    if num_classes is not None and num_classes < 1:
-        raise UsageError(f"--num-classes must be at least 1, got {num_classes}")
+    check_input_size(input_size)
+    check_num_classes(num_classes)
     source, name = parse_model_spec(spec)
     use_hub = pretrained and weights is None
     labels: list[str] | None = None
@@ -565,7 +747,13 @@ def load_model(
         if provenance == "random" and source in ("timm", "torchvision"):
             _randomize_zero_classifiers(model)
     if weights is not None:
-        load_weights(model, read_state_dict(weights), str(weights))
+        load_weights(
+            model,
+            read_state_dict(weights),
+            str(weights),
+            model_name=_title(source, name),
+            classes_fixed=source == "demo",
+        )
         provenance = str(weights)
     if labels_file is not None:
         labels = read_labels_file(labels_file)
@@ -584,8 +772,7 @@ def override_preprocess(
     """Apply --input-size/--mean/--std, keeping the model's resize-to-crop ratio."""
     changes: dict[str, object] = {}
     if input_size is not None:
-        if input_size < 8:
-            raise UsageError(f"--input-size must be at least 8 pixels, got {input_size}")
+        check_input_size(input_size)
         ratio = preprocess.resize_shorter / min(preprocess.input_size)
         changes["input_size"] = (input_size, input_size)
         changes["resize_shorter"] = int(round(input_size * ratio))
