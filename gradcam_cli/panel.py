@@ -32,6 +32,7 @@ from .files import resolve_inside, write_png_atomic
 
 __all__ = [
     "PANEL_SUFFIX",
+    "TILE_MAX_WIDTH",
     "Pictures",
     "Panel",
     "tile_height",
@@ -44,6 +45,10 @@ PANEL_SUFFIX = ".panel.png"
 # Tiles are the photo's height, brought into this range: small inputs (a 128-pixel scene) are
 # enlarged so the caption stays legible, large photos reduced so a panel stays a few MB at most.
 TILE_HEIGHTS = (256, 512)
+# and no wider than this: a 60000×1 strip at the tile height would be 15 million pixels wide (a
+# panel of gigabytes). A picture that would be wider is drawn this wide, its aspect kept, and
+# centred in its slot: a panel stays under 10 million pixels, far below preprocess.PIXEL_BUDGET.
+TILE_MAX_WIDTH = 2048
 BACKGROUND = (255, 255, 255)
 INK = (32, 32, 32)
 CHECKER = ((200, 200, 200), (232, 232, 232))  # shows where heatmap and guided are transparent
@@ -133,9 +138,10 @@ def draw_panel(pictures: Pictures, fields: Sequence[str], lut: np.ndarray, color
     boxes: dict[str, Box] = {}
     x = margin
     for title, tile in tiles:
-        canvas.paste(tile, (x, top))
+        y = top + (height - tile.height) // 2  # a letterboxed strip is centred in its slot
+        canvas.paste(tile, (x, y))
         draw.text((x, margin), title, font=font, fill=INK)
-        boxes[title] = (x, top, x + tile.width, top + height)
+        boxes[title] = (x, y, x + tile.width, y + tile.height)
         x += tile.width + gap
     colorbar = (x, top, x + bar_width, top + height)
     canvas.paste(_colorbar(lut, bar_width, height), colorbar[:2])
@@ -203,7 +209,11 @@ def _tiles(pictures: Pictures, height: int) -> list[tuple[str, Image.Image]]:
 
 
 def _resized(picture: Image.Image, height: int) -> Image.Image:
+    """`picture` at `height`, aspect kept; no wider than TILE_MAX_WIDTH (then less high)."""
     width = max(1, round(picture.width * height / picture.height))
+    if width > TILE_MAX_WIDTH:
+        width = TILE_MAX_WIDTH
+        height = max(1, round(picture.height * TILE_MAX_WIDTH / picture.width))
     if picture.size == (width, height):
         return picture
     # RGBA is resized premultiplied by Pillow, so transparent edges do not bleed black.

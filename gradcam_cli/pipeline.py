@@ -92,6 +92,10 @@ def _decode_one(item: InputItem, preprocess: Preprocess) -> Decoded:
     try:
         decoded = decode_image(item.path)
         image = decoded.image
+        # A thin strip the model would see a sliver of: refused before anything is resized.
+        reason = preprocess.oversize_reason(*image.size)
+        if reason is not None:
+            return Decoded(item, error=f"cannot read {item.path}: {reason}")
         return Decoded(item, image, preprocess.to_array(image), warnings=decoded.warnings)
     except GradcamError as exc:
         return Decoded(item, error=str(exc))
