@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import GradcamError, UsageError
-from .inputs import InputItem, decode_image
+from .inputs import InputItem, decode_image, recorded_warnings
 from .preprocess import Preprocess
 
 __all__ = [
@@ -87,18 +87,27 @@ def parse_workers(text: str) -> int:
 
 
 def _decode_one(item: InputItem, preprocess: Preprocess) -> Decoded:
+    """Decode and preprocess one input; what fails is its error, what warns its warnings.
+
+    The warnings go into the result, not raw onto stderr: a worker process would print
+    Python's two-line form, a thread a line that does not name the file. (recorded_warnings
+    is process-global; with `--workers 0` this runs on a thread: see its cost there.)
+    """
     if item.error is not None:
         return Decoded(item, error=item.error)
-    try:
-        decoded = decode_image(item.path)
-        image = decoded.image
-        # A thin strip the model would see a sliver of: refused before anything is resized.
-        reason = preprocess.oversize_reason(*image.size)
-        if reason is not None:
-            return Decoded(item, error=f"cannot read {item.path}: {reason}")
-        return Decoded(item, image, preprocess.to_array(image), warnings=decoded.warnings)
-    except GradcamError as exc:
-        return Decoded(item, error=str(exc))
+    with recorded_warnings() as caught:
+        try:
+            decoded = decode_image(item.path)
+            image = decoded.image
+            # A thin strip the model would see a sliver of: refused before anything is resized.
+            reason = preprocess.oversize_reason(*image.size)
+            error = f"cannot read {item.path}: {reason}" if reason else None
+            array = None if error else preprocess.to_array(image)
+        except GradcamError as exc:
+            error = str(exc)
+    if error is not None:
+        return Decoded(item, error=error, warnings=tuple(caught))
+    return Decoded(item, image, array, warnings=(*decoded.warnings, *caught))
 
 
 def _decode_batch(items: list[InputItem], preprocess: Preprocess) -> list[Decoded]:

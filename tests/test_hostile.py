@@ -660,3 +660,61 @@ def test_an_image_that_does_not_fit_alone_fails_with_a_reason_naming_memory(tmp_
     assert status.pop("p2") == ("error", OUT_OF_MEMORY_ALONE)
     assert "memory" in OUT_OF_MEMORY_ALONE and "--input-size" in OUT_OF_MEMORY_ALONE
     assert all(state == ("ok", None) for state in status.values())
+
+
+# -- 9. warnings (issue 14) ----------------------------------------------------------------------
+
+CORRUPT_EXIF = "Corrupt EXIF data. Expecting to read 12 bytes but only got 0."
+
+
+def corrupt_exif_jpeg(path: Path) -> Path:
+    """A JPEG whose EXIF block says 5 tags but holds 1: Pillow warns "Corrupt EXIF data"
+    (twice) while the orientation is read, and decodes the picture anyway."""
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 5) + struct.pack("<HHI4s", 0x0112, 3, 1, b"\6\0\0\0")
+    noise(16, 8, 30).save(path, exif=b"Exif\x00\x00" + tiff, quality=95)
+    return path
+
+
+def test_the_fixture_really_makes_pillow_warn(tmp_path):
+    path = corrupt_exif_jpeg(tmp_path / "exif.jpg")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Image.open(path) as image:
+            image.getexif()
+    assert any("Corrupt EXIF data" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_warnings_while_decoding_go_to_that_images_result_once_each(tmp_path, workers):
+    from gradcam_cli.inputs import collect_inputs
+    from gradcam_cli.pipeline import decode_batches
+    from gradcam_cli.preprocess import Preprocess
+
+    corrupt_exif_jpeg(tmp_path / "exif.jpg")
+    noise(16, 8, 31).save(tmp_path / "plain.png")
+    items = collect_inputs([str(tmp_path)])
+    with warnings.catch_warnings(record=True) as leaked:
+        warnings.simplefilter("always")
+        decoded = [d for batch in decode_batches(items, 1, Preprocess(), workers) for d in batch]
+    assert [(Path(d.item.source).name, d.error, d.warnings) for d in decoded] == [
+        ("exif.jpg", None, (CORRUPT_EXIF,)),
+        ("plain.png", None, ()),
+    ]
+    assert not [w for w in leaked if "EXIF" in str(w.message)]  # recorded, not raised on
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_corrupt_exif_warning_is_one_line_naming_the_file_and_is_in_the_json(tmp_path, workers):
+    import subprocess
+    import sys
+
+    photo = corrupt_exif_jpeg(tmp_path / "exif.jpg")
+    command = [sys.executable, "-m", "gradcam_cli", "explain", str(photo), "--model"]
+    command += ["demo:shapes", "--workers", workers, "--out", str(tmp_path / "out"), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    [result] = strict_json(done.stdout)["results"]
+    assert result["warnings"] == [CORRUPT_EXIF]
+    lines = [line for line in done.stderr.splitlines() if "EXIF" in line]
+    assert lines == [f"gradcam: warning: {photo}: {CORRUPT_EXIF}"], done.stderr
+    assert "Warning" not in done.stderr and "warnings.warn" not in done.stderr, done.stderr
