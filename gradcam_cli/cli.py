@@ -8,7 +8,9 @@ before any image was processed; 130 interrupted (Ctrl-C), 143 terminated (SIGTER
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import sys
 import traceback
 import warnings
@@ -18,13 +20,49 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
-from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, GradcamError, UsageError
+from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, GradcamError, UsageError, first_line
 from .methods import METHODS
 from .render import INTERPOLATIONS, NORMALIZATIONS
-from .signals import EXIT_INTERRUPTED, EXIT_TERMINATED, StopState, stop_signals
+from .signals import EXIT_INTERRUPTED, EXIT_TERMINATED, StopState, signal_received, stop_signals
+from .stdio import EXIT_PIPE_CLOSED, StdoutClosed, data_stdout, silence_stdout
+
+# The command line as typed, set by `main` (the console script): the --resume hint repeats it.
+# None when the app is driven another way (a test's CliRunner).
+_invocation: list[str] | None = None
+
+
+# Recent Typer vendors its own Click (typer._click), older Typer uses Click itself: take Click's
+# exception base from a public Typer name, whichever Click that is.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneStyleGroup(TyperGroup):
+    """Click's own usage errors (unknown option, missing argument, a value of the wrong type)
+    in the one style of every other error: `gradcam: error: ...` on one line, exit 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `gradcam`: the help, as before
+                exc.show()
+                sys.exit(exc.exit_code)
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "gradcam"
+            message = " ".join(exc.format_message().split())
+            typer.echo(f"gradcam: error: {message} (see `{where} --help`)", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("gradcam: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
 
 app = typer.Typer(
+    cls=_OneStyleGroup,
     name="gradcam",
     no_args_is_help=True,
     add_completion=False,
@@ -111,22 +149,32 @@ def _exit_codes(verbose: bool) -> Iterator[None]:
         with _one_line_warnings(verbose):
             yield
     except KeyboardInterrupt as exc:  # before any image (a run reports its own interruption)
-        typer.echo("gradcam: interrupted", err=True)
+        _log("interrupted")
         raise typer.Exit(StopState().exit_code(exc)) from None
+    except StdoutClosed:  # `gradcam models | head -1`: stop quietly, as `ls | head` does
+        silence_stdout()
+        raise typer.Exit(EXIT_PIPE_CLOSED) from None
+    except SystemExit as exc:  # code of the user's that slipped past the checks of its calls
+        if verbose:
+            traceback.print_exc()
+        _log(
+            f"error: something called sys.exit({exc.code!r}) while gradcam was running: a "
+            "model file or one of its imports must not exit"
+        )
+        raise typer.Exit(EXIT_USAGE) from None
     except GradcamError as exc:
         if verbose:
             traceback.print_exc()
-        typer.echo(f"gradcam: error: {exc}", err=True)
+        _log(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
     except typer.Exit:
         raise
     except Exception as exc:  # a bug, not a user error: still one line unless --verbose
         if verbose:
             traceback.print_exc()
-        typer.echo(
-            f"gradcam: internal error: {type(exc).__name__}: {exc} "
-            "(rerun with --verbose for the traceback)",
-            err=True,
+        _log(
+            f"internal error: {type(exc).__name__}: {first_line(exc)} "
+            "(rerun with --verbose for the traceback)"
         )
         raise typer.Exit(EXIT_SOME_FAILED) from None
 
@@ -160,14 +208,34 @@ def _tune_cpu_allocator() -> None:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
+class _Progress:
+    """`gradcam: 32/60 images` rewritten in place on a terminal, never in logs or pipes; any
+    other line first ends it, so the two never run together."""
+
+    open_line = False
+
+    @classmethod
+    def show(cls, done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        print(f"\rgradcam: {done}/{total} images", end="", file=sys.stderr, flush=True)
+        cls.open_line = True
+        if done == total:
+            cls.end()
+
+    @classmethod
+    def end(cls) -> None:
+        if cls.open_line:
+            print(file=sys.stderr, flush=True)
+            cls.open_line = False
+
+
 def _log(message: str) -> None:
+    _Progress.end()
     typer.echo(f"gradcam: {message}", err=True)
 
 
-def _progress(done: int, total: int) -> None:
-    if sys.stderr.isatty():  # a progress line only on a terminal, never in logs or pipes
-        end = "\n" if done == total else ""
-        print(f"\rgradcam: {done}/{total} images", end=end, file=sys.stderr, flush=True)
+_progress = _Progress.show
 
 
 @app.command()
@@ -233,8 +301,7 @@ def explain(
             "--out",
             "-o",
             metavar="DIR",
-            help="Output folder for PNGs and predictions.json.",
-            file_okay=False,
+            help="Output folder for PNGs and predictions.json; one run at a time (a lock).",
         ),
     ] = Path("gradcam_out"),
     json_out: Annotated[
@@ -253,7 +320,6 @@ def explain(
             "--labels",
             metavar="FILE",
             help="Class names, one per line, in class-index order.",
-            dir_okay=False,
         ),
     ] = None,
     input_size: InputSizeOpt = None,
@@ -400,7 +466,9 @@ def explain(
     verbose: VerboseOpt = False,
 ) -> None:
     """Explain images: overlay and heatmap PNGs per image × target × layer, plus a JSON report."""
-    with _exit_codes(verbose), stop_signals() as stop:
+    # While the run goes on, descriptor 1 leads to stderr: a user's model that prints (from
+    # Python, C or a child process) cannot put text before the JSON.
+    with _exit_codes(verbose), stop_signals() as stop, data_stdout() as stdout:
         code = _explain(**locals())
     raise typer.Exit(code)
 
@@ -444,9 +512,10 @@ def _explain(
     amp,
     verbose,
     stop: StopState,
+    stdout,
 ) -> int:
     _tune_cpu_allocator()
-    # Cheap checks first: a bad option costs no model load.
+    # Cheap checks first: a bad option costs no model load, and leaves nothing on disk.
     from .files import check_image_format, check_writable_dir
     from .methods import check_method_options
     from .render import check_alpha, check_interpolation, check_normalization, colormap_lut
@@ -463,19 +532,25 @@ def _explain(
         raise UsageError("--target and --topk exclude each other: name classes or ask for top-k")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    from .inputs import collect_inputs, parse_shard, select_shard
+    from .models import check_input_size, check_num_classes
+    from .outlock import check_unlocked
+    from .pipeline import default_write_threads, parse_workers
+
+    check_input_size(input_size)
+    check_num_classes(num_classes)
+    share = parse_shard(shard) if shard is not None else None
+    decode_workers = parse_workers(workers)
     check_writable_dir(out)
+    check_unlocked(out, share)
     from .localization import Gate, MaskSource
 
     gate = Gate(min_energy=min_energy, require_hit=require_hit)
     if gate.active and mask is None:
         raise UsageError("--min-energy and --require-hit measure against a mask: add --mask PATH")
     masks = MaskSource(mask) if mask is not None else None
-    from .inputs import collect_inputs, parse_shard, select_shard
-    from .pipeline import default_write_threads, parse_workers
-
-    share = parse_shard(shard) if shard is not None else None
-    decode_workers = parse_workers(workers)
-    items = select_shard(collect_inputs(inputs, stdin=sys.stdin), share)
+    items = select_shard(collect_inputs(inputs, stdin=sys.stdin, out_dir=out, on_skip=_log), share)
+    _refuse_when_nothing_exists(items)
 
     from .explainer import Explainer, RenderOptions
     from .models import load_model
@@ -532,26 +607,61 @@ def _explain(
         ),
     )
     report = run_explain(explainer, items, options, progress=_progress)
-    if json_out:
-        sys.stdout.write(report.to_json())
-        sys.stdout.flush()
+    _Progress.end()
     for result in report.results:
+        for warning in result.warnings:
+            _log(f"warning: {result.input}: {warning}")
         if result.status != "ok":
             _log(f"{result.input}: {result.error}")
     _log_localization(report)
     _log_run_notes(report, batch_size)
     summary = report.to_dict()["summary"]
-    _log(
-        f"{summary['ok']}/{summary['images']} images explained in {summary['seconds']:.1f}s; "
-        f"report: {out / options.report_name}"
-    )
-    _log_page(out, report_page, share)
+    if report.interrupted:
+        _log(
+            f"interrupted: {summary['ok']} of {len(items)} images explained "
+            f"({summary['errors']} failed) in {summary['seconds']:.1f}s; report: "
+            f"{out / options.report_name}; finish with: {_resume_command(inputs)}"
+        )
+    else:
+        _log(
+            f"{summary['ok']}/{summary['images']} images explained in "
+            f"{summary['seconds']:.1f}s; report: {out / options.report_name}"
+        )
+        _log_page(out, report_page, share)
+    if json_out:
+        try:
+            stdout.write(report.to_json())
+        except StdoutClosed:
+            silence_stdout()
+            return EXIT_PIPE_CLOSED
     if report.interrupted:
         return stop.exit_code()
     if report.write_error:
-        typer.echo(f"gradcam: error: {report.write_error}", err=True)
+        _log(f"error: {report.write_error}")
         return EXIT_SOME_FAILED
     return EXIT_SOME_FAILED if report.errors or report.gate_failures else EXIT_OK
+
+
+def _refuse_when_nothing_exists(items) -> None:
+    """Inputs that all do not exist are a mistyped command (exit 2, nothing written), not a
+    run whose every image failed."""
+    from .inputs import MISSING
+
+    if items and all(item.error == MISSING for item in items):
+        shown = ", ".join(f"'{item.source}'" for item in items[:3])
+        more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+        raise UsageError(f"no such file or directory: {shown}{more}; check the input paths")
+
+
+def _resume_command(inputs: list[str]) -> str:
+    """The command that finishes an interrupted run: the same one, with --resume."""
+    if _invocation is None:
+        return "the same command with --resume"
+    args = list(_invocation)
+    if "--resume" not in args:
+        args.append("--resume")
+    command = shlex.join(["gradcam", *args])
+    return command + (" (with the same paths on stdin)" if "-" in inputs else "")
 
 
 def _log_run_notes(report, batch_size: int) -> None:
@@ -619,24 +729,27 @@ def layers(
 
     Random weights are used (the structure does not depend on them), so this works offline.
     """
-    with _exit_codes(verbose):
+    # The user's model may print while it is built and probed: the table alone is stdout.
+    with _exit_codes(verbose), stop_signals(), data_stdout() as stdout:
         from .layers import layer_table, probe_layers
-        from .models import load_model
+        from .models import check_input_size, check_num_classes, load_model
 
+        check_input_size(input_size)
+        check_num_classes(num_classes)
         loaded = load_model(model, pretrained=False, num_classes=num_classes, input_size=input_size)
-        probe = probe_layers(loaded.model, loaded.preprocess.input_size)
+        probe = probe_layers(loaded.model, loaded.preprocess.input_size, model_name=loaded.title)
         try:
             default = probe.default_layer()
         except GradcamError as exc:
             default = None
             _log(f"no default layer: {exc}")
         h, w = loaded.preprocess.input_size
-        typer.echo(
+        stdout.write(
             f"# {loaded.source}:{loaded.name}, input 3×{h}×{w}; "
-            "* = usable target, > = default; map = C×h×w explained"
+            "* = usable target, > = default; map = C×h×w explained\n"
         )
         for line in layer_table(probe, default, usable_only=usable):
-            typer.echo(line)
+            stdout.write(line + "\n")
 
 
 @app.command()
@@ -657,12 +770,12 @@ def models(
 ) -> None:
     """List the model names --model accepts, with their library: the demo model, timm, and
     torchvision's image classifiers. Exit 1 when nothing matches."""
-    with _exit_codes(verbose):
+    with _exit_codes(verbose), data_stdout() as stdout:
         from .models import list_model_names, no_model_matches
 
         names = list_model_names(pattern, pretrained=pretrained)
         for name in names:
-            typer.echo(name)
+            stdout.write(name + "\n")
         if not names:
             _log(f"error: {no_model_matches(pattern)}")
             raise typer.Exit(EXIT_SOME_FAILED)
@@ -686,12 +799,15 @@ def merge(
     Exit 0 when every input of every share was explained (and passed the gate, if any), 1 when
     some failed, 2 when shares are missing or come from different runs.
     """
-    with _exit_codes(verbose):
+    with _exit_codes(verbose), data_stdout() as stdout:
         from .merge import merge_shards
+        from .outlock import output_lock
 
-        target, merged = merge_shards(folder)
+        # No share may still be writing (a missing folder: merge_shards says so, nothing made).
+        with output_lock(folder) if folder.is_dir() else contextlib.nullcontext():
+            target, merged = merge_shards(folder)
         if json_out:
-            sys.stdout.write(target.read_text(encoding="utf-8"))
+            stdout.write(target.read_text(encoding="utf-8"))
         summary = merged["summary"]
         gate = (summary["localization"] or {}).get("gate_failures", 0)
         _log(
@@ -717,17 +833,37 @@ def report(
     """
     with _exit_codes(verbose):
         from .htmlreport import read_report, write_page
+        from .outlock import output_lock
 
-        page = write_page(folder, read_report(folder))
+        document = read_report(folder)  # exit 2 when there is none, before any lock or write
+        with output_lock(folder):
+            page = write_page(folder, document)
         _log(f"page: {page}")
 
 
 def main() -> None:
     """Console-script entry point."""
+    global _invocation
+    _invocation = sys.argv[1:]
     try:
         app()
     except KeyboardInterrupt as exc:
-        sys.exit(StopState().exit_code(exc))
+        code: object = StopState().exit_code(exc)
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = EXIT_OK
+    if signal_received():
+        # Stopped by a signal, report written: leave now. A decode thread or a writer may
+        # still sit in a system call (a hung network file system); joining it at exit, as
+        # Python does for pool threads, could wait for ever.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code if isinstance(code, int) else EXIT_SOME_FAILED)
+    sys.exit(code)
 
 
 __all__ = [

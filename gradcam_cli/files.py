@@ -153,19 +153,53 @@ def write_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def check_writable_dir(out_dir: Path) -> None:
-    """Create `out_dir` if needed and prove a file can be written there; UsageError otherwise."""
+    """Prove that `out_dir` can be created or written to, creating nothing; UsageError if not.
+
+    The folder itself is made only when a run starts (outlock.output_lock), so a run refused
+    for a bad option or model leaves no empty folder behind.
+    """
     out_dir = Path(out_dir)
     try:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise NotADirectoryError(f"'{out_dir}' is a file, not a directory")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".gradcam-write-test-", suffix=".tmp", dir=out_dir)
-        os.close(fd)
-        os.unlink(probe)
+        if os.path.islink(out_dir) and not out_dir.exists():
+            target = os.readlink(out_dir)
+            raise UsageError(
+                f"--out {out_dir} is a symlink to '{target}', which does not exist; "
+                "create that folder or choose another output directory"
+            )
+        if out_dir.exists():
+            if not out_dir.is_dir():
+                raise UsageError(
+                    f"--out {out_dir} is a file, not a directory; choose another directory"
+                )
+            _probe_write(out_dir)
+            return
+        ancestor = _nearest_existing(out_dir)
+        if not ancestor.is_dir():
+            raise UsageError(
+                f"cannot create --out {out_dir}: {ancestor} is a file, not a directory; "
+                "choose another directory"
+            )
+        _probe_write(ancestor)
     except OSError as exc:
         raise UsageError(
             f"cannot write to --out {out_dir}: {os_reason(exc)}; choose another directory"
         ) from exc
+
+
+def _nearest_existing(path: Path) -> Path:
+    """The closest folder above `path` (or `path` itself) that exists."""
+    path = Path(os.path.abspath(path))
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe_write(folder: Path) -> None:
+    """Create and remove a hidden file in `folder`: access() trusts permission bits, which
+    read-only mounts, ACLs and root's rights make unreliable."""
+    fd, probe = tempfile.mkstemp(prefix=".gradcam-write-test-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def os_reason(exc: OSError) -> str:

@@ -15,13 +15,14 @@ An all-zero map has no maximum and no mass: hit is false, energy and iou are 0.
 from __future__ import annotations
 
 import math
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .errors import ImageReadError, UsageError
+from .errors import ImageReadError, UsageError, first_line
 from .render import normalize_map, place_map
 
 __all__ = [
@@ -157,6 +158,21 @@ def localization_record(
     }
 
 
+def _check_mask_file(path: Path) -> None:
+    """One mask for every input: decode it now, so that a file that is no image stops the run
+    before the model loads (exit 2) instead of failing every explanation's localization."""
+    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read for ever
+        raise UsageError(f"--mask {path} is not a regular file; give a mask image or a folder")
+    try:
+        with Image.open(path) as mask:
+            mask.load()
+    except Exception as exc:  # Pillow's plugins raise many types for a damaged file
+        raise UsageError(
+            f"--mask {path} cannot be read as an image ({first_line(exc)}); give a PNG mask "
+            "(white inside the object) or a folder of them"
+        ) from exc
+
+
 class MaskSource:
     """Where the masks are: one file for every input, or a folder matched by the input's key.
 
@@ -171,6 +187,8 @@ class MaskSource:
             raise UsageError(f"--mask {self.path}: no such file or folder")
         self.is_folder = self.path.is_dir()  # asked once per explanation: stat only here
         self._index: dict[str, Path] | None = None
+        if not self.is_folder:
+            _check_mask_file(self.path)
 
     def find(self, key: str, class_index: int, class_slug: str) -> Path | None:
         if not self.is_folder:

@@ -17,7 +17,7 @@ import signal
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -138,8 +138,27 @@ def decode_batches(
     else:
         executor = ThreadPoolExecutor(1, thread_name_prefix="gradcam-decode")
     window = max(1, ahead * max(1, workers))
-    with executor:
+    try:
         yield from _bounded_map(executor, _decode_batch, batches, window, preprocess)
+    except BaseException:  # the consumer stopped early (Ctrl-C, SIGTERM, an error)
+        _stop_now(executor)
+        raise
+    executor.shutdown(wait=True)
+
+
+def _stop_now(executor: Executor) -> None:
+    """Shut the decoders down without waiting: one may be stuck in a read (a hung network file
+    system) and a stop must end in bounded time. Worker processes are killed; a thread cannot
+    be, and is left to finish (or to the process's exit)."""
+    # ProcessPoolExecutor has no public way to kill its workers before Python 3.14
+    # (terminate_workers); its _processes dict is gone after shutdown, so read it first.
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        try:
+            process.kill()
+        except (OSError, ValueError, AttributeError):  # already gone, or closed
+            pass
 
 
 def _start_decode_worker() -> None:
@@ -194,5 +213,15 @@ class BoundedWriter(Generic[T]):
         self.pending.clear()
         return done
 
+    def drain_within(self, seconds: float) -> list[T]:
+        """After a stop: the results of the jobs that finish within `seconds`, in order, up to
+        the first that does not (a write stuck in a system call must not hold the stop)."""
+        wait(self.pending, timeout=seconds)
+        done = []
+        while self.pending and self.pending[0].done() and not self.pending[0].cancelled():
+            done.append(self.pending.popleft().result())
+        return done
+
     def close(self, cancel: bool = False) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=cancel)
+        """Wait for every job; with `cancel`, drop those not started and wait for none."""
+        self.pool.shutdown(wait=not cancel, cancel_futures=cancel)

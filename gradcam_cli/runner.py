@@ -34,6 +34,7 @@ from .htmlreport import save_thumbnail, write_page
 from .inputs import InputItem
 from .localization import Gate, MaskSource, localization_record, localize, read_mask
 from .oom import BatchSplitter
+from .outlock import output_lock
 from .panel import Pictures, caption_fields, save_panel
 from .pipeline import BoundedWriter, Decoded, decode_batches
 from .render import colormap_lut
@@ -52,6 +53,7 @@ from .resume import (
     read_report,
     reusable_results,
 )
+from .signals import stop_requested
 
 __all__ = ["RunOptions", "run_explain", "artifact_stem", "REPORT_NAME", "shard_report_name"]
 
@@ -60,6 +62,9 @@ NONFINITE_MAP_WARNING = (
     "the map had NaN or infinite values (from the model's gradients at this layer); "
     "they were set to 0"
 )
+# After a stop signal, how long the images already explained may take to be written before the
+# run reports what it has and exits (the rest is redone by --resume).
+STOP_GRACE_SECONDS = 5.0
 NONFINITE_SCORES = (
     "the model's scores for this image are NaN or infinite, so there is nothing to explain; "
     "check the model and its preprocessing on this input"
@@ -108,6 +113,16 @@ def run_explain(
 ) -> Report:
     """Explain every input, write its pictures, and write OUT/predictions.json (or the
     shard's report). Decoding, the model and writing overlap (`pipeline`)."""
+    with output_lock(options.out_dir, options.shard):  # one run owns --out (outlock.py)
+        return _run_locked(explainer, items, options, progress)
+
+
+def _run_locked(
+    explainer: Explainer,
+    items: Sequence[InputItem],
+    options: RunOptions,
+    progress: Callable[[int, int], None] | None,
+) -> Report:
     start = time.perf_counter()
     report = Report(
         model=explainer.loaded.describe(),
@@ -158,8 +173,9 @@ def run_explain(
         collect(writer.drain())
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one (signals.py)
         report.interrupted = True  # what was done is reported; the CLI exits 130 (143)
-        try:  # the images already explained are a few writes from done: finish them
-            collect(writer.drain())
+        try:  # the images already explained are a few writes from done: finish them, unless
+            # a write is stuck (a hung file system): a stop must end in bounded time
+            collect(writer.drain_within(STOP_GRACE_SECONDS))
         except KeyboardInterrupt:  # a second Ctrl-C: keep only what is written
             collect(_finished_in_order(writer))
     finally:
@@ -253,7 +269,16 @@ def _explain_batch(splitter: BatchSplitter, decoded: list[Decoded]) -> list[Imag
     try:
         return splitter(readable)
     except (RuntimeError, GradcamError) as exc:  # the model fails: these inputs fail
-        return [f"the model failed on this batch: {first_line(exc)}"] * len(readable)
+        reason = first_line(exc)
+    except KeyboardInterrupt as exc:
+        if stop_requested():  # Ctrl-C or SIGTERM: the run stops
+            raise
+        reason = f"{type(exc).__name__} raised by the model's code"  # `raise KeyboardInterrupt`
+    except SystemExit as exc:  # a forward that calls sys.exit() must not end the run
+        reason = f"the model's code called sys.exit({exc.code!r})"
+    except Exception as exc:  # the user's forward may raise anything
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+    return [f"the model failed on this batch: {reason}"] * len(readable)
 
 
 def _save_jobs(

@@ -21,6 +21,7 @@ __all__ = [
     "StopState",
     "stop_signals",
     "stop_requested",
+    "signal_received",
 ]
 
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's code for Ctrl-C
@@ -31,14 +32,22 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived; raised where Python raises KeyboardInterrupt for SIGINT."""
 
 
-# Set by the handlers below: a KeyboardInterrupt while this is False was raised by code (a
-# user's model calling `raise KeyboardInterrupt`), not by a signal, and is that code's error.
+# Set by the handlers below. Inside `stop_signals`, a KeyboardInterrupt while no signal was
+# received was raised by code (a user's model calling `raise KeyboardInterrupt`), and is that
+# code's error, not a request to stop.
 _received: list[int] = []
+_watching: list[bool] = []
+
+
+def signal_received() -> bool:
+    """True once SIGINT or SIGTERM has arrived inside `stop_signals` (until the next one)."""
+    return bool(_received)
 
 
 def stop_requested() -> bool:
-    """True once SIGINT or SIGTERM has arrived inside `stop_signals`."""
-    return bool(_received)
+    """Whether a KeyboardInterrupt seen now must stop the run: a signal arrived, or nobody is
+    watching for signals (a notebook's Ctrl-C cannot be told from code that raises it)."""
+    return bool(_received) or not _watching
 
 
 @dataclass
@@ -75,8 +84,10 @@ def stop_signals() -> Iterator[StopState]:
     if previous_int is not signal.SIG_IGN:  # `cmd &` in a script ignores Ctrl-C: keep that
         signal.signal(signal.SIGINT, interrupt)
     _received.clear()
+    _watching.append(True)
     try:
         yield state
     finally:
+        _watching.pop()
         signal.signal(signal.SIGTERM, previous_term)
         signal.signal(signal.SIGINT, previous_int)

@@ -161,18 +161,28 @@ def test_interrupt_during_write_removes_temp(tmp_path, monkeypatch):
 # -- check_writable_dir --------------------------------------------------------------------
 
 
-def test_check_writable_dir_creates_missing_folders_and_leaves_nothing(tmp_path):
+def test_check_writable_dir_creates_nothing_and_leaves_nothing(tmp_path):
+    # Issue 14 item 15: the folder is made when the run starts, not by the check.
     out = tmp_path / "a" / "b"
     check_writable_dir(out)
-    assert out.is_dir()
-    assert os.listdir(out) == []
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "c").mkdir()
+    check_writable_dir(tmp_path / "c")
+    assert os.listdir(tmp_path / "c") == []
 
 
 def test_check_writable_dir_refuses_a_file(tmp_path):
     (tmp_path / "out").write_text("not a folder")
-    with pytest.raises(
-        UsageError, match=r"cannot write to --out .*out: .*choose another directory"
-    ):
+    with pytest.raises(UsageError, match=r"--out .*out is a file, not a directory"):
+        check_writable_dir(tmp_path / "out")
+    with pytest.raises(UsageError, match=r"cannot create --out .*out/sub: .*out is a file"):
+        check_writable_dir(tmp_path / "out" / "sub")
+
+
+def test_check_writable_dir_names_a_dangling_symlink(tmp_path):
+    # Issue 14 item 15: mkdir said "file exists".
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    with pytest.raises(UsageError, match=r"is a symlink to '.*gone', which does not exist"):
         check_writable_dir(tmp_path / "out")
 
 
