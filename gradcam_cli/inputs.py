@@ -38,7 +38,10 @@ __all__ = [
     "DecodedImage",
     "collect_inputs",
     "decode_image",
+    "decode_reason",
     "load_image",
+    "open_regular",
+    "refuse_over_pixel_limit",
     "recorded_warnings",
     "parse_shard",
     "shard_of",
@@ -398,9 +401,9 @@ def _is_report_name(name: str) -> bool:
 def _is_report(path: str) -> bool:
     """Whether `path` is a gradcam report: read whole when small, by its head otherwise."""
     try:
-        with _open_regular(Path(path)) as handle:
+        with open_regular(Path(path)) as handle:
             head = handle.read(_REPORT_HEAD_BYTES + 1)
-    except (OSError, _NotRegularFile):
+    except OSError:
         return False
     if len(head) <= _REPORT_HEAD_BYTES:
         try:
@@ -523,8 +526,8 @@ def decode_image(path: Path) -> DecodedImage:
     """
     path = Path(path)
     try:
-        with _open_regular(path) as handle, Image.open(handle) as image:
-            _refuse_over_pixel_limit(image)
+        with open_regular(path) as handle, Image.open(handle) as image:
+            refuse_over_pixel_limit(image)
             if image.format == "PNG":
                 _verify_png(path)
             frames = _frame_count(image)
@@ -534,14 +537,14 @@ def decode_image(path: Path) -> DecodedImage:
     # Every exception: a damaged file can make a Pillow plugin raise almost anything, and one
     # bad input must become one failed result, not the end of a run over a thousand images.
     except Exception as exc:
-        raise ImageReadError(f"cannot read {path}: {_decode_reason(exc, path)}") from exc
+        raise ImageReadError(f"cannot read {path}: {decode_reason(exc, path)}") from exc
 
 
-class _NotRegularFile(Exception):
+class _NotRegularFile(OSError):
     """A FIFO, a socket or a device where an image file was expected."""
 
 
-def _open_regular(path: Path) -> BinaryIO:
+def open_regular(path: Path) -> BinaryIO:
     """Open a regular file for reading, never blocking: a FIFO (or a device, a socket) raises
     _NotRegularFile, a folder IsADirectoryError.
 
@@ -620,7 +623,7 @@ def recorded_warnings() -> Iterator[list[str]]:
                 lines.append(f"and {extra} more warnings")
 
 
-def _refuse_over_pixel_limit(image: Image.Image) -> None:
+def refuse_over_pixel_limit(image: Image.Image) -> None:
     """Pillow raises DecompressionBombError only past twice its limit; raise it from the limit."""
     limit = Image.MAX_IMAGE_PIXELS
     pixels = image.width * image.height
@@ -630,7 +633,7 @@ def _refuse_over_pixel_limit(image: Image.Image) -> None:
 
 def _verify_png(path: Path) -> None:
     """Check every chunk's CRC (verify() needs a file of its own: it consumes the image)."""
-    with _open_regular(path) as handle, Image.open(handle) as check:
+    with open_regular(path) as handle, Image.open(handle) as check:
         check.verify()
 
 
@@ -674,7 +677,7 @@ def _scaled_to_rgb(pixels: np.ndarray, full_scale: float) -> Image.Image:
     return Image.fromarray(grey).convert("RGB")
 
 
-def _decode_reason(exc: BaseException, path: Path) -> str:
+def decode_reason(exc: BaseException, path: Path) -> str:
     """One line saying why decoding failed, in words a user can act on."""
     detail = _one_line(exc)
     if isinstance(exc, _NotRegularFile):
@@ -719,9 +722,9 @@ def _one_line(exc: BaseException) -> str:
 def _unidentified_reason(path: Path) -> str:
     """Why Pillow could not even tell the format: say what the file is instead."""
     try:
-        with _open_regular(path) as handle:
+        with open_regular(path) as handle:
             head = handle.read(_HEAD_BYTES)
-    except (OSError, _NotRegularFile):
+    except OSError:
         head = b"?"
     if not head:
         return "empty file (0 bytes)"
@@ -755,7 +758,7 @@ def _plugin_complaint(path: Path, head: bytes) -> str | None:
         if not recognised:
             continue
         try:
-            with _open_regular(path) as handle:
+            with open_regular(path) as handle:
                 factory(handle, str(path)).close()
         except Exception as exc:
             detail = _one_line(exc)
@@ -809,7 +812,7 @@ def _unsupported_mode_reason(image_format: str, path: Path) -> str:
 
 def _tiff_layout(path: Path) -> tuple[int, tuple[int, ...], int | None]:
     """(samples per pixel, bits per sample, photometric) from the first IFD of a TIFF."""
-    with _open_regular(path) as handle:
+    with open_regular(path) as handle:
         header = handle.read(8)
         if header[2:3] == b"+":  # BigTIFF: a 16-byte header
             header += handle.read(8)

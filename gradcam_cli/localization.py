@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageReadError, UsageError, first_line
+from .inputs import decode_reason, open_regular, refuse_over_pixel_limit
 from .render import normalize_map, place_map
 
 __all__ = [
@@ -58,11 +59,14 @@ def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with Image.open(path) as opened:
+        # Never blocking on a FIFO, and refused from Pillow's pixel limit, not twice it: an
+        # image's own checks (inputs.decode_image).
+        with open_regular(path) as handle, Image.open(handle) as opened:
+            refuse_over_pixel_limit(opened)
             opened.load()
             mask = opened
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"cannot read mask {path}: {exc}") from None
+    except Exception as exc:  # a damaged file can make a Pillow plugin raise almost anything
+        raise ImageReadError(f"cannot read mask {path}: {decode_reason(exc, path)}") from None
     if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
         channel = mask.convert("RGBA").getchannel("A")
         if channel.getextrema()[0] == 255:  # opaque everywhere: the alpha says nothing

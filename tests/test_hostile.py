@@ -21,6 +21,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from special_files import bound_socket, iccp_bomb, tiff_with_samples
 from typer.testing import CliRunner
 
 from gradcam_cli import files
@@ -145,6 +146,14 @@ BAD = {  # name → words its error must contain
     "loop_a.png": "symlink loop",
     "loop_b.png": "symlink loop",
     "no_access.png": "permission denied",
+    # issue 14: what no longer hangs, bloats or gets the wrong reason
+    "pipe.jpg": "not a regular file: a named pipe (FIFO)",
+    "sock.png": "not a regular file: a socket",
+    "zero.png": "not a regular file: a character device",  # a symlink to /dev/zero
+    "strip_1x60000.png": "aspect ratio too extreme (1×60000)",
+    "strip_60000x1.png": "aspect ratio too extreme (60000×1)",
+    "icc_bomb.png": "unsupported PNG: a text or ICC-profile chunk larger than",
+    "five_channels.tif": "unsupported TIFF: 5 channels (samples per pixel)",
 }
 
 
@@ -172,6 +181,22 @@ def write_bad_files(folder: Path) -> None:
     (folder / "itself").symlink_to(".", target_is_directory=True)  # a folder loop: not entered
     noise(64, 48, 22).save(folder / "no_access.png")
     (folder / "no_access.png").chmod(0)
+    os.mkfifo(folder / "pipe.jpg")
+    bound_socket(folder / "sock.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    (folder / "strip_1x60000.png").write_bytes(valid_png_of_size(1, 60_000))
+    (folder / "strip_60000x1.png").write_bytes(valid_png_of_size(60_000, 1))
+    (folder / "icc_bomb.png").write_bytes(iccp_bomb())
+    (folder / "five_channels.tif").write_bytes(tiff_with_samples(5))
+    # A previous run's output inside the input folder: its pictures are not inputs.
+    prior = folder / "prior_run"
+    (prior / "a").mkdir(parents=True)
+    for stem in ("one_pixel", "a/same"):
+        noise(8, 8, 23).save(prior / f"{stem}.0-circle.features.overlay.png")
+        noise(8, 8, 24).save(prior / f"{stem}.0-circle.features.heatmap.png")
+    (prior / "predictions.json").write_text(
+        json.dumps({"schema_version": 1, "model": {}, "results": []}), encoding="utf-8"
+    )
 
 
 @pytest.fixture
@@ -214,7 +239,7 @@ def test_a_folder_of_hostile_files_fails_each_bad_one_and_explains_the_good_as_a
     by_name = {r["input"][len(str(mixed)) + 1 :]: r for r in report["results"]}
     good = {r["input"][len(str(clean)) + 1 :]: r for r in alone["results"]}
     # Exactly one result per input, in input order: every image-named entry, good or bad.
-    assert len(by_name) == len(report["results"]) == len(good) + len(BAD) == 29
+    assert len(by_name) == len(report["results"]) == len(good) + len(BAD) == 36
     assert set(by_name) == set(good) | set(BAD)
     assert [r["input"] for r in report["results"]] == sorted(r["input"] for r in report["results"])
     assert report["summary"] == {**report["summary"], "ok": len(good), "errors": len(BAD)}
@@ -718,3 +743,79 @@ def test_a_corrupt_exif_warning_is_one_line_naming_the_file_and_is_in_the_json(t
     lines = [line for line in done.stderr.splitlines() if "EXIF" in line]
     assert lines == [f"gradcam: warning: {photo}: {CORRUPT_EXIF}"], done.stderr
     assert "Warning" not in done.stderr and "warnings.warn" not in done.stderr, done.stderr
+
+
+# -- 10. what a folder holds besides photos (issue 14) ---------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_run_over_a_folder_holding_a_fifo_ends_on_its_own_and_names_it(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    noise(64, 48, 40).save(folder / "photo.png")
+    os.mkfifo(folder / "pipe.jpg")  # nobody ever writes to it: reading it waits for ever
+    command = [sys.executable, "-m", "gradcam_cli", "explain", str(folder), "--model"]
+    command += ["demo:shapes", "--workers", "0", "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    status = {
+        Path(r["input"]).name: (r["status"], r["error"])
+        for r in report_of(tmp_path / "out")["results"]
+    }
+    reason = "not a regular file: a named pipe (FIFO)"
+    assert status == {"photo.png": ("ok", None), "pipe.jpg": ("error", reason)}
+    assert any("pipe.jpg" in line and reason in line for line in done.stderr.splitlines())
+
+
+def test_a_second_run_in_the_same_folder_explains_the_photos_not_the_first_runs_outputs(
+    tmp_path, monkeypatch
+):
+    scenes = tmp_path / "scenes"
+    shutil.copytree(SCENES, scenes)
+    monkeypatch.chdir(scenes)
+    for _ in range(2):  # --out gradcam_out, the default, inside the folder explained
+        assert explain(".", *DEMO).exit_code == 0
+        results = report_of(scenes / "gradcam_out")["results"]
+        assert sorted(r["input"] for r in results) == sorted(
+            f"./{p.name}" for p in SCENES.iterdir()
+        )
+    for _ in range(2):  # --out named inside the input folder
+        assert explain(str(scenes), *DEMO, "--out", str(scenes / "runs" / "b")).exit_code == 0
+        assert len(report_of(scenes / "runs" / "b")["results"]) == 6
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_mask_that_is_a_fifo_or_over_the_pixel_limit_fails_at_once(tmp_path, monkeypatch):
+    import threading
+
+    from gradcam_cli.errors import ImageReadError
+    from gradcam_cli.localization import read_mask
+
+    os.mkfifo(tmp_path / "mask.png")
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_mask(tmp_path / "mask.png", (8, 8))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # release the blocked reader before failing
+        os.close(os.open(tmp_path / "mask.png", os.O_WRONLY | os.O_NONBLOCK))
+    assert not thread.is_alive(), "read_mask blocked on a named pipe"
+    assert isinstance(outcome[0], ImageReadError)
+    assert str(outcome[0]).endswith("not a regular file: a named pipe (FIFO)")
+
+    Image.new("L", (15, 10), 255).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow alone only warns up to 2×
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Image.open's own
+        with pytest.raises(ImageReadError, match="150 pixels, over the 100-pixel limit"):
+            read_mask(tmp_path / "big.png", (15, 10))
