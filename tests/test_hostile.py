@@ -778,11 +778,14 @@ def test_a_second_run_in_the_same_folder_explains_the_photos_not_the_first_runs_
     shutil.copytree(SCENES, scenes)
     monkeypatch.chdir(scenes)
     for _ in range(2):  # --out gradcam_out, the default, inside the folder explained
-        assert explain(".", *DEMO).exit_code == 0
+        run = explain(".", *DEMO)
+        assert run.exit_code == 0
         results = report_of(scenes / "gradcam_out")["results"]
         assert sorted(r["input"] for r in results) == sorted(
             f"./{p.name}" for p in SCENES.iterdir()
         )
+    skipped = "skipped 12 files inside --out gradcam_out; name a file explicitly to explain it"
+    assert f"gradcam: {skipped}" in run.stderr.splitlines()
     for _ in range(2):  # --out named inside the input folder
         assert explain(str(scenes), *DEMO, "--out", str(scenes / "runs" / "b")).exit_code == 0
         assert len(report_of(scenes / "runs" / "b")["results"]) == 6
@@ -819,3 +822,17 @@ def test_a_mask_that_is_a_fifo_or_over_the_pixel_limit_fails_at_once(tmp_path, m
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Image.open's own
         with pytest.raises(ImageReadError, match="150 pixels, over the 100-pixel limit"):
             read_mask(tmp_path / "big.png", (15, 10))
+
+
+def test_pictures_inside_out_are_skipped_even_before_it_holds_a_report(tmp_path):
+    """A run stopped before its first report, or one whose report was deleted: --out is still
+    recognised as --out (by device and inode), whatever the spelling."""
+    photos = tmp_path / "photos"
+    shutil.copytree(SCENES, photos)
+    (photos / "out").mkdir()
+    for name in ("a", "b"):
+        noise(16, 16, 41).save(photos / "out" / f"{name}.0-circle.features.overlay.png")
+    run = explain(str(photos), *DEMO, "--out", str(photos / "." / "out"))
+    assert run.exit_code == 0, run.output
+    assert len(report_of(photos / "out")["results"]) == 6
+    assert "skipped 2 files inside --out" in run.stderr
