@@ -17,6 +17,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,8 +50,8 @@ def check_unlocked(out_dir: Path, shard: tuple[int, int] | None = None) -> None:
         except OSError:
             continue  # no lock file: free (output_lock reports any real trouble with it)
         try:
-            _try_lock(fd, mode, path, out_dir)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if _try_lock(fd, mode, path, out_dir):
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
 
@@ -93,7 +94,14 @@ def _locked_file(path: Path, mode: int, out_dir: Path) -> int:
                 "remove it or choose another output folder"
             ) from exc
         try:
-            _try_lock(fd, mode, path, out_dir)
+            if not _try_lock(fd, mode, path, out_dir):
+                # Refusing every run on such a mount would be worse than what the lock prevents.
+                warnings.warn(
+                    f"--out {out_dir}: this file system does not support file locks; running "
+                    "without one, so make sure no other run writes there",
+                    stacklevel=3,
+                )
+                return fd
             if _same_file(fd, path):
                 return fd
         except BaseException:
@@ -102,7 +110,13 @@ def _locked_file(path: Path, mode: int, out_dir: Path) -> int:
         os.close(fd)
 
 
-def _try_lock(fd: int, mode: int, path: Path, out_dir: Path) -> None:
+# What flock raises on a file system without locks (some NFS v3 and SMB mounts, FUSE).
+_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+
+
+def _try_lock(fd: int, mode: int, path: Path, out_dir: Path) -> bool:
+    """Take the lock, or raise OutputLockedError naming its holder; False when the file system
+    has no locks at all."""
     try:
         fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -110,6 +124,11 @@ def _try_lock(fd: int, mode: int, path: Path, out_dir: Path) -> None:
             f"--out {out_dir} is in use by another gradcam run ({_holder(path)}); wait for it "
             "to finish or choose another output folder"
         ) from None
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKS:
+            raise
+        return False
+    return True
 
 
 def _holder(path: Path) -> str:

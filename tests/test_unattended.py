@@ -477,3 +477,42 @@ def _read_all(fd: int) -> str:
             break
         chunks.append(chunk)
     return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+# -- item 1 (through the CLI): a run never explains its own outputs -------------------------
+
+SCENES = Path(__file__).resolve().parents[1] / "sample_images" / "scenes"
+
+
+def test_explaining_a_folder_twice_finds_the_same_images_not_the_first_runs_outputs(
+    tmp_path, monkeypatch
+):
+    import shutil
+
+    shutil.copytree(SCENES, tmp_path / "scenes")
+    monkeypatch.chdir(tmp_path / "scenes")
+    first = explain(".", "--model", "demo:shapes")  # --out gradcam_out, inside the input folder
+    assert first.exit_code == 0, first.output
+    second = explain(".", "--model", "demo:shapes", "--out", "runs/b")
+    assert second.exit_code == 0, second.output
+    report = json.loads((tmp_path / "scenes" / "runs" / "b" / "predictions.json").read_text())
+    assert sorted(r["input"] for r in report["results"]) == sorted(
+        f"./{p.name}" for p in SCENES.glob("*.png")
+    )
+    skipped = [line for line in second.stderr.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and "12 files" in skipped[0], second.stderr
+
+
+def test_a_file_system_without_locks_warns_and_runs(workspace, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.chdir(workspace)
+    result = explain("photos", "--model", "demo:shapes", "--out", "out")
+    assert result.exit_code == 0, result.output
+    assert "does not support file locks" in result.stderr
+    assert not (workspace / "out" / LOCK_NAME).exists()
