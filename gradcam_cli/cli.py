@@ -530,17 +530,16 @@ def _explain(
         raise UsageError(f"--topk must be at least 1, got {topk}")
     if target and topk != 1:
         raise UsageError("--target and --topk exclude each other: name classes or ask for top-k")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     from .inputs import collect_inputs, parse_shard, select_shard
     from .models import check_input_size, check_num_classes
     from .outlock import check_unlocked
-    from .pipeline import default_write_threads, parse_workers
+    from .pipeline import check_batch_size, default_write_threads, parse_workers
 
     check_input_size(input_size)
     check_num_classes(num_classes)
     share = parse_shard(shard) if shard is not None else None
     decode_workers = parse_workers(workers)
+    check_batch_size(batch_size)
     check_writable_dir(out)
     check_unlocked(out, share)
     from .localization import Gate, MaskSource

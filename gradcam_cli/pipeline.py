@@ -35,6 +35,9 @@ __all__ = [
     "default_workers",
     "default_write_threads",
     "parse_workers",
+    "check_batch_size",
+    "MAX_WORKERS",
+    "MAX_BATCH_SIZE",
 ]
 
 T = TypeVar("T")
@@ -73,6 +76,23 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
+# Decode processes: each costs ~100 MB; a single model rarely keeps more than 8 busy.
+MAX_WORKERS = 64
+# Images per batch: the decoded arrays of the batches decoded ahead are held in memory
+# (3 × 224 × 224 float32 = 0.6 MB an image), so a runaway value fills RAM before the model runs.
+MAX_BATCH_SIZE = 4096
+
+
+def check_batch_size(batch_size: int) -> int:
+    """`--batch-size`: 1 to MAX_BATCH_SIZE; UsageError otherwise."""
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise UsageError(
+            f"--batch-size must be 1–{MAX_BATCH_SIZE}, got {batch_size} (the batches decoded "
+            "ahead are held in memory); a batch too large for the device is split by itself"
+        )
+    return batch_size
+
+
 def parse_workers(text: str) -> int:
     """`--workers`: `auto` (see default_workers) or a count, 0 meaning a decode thread."""
     if text == "auto":
@@ -81,8 +101,11 @@ def parse_workers(text: str) -> int:
         workers = int(text)
     except ValueError:
         raise UsageError(f"--workers takes a number or auto, got '{text}'") from None
-    if workers < 0:
-        raise UsageError(f"--workers must be 0 (decode in a thread) or more, got {workers}")
+    if not 0 <= workers <= MAX_WORKERS:
+        raise UsageError(
+            f"--workers must be 0 (decode in a thread) to {MAX_WORKERS}, got {workers}: each "
+            "worker is a process of its own, and one model keeps only a few busy"
+        )
     return workers
 
 

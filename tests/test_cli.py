@@ -472,7 +472,7 @@ def one_error_line(result) -> str:
         ([*TINY, "--interpolation", "cubic"], "bicubic"),
         ([*TINY, "--method", "gradcm"], "Did you mean 'gradcam'"),
         ([*TINY, "--topk", "0"], "--topk must be at least 1"),
-        ([*TINY, "--batch-size", "0"], "--batch-size must be at least 1"),
+        ([*TINY, "--batch-size", "0"], "--batch-size must be 1–4096, got 0"),
         ([*TINY, "--target", "4"], "out of range: the model has 4 classes (0–3)"),
         ([*TINY, "--target", "cat"], "no class names"),
         ([*TINY, "--target", "1", "--topk", "2"], "exclude each other"),

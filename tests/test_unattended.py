@@ -283,6 +283,8 @@ def test_two_real_runs_into_one_out_the_second_exits_2_and_the_first_reports_all
         (["--input-size", "100000"], "--input-size"),
         (["--input-size", "3"], "--input-size"),
         (["--num-classes", "0"], "--num-classes"),
+        (["--batch-size", "1000000"], "--batch-size must be 1–4096"),
+        (["--workers", "1000"], "--workers must be 0 (decode in a thread) to 64, got 1000"),
         (["--device", "cuda:7"], "cuda"),
         (["--mask", "not_a_mask.png"], "--mask not_a_mask.png cannot be read as an image"),
         (["--mask", "fifo.png"], "--mask fifo.png is not a regular file"),
