@@ -1,0 +1,338 @@
+"""A batch job: what `gradcam explain` does, as one library call.
+
+    from gradcam_cli.job import run_job
+
+    report = run_job(["photos/"], "demo:shapes", out="runs/demo", topk=2)
+    report.errors, report.results[0].explanations[0].overlay   # a path under runs/demo
+
+`JobOptions` holds every choice of the job and checks each one when it is made, so a bad value
+fails the same way from Python and from the shell, before anything heavy runs. `prepare_job`
+does the checks that touch the disk (the output folder, its lock, the masks), finds the inputs
+and loads the model, in that order: nothing heavy before a cheap check can fail, and nothing is
+written until the job runs (`Job.run` takes `out`'s lock and makes the folder).
+
+torch is imported only when a model is loaded: importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, cast
+
+from .errors import UsageError
+from .inputs import MISSING, InputItem, collect_inputs, parse_shard, select_shard
+from .localization import Gate, MaskSource
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .explainer import Explainer, RenderOptions
+    from .models import LoadedModel
+    from .report import Report
+    from .runner import RunOptions
+
+__all__ = ["JobOptions", "Job", "prepare_job", "run_job"]
+
+Note = Callable[[str], None]
+Progress = Callable[[int, int], None]
+
+# JobOptions fields that say how to build a model named by a string (see load_model).
+_MODEL_BUILDING = ("weights", "num_classes", "labels", "input_size", "mean", "std")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Every choice of a batch job but its inputs and model, checked when made (UsageError).
+
+    The names follow `gradcam explain`'s options; the defaults are the CLI's. After checking,
+    `workers` is a count, `shard` a (K, N) pair or None, and the paths are Paths.
+    """
+
+    out: Path = Path("gradcam_out")
+    # The model, when it is named by a string (load_model).
+    pretrained: bool = True
+    weights: Path | None = None
+    num_classes: int | None = None
+    labels: Path | None = None  # class names, one per line
+    input_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    # The explainer.
+    layers: str | Sequence[str] | None = None  # None: chosen automatically
+    method: str = "gradcam"
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
+    device: str = "auto"
+    amp: str | None = None
+    # What to explain: these classes (indices or labels), or each image's top-k.
+    targets: Sequence[str | int] = ()
+    topk: int = 1
+    # The pictures and files written.
+    colormap: str = "jet"
+    alpha: float = 0.5
+    interpolation: str = "bilinear"
+    normalize: str = "minmax"
+    overlay_format: str = "png"
+    heatmap: bool = True
+    save_raw: bool = False
+    panel: bool = False
+    report_page: bool = False  # OUT/index.html
+    # Localization against true masks, and the gate a CI job fails on.
+    mask: Path | None = None
+    min_energy: float | None = None
+    require_hit: bool = False
+    # Running.
+    batch_size: int = 8
+    workers: int | str = "auto"
+    shard: tuple[int, int] | str | None = None  # "K/N" or (K, N)
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        self._normalize()
+        self._check()
+
+    def _normalize(self) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        put("out", Path(self.out))
+        for name in ("weights", "labels", "mask"):
+            if getattr(self, name) is not None:
+                put(name, Path(getattr(self, name)))
+        for name in ("mean", "std"):
+            if getattr(self, name) is not None:
+                put(name, tuple(getattr(self, name)))
+        if self.layers is not None and not isinstance(self.layers, str):
+            put("layers", tuple(self.layers))
+        if isinstance(self.targets, str | int):
+            put("targets", (self.targets,))
+        put("targets", tuple(self.targets or ()))
+
+    def _check(self) -> None:
+        """The checks of `gradcam explain`, in its order; the messages name its options."""
+        from .files import check_image_format
+        from .methods import check_method_options
+        from .models import check_input_size, check_num_classes
+        from .pipeline import check_batch_size, parse_workers
+        from .render import check_alpha, check_interpolation, check_normalization, colormap_lut
+
+        check_method_options(self.method, eigen_smooth=self.eigen_smooth)
+        check_interpolation(self.interpolation)
+        check_normalization(self.normalize)
+        colormap_lut(self.colormap)
+        check_alpha(self.alpha)
+        check_image_format(self.overlay_format)
+        if self.topk < 1:
+            raise UsageError(f"--topk must be at least 1, got {self.topk}")
+        if self.targets and self.topk != 1:
+            raise UsageError(
+                "--target and --topk exclude each other: name classes or ask for top-k"
+            )
+        check_input_size(self.input_size)
+        check_num_classes(self.num_classes)
+        if self.shard is not None:
+            shard = self.shard if isinstance(self.shard, str) else "/".join(map(str, self.shard))
+            object.__setattr__(self, "shard", parse_shard(shard))
+        object.__setattr__(self, "workers", parse_workers(str(self.workers)))
+        check_batch_size(self.batch_size)
+        if self.gate.active and self.mask is None:
+            raise UsageError(
+                "--min-energy and --require-hit measure against a mask: add --mask PATH"
+            )
+
+    @property
+    def share(self) -> tuple[int, int] | None:
+        """`shard` once checked: (K, N), or None for the whole run."""
+        return cast("tuple[int, int] | None", self.shard)
+
+    @property
+    def gate(self) -> Gate:
+        return Gate(min_energy=self.min_energy, require_hit=self.require_hit)
+
+    @property
+    def render(self) -> RenderOptions:
+        from .explainer import RenderOptions
+
+        return RenderOptions(
+            colormap=self.colormap,
+            alpha=self.alpha,
+            interpolation=self.interpolation,
+            normalize=self.normalize,
+        )
+
+    def run_options(self, classes: tuple[int, ...], masks: MaskSource | None) -> RunOptions:
+        """What the runner needs, once the target classes are resolved and the masks found."""
+        from .pipeline import default_write_threads
+        from .runner import RunOptions
+
+        return RunOptions(
+            out_dir=self.out,
+            classes=classes,
+            topk=self.topk,
+            batch_size=self.batch_size,
+            save_raw=self.save_raw,
+            masks=masks,
+            gate=self.gate,
+            workers=int(self.workers),
+            write_threads=default_write_threads(),
+            shard=self.share,
+            overlay_format=self.overlay_format,
+            heatmap=self.heatmap,
+            resume=self.resume,
+            panel=self.panel,
+            report=self.report_page,
+            render=self.render,
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """A checked job, ready to run: its inputs found (this share's), its explainer built."""
+
+    items: tuple[InputItem, ...]
+    explainer: Explainer
+    options: JobOptions
+    run_options: RunOptions
+
+    @property
+    def report_path(self) -> Path:
+        """Where the JSON report goes: OUT/predictions.json, or the share's report."""
+        return self.options.out / self.run_options.report_name
+
+    def run(self, progress: Progress | None = None) -> Report:
+        """Explain every input and write the files and the report under `out` (taking its
+        lock); `progress(done, total)` after each batch. A stop (Ctrl-C) ends the run with the
+        report written and `report.interrupted` set."""
+        from .runner import run_explain
+
+        return run_explain(self.explainer, self.items, self.run_options, progress=progress)
+
+
+def prepare_job(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    model: str | LoadedModel | nn.Module,
+    options: JobOptions | None = None,
+    *,
+    on_note: Note | None = None,
+    stdin: TextIO | None = None,
+    **values: Any,
+) -> Job:
+    """Check a job and make it ready to run, writing nothing; UsageError (or another
+    GradcamError) when it cannot run.
+
+    `inputs`: image files, folders, globs, or "-" for paths read from `stdin` (default
+    sys.stdin). `model`: a model spec as for `load_model` ("torchvision:resnet50", "demo:shapes",
+    "file.py:Net"), or a model object as `Explainer` takes it (a LoadedModel, an nn.Module).
+    `options`, and/or the JobOptions fields as keywords (keywords win). `on_note(line)` hears
+    what the user should know before the run: files skipped inside `out` or in another run's
+    folder, the layer chosen automatically.
+    """
+    options = _options(options, values)
+    _check_model_options(model, options)
+    from .files import check_writable_dir
+    from .outlock import check_unlocked
+
+    check_writable_dir(options.out)
+    check_unlocked(options.out, options.share)
+    masks = MaskSource(options.mask) if options.mask is not None else None
+    args = [os.fspath(inputs)] if isinstance(inputs, str | os.PathLike) else inputs
+    found = collect_inputs(
+        [os.fspath(arg) for arg in args], stdin=stdin, out_dir=options.out, on_skip=on_note
+    )
+    items = select_shard(found, options.share)
+    refuse_when_nothing_exists(items)
+    explainer = _explainer(model, options)
+    classes = tuple(explainer.resolve_targets(list(options.targets)))
+    if options.topk > explainer.num_classes:
+        raise UsageError(
+            f"--topk {options.topk} is more than the model's {explainer.num_classes} classes; "
+            f"give 1–{explainer.num_classes}"
+        )
+    if explainer.layer_chosen_automatically and on_note is not None:
+        on_note(
+            f"no --layer given: using '{explainer.layers[0]}' "
+            "(the last spatial layer the logits depend on)"
+        )
+    return Job(tuple(items), explainer, options, options.run_options(classes, masks))
+
+
+def run_job(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    model: str | LoadedModel | nn.Module,
+    options: JobOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    on_note: Note | None = None,
+    stdin: TextIO | None = None,
+    **values: Any,
+) -> Report:
+    """Do what `gradcam explain` does and return its report: check, find the inputs, load the
+    model, explain every input, and write the pictures and OUT/predictions.json.
+
+        report = run_job("photos/", "torchvision:resnet50", out="runs/x", topk=3)
+
+    Arguments as for `prepare_job`; `progress` as for `Job.run`.
+    """
+    job = prepare_job(inputs, model, options, on_note=on_note, stdin=stdin, **values)
+    return job.run(progress=progress)
+
+
+def refuse_when_nothing_exists(items: Sequence[InputItem]) -> None:
+    """Inputs that all do not exist are a mistyped command (UsageError, nothing written), not
+    a run whose every image failed."""
+    if items and all(item.error == MISSING for item in items):
+        shown = ", ".join(f"'{item.source}'" for item in items[:3])
+        more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+        raise UsageError(f"no such file or directory: {shown}{more}; check the input paths")
+
+
+def _options(options: JobOptions | None, values: dict[str, Any]) -> JobOptions:
+    if options is None:
+        return JobOptions(**values)
+    return replace(options, **values) if values else options
+
+
+def _check_model_options(model: str | LoadedModel | nn.Module, options: JobOptions) -> None:
+    """Options that build a model apply to a model named by a string, not to one loaded."""
+    if isinstance(model, str):
+        return
+    defaults = {f.name: f.default for f in fields(JobOptions)}
+    given = [name for name in _MODEL_BUILDING if getattr(options, name) != defaults[name]]
+    if not options.pretrained:
+        given.insert(0, "pretrained")
+    if given:
+        raise UsageError(
+            f"{', '.join(f'{name}=' for name in given)} build a model named by a string, and "
+            'this model is built already: name the model instead ("torchvision:resnet50"), '
+            "or pass them to load_model() and give its result"
+        )
+
+
+def _explainer(model: str | LoadedModel | nn.Module, options: JobOptions) -> Explainer:
+    """Load the model (when named) and build the explainer: the heavy part, done last."""
+    from . import models
+    from .explainer import Explainer
+
+    if isinstance(model, str):
+        model = models.load_model(
+            model,
+            pretrained=options.pretrained,
+            weights=options.weights,
+            num_classes=options.num_classes,
+            labels_file=options.labels,
+            input_size=options.input_size,
+            mean=options.mean,
+            std=options.std,
+        )
+    return Explainer(
+        model,
+        options.layers,
+        method=options.method,
+        device=options.device,
+        aug_smooth=options.aug_smooth,
+        eigen_smooth=options.eigen_smooth,
+        amp=options.amp,
+    )
