@@ -17,16 +17,20 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
-from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, GradcamError, UsageError, first_line
+from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, GradcamError, first_line
 from .methods import METHODS
 from .render import INTERPOLATIONS, NORMALIZATIONS
 from .signals import EXIT_INTERRUPTED, EXIT_TERMINATED, StopState, signal_received, stop_signals
 from .stdio import EXIT_PIPE_CLOSED, StdoutClosed, data_stdout, silence_stdout
+
+if TYPE_CHECKING:
+    from .job import Job, JobOptions
+    from .report import Report
 
 # The command line as typed, set by `main` (the console script): the --resume hint repeats it.
 # None when the app is driven another way (a test's CliRunner).
@@ -466,146 +470,56 @@ def explain(
     verbose: VerboseOpt = False,
 ) -> None:
     """Explain images: overlay and heatmap PNGs per image × target × layer, plus a JSON report."""
+    _tune_cpu_allocator()
     # While the run goes on, descriptor 1 leads to stderr: a user's model that prints (from
     # Python, C or a child process) cannot put text before the JSON.
     with _exit_codes(verbose), stop_signals() as stop, data_stdout() as stdout:
-        code = _explain(**locals())
+        from .job import JobOptions, prepare_job
+
+        options = JobOptions(
+            out=out,
+            pretrained=pretrained,
+            weights=weights,
+            num_classes=num_classes,
+            labels=labels,
+            input_size=input_size,
+            mean=mean,
+            std=std,
+            layers=layer,
+            method=method,
+            aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth,
+            device=device,
+            amp=amp,
+            targets=target or (),
+            topk=topk,
+            colormap=colormap,
+            alpha=alpha,
+            interpolation=interpolation,
+            normalize=normalize,
+            overlay_format=image_format,
+            heatmap=heatmap,
+            save_raw=save_raw,
+            panel=panel,
+            report_page=report_page,
+            mask=mask,
+            min_energy=min_energy,
+            require_hit=require_hit,
+            batch_size=batch_size,
+            workers=workers,
+            shard=shard,
+            resume=resume,
+        )
+        job = prepare_job(inputs, model, options, on_note=_log, stdin=sys.stdin)
+        report = job.run(progress=_progress)
+        code = _finish(job, report, inputs, json_out, stop, stdout)
     raise typer.Exit(code)
 
 
-def _explain(
-    *,
-    inputs,
-    model,
-    layer,
-    method,
-    aug_smooth,
-    eigen_smooth,
-    target,
-    topk,
-    out,
-    json_out,
-    pretrained,
-    weights,
-    num_classes,
-    labels,
-    input_size,
-    mean,
-    std,
-    colormap,
-    alpha,
-    interpolation,
-    normalize,
-    image_format,
-    heatmap,
-    save_raw,
-    panel,
-    report_page,
-    mask,
-    min_energy,
-    require_hit,
-    batch_size,
-    device,
-    workers,
-    shard,
-    resume,
-    amp,
-    verbose,
-    stop: StopState,
-    stdout,
+def _finish(
+    job: Job, report: Report, inputs: list[str], json_out: bool, stop: StopState, stdout
 ) -> int:
-    _tune_cpu_allocator()
-    # Cheap checks first: a bad option costs no model load, and leaves nothing on disk.
-    from .files import check_image_format, check_writable_dir
-    from .methods import check_method_options
-    from .render import check_alpha, check_interpolation, check_normalization, colormap_lut
-
-    check_method_options(method, eigen_smooth=eigen_smooth)
-    check_interpolation(interpolation)
-    check_normalization(normalize)
-    colormap_lut(colormap)
-    check_alpha(alpha)
-    check_image_format(image_format)
-    if topk < 1:
-        raise UsageError(f"--topk must be at least 1, got {topk}")
-    if target and topk != 1:
-        raise UsageError("--target and --topk exclude each other: name classes or ask for top-k")
-    from .inputs import collect_inputs, parse_shard, select_shard
-    from .models import check_input_size, check_num_classes
-    from .outlock import check_unlocked
-    from .pipeline import check_batch_size, default_write_threads, parse_workers
-
-    check_input_size(input_size)
-    check_num_classes(num_classes)
-    share = parse_shard(shard) if shard is not None else None
-    decode_workers = parse_workers(workers)
-    check_batch_size(batch_size)
-    check_writable_dir(out)
-    check_unlocked(out, share)
-    from .localization import Gate, MaskSource
-
-    gate = Gate(min_energy=min_energy, require_hit=require_hit)
-    if gate.active and mask is None:
-        raise UsageError("--min-energy and --require-hit measure against a mask: add --mask PATH")
-    masks = MaskSource(mask) if mask is not None else None
-    items = select_shard(collect_inputs(inputs, stdin=sys.stdin, out_dir=out, on_skip=_log), share)
-    _refuse_when_nothing_exists(items)
-
-    from .explainer import Explainer, RenderOptions
-    from .models import load_model
-    from .runner import RunOptions, run_explain
-
-    loaded = load_model(
-        model,
-        pretrained=pretrained,
-        weights=weights,
-        num_classes=num_classes,
-        labels_file=labels,
-        input_size=input_size,
-        mean=mean,
-        std=std,
-    )
-    explainer = Explainer(
-        loaded,
-        layer,
-        method=method,
-        device=device,
-        aug_smooth=aug_smooth,
-        eigen_smooth=eigen_smooth,
-        amp=amp,
-    )
-    classes = tuple(explainer.resolve_targets(target or []))
-    if topk > explainer.num_classes:
-        raise UsageError(
-            f"--topk {topk} is more than the model's {explainer.num_classes} classes; "
-            f"give 1–{explainer.num_classes}"
-        )
-    if explainer.layer_chosen_automatically:
-        _log(
-            f"no --layer given: using '{explainer.layers[0]}' "
-            "(the last spatial layer the logits depend on)"
-        )
-    options = RunOptions(
-        out_dir=out,
-        classes=classes,
-        topk=topk,
-        batch_size=batch_size,
-        save_raw=save_raw,
-        masks=masks,
-        gate=gate,
-        workers=decode_workers,
-        write_threads=default_write_threads(),
-        shard=share,
-        overlay_format=image_format,
-        heatmap=heatmap,
-        resume=resume,
-        panel=panel,
-        report=report_page,
-        render=RenderOptions(
-            colormap=colormap, alpha=alpha, interpolation=interpolation, normalize=normalize
-        ),
-    )
-    report = run_explain(explainer, items, options, progress=_progress)
+    """Tell what the run did, on stderr; the JSON on stdout with --json; the exit code."""
     _Progress.end()
     for result in report.results:
         for warning in result.warnings:
@@ -613,20 +527,20 @@ def _explain(
         if result.status != "ok":
             _log(f"{result.input}: {result.error}")
     _log_localization(report)
-    _log_run_notes(report, batch_size)
-    summary = report.to_dict()["summary"]
+    _log_run_notes(report, job.options.batch_size)
+    summary: Any = report.to_dict()["summary"]
     if report.interrupted:
         _log(
-            f"interrupted: {summary['ok']} of {len(items)} images explained "
+            f"interrupted: {summary['ok']} of {len(job.items)} images explained "
             f"({summary['errors']} failed) in {summary['seconds']:.1f}s; report: "
-            f"{out / options.report_name}; finish with: {_resume_command(inputs)}"
+            f"{job.report_path}; finish with: {_resume_command(inputs)}"
         )
     else:
         _log(
             f"{summary['ok']}/{summary['images']} images explained in "
-            f"{summary['seconds']:.1f}s; report: {out / options.report_name}"
+            f"{summary['seconds']:.1f}s; report: {job.report_path}"
         )
-        _log_page(out, report_page, share)
+        _log_page(job.options)
     if json_out:
         try:
             stdout.write(report.to_json())
@@ -639,17 +553,6 @@ def _explain(
         _log(f"error: {report.write_error}")
         return EXIT_SOME_FAILED
     return EXIT_SOME_FAILED if report.errors or report.gate_failures else EXIT_OK
-
-
-def _refuse_when_nothing_exists(items) -> None:
-    """Inputs that all do not exist are a mistyped command (exit 2, nothing written), not a
-    run whose every image failed."""
-    from .inputs import MISSING
-
-    if items and all(item.error == MISSING for item in items):
-        shown = ", ".join(f"'{item.source}'" for item in items[:3])
-        more = f" and {len(items) - 3} more" if len(items) > 3 else ""
-        raise UsageError(f"no such file or directory: {shown}{more}; check the input paths")
 
 
 def _resume_command(inputs: list[str]) -> str:
@@ -678,12 +581,13 @@ def _log_run_notes(report, batch_size: int) -> None:
         )
 
 
-def _log_page(out: Path, report_page: bool, share) -> None:
+def _log_page(options: JobOptions) -> None:
     from .htmlreport import PAGE_NAME
 
-    if report_page and share is None:
+    out = options.out
+    if options.report_page and options.shard is None:
         _log(f"page: {out / PAGE_NAME}")
-    elif report_page:  # one share's page would show one share: the merged report makes it
+    elif options.report_page:  # one share's page shows one share: the merged report makes it
         _log(
             f"--report: when every share is done, run `gradcam merge {out}`, "
             f"then `gradcam report {out}`"
