@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import LayerError, TargetError, first_line
 from .guided import guided_relus
-from .layers import LayerRef, extract_logits
+from .layers import LayerRef, extract_logits, resolve_layer
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
 from .methods import CamMethod, LayerView, get_method
 from .modelstate import frozen_eval, removing
@@ -161,7 +161,7 @@ def _choose_targets(scores: torch.Tensor, classes: Sequence[int] | None, topk: i
 def explain_batch(
     model: nn.Module,
     images: torch.Tensor,
-    layers: Sequence[LayerRef],
+    layers: str | LayerRef | Sequence[str | LayerRef],
     *,
     classes: Sequence[int] | None = None,
     topk: int = 1,
@@ -184,7 +184,7 @@ def explain_batch(
     batch: the summed scores' gradient w.r.t. A holds each image's own gradient.
     """
     method = get_method(method) if isinstance(method, str) else method or get_method("gradcam")
-    settings = _Settings(method, tuple(layers), outputs_probabilities, eigen_smooth)
+    settings = _Settings(method, _layer_refs(model, layers), outputs_probabilities, eigen_smooth)
     with frozen_eval(model), torch.enable_grad():
         first = _explain_view(model, images, settings, lambda s: _choose_targets(s, classes, topk))
         maps, guided_gradients = first.maps, first.guided_gradients
@@ -201,6 +201,14 @@ def explain_batch(
         maps={name: m.detach().float().cpu() for name, m in maps.items()},
         guided={name: g.detach().float().cpu() for name, g in guided.items()},
     )
+
+
+def _layer_refs(
+    model: nn.Module, layers: str | LayerRef | Sequence[str | LayerRef]
+) -> tuple[LayerRef, ...]:
+    """Dotted paths ("layer4", "layer4@1") resolved on `model`; LayerRefs as they are."""
+    items = [layers] if isinstance(layers, (str, LayerRef)) else list(layers)
+    return tuple(resolve_layer(model, i) if isinstance(i, str) else i for i in items)
 
 
 @dataclass(frozen=True)

@@ -13,20 +13,36 @@ The CLI's batch runner uses exactly this object; nothing here writes files.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import copy
+import io
+import itertools
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import overload
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from .engine import explain_batch
-from .errors import LayerError, TargetError, UsageError, did_you_mean, running_user_code
+from .errors import (
+    LayerError,
+    TargetError,
+    UnknownLayerError,
+    UsageError,
+    did_you_mean,
+    running_user_code,
+)
 from .guided import guided_picture
+from .inputs import decode_image
 from .layers import LayerRef, Probe, parse_layers, probe_layers, resolve_layer
 from .localization import Localization, localize
 from .methods import check_method_options
-from .models import LoadedModel
+from .models import LoadedModel, as_loaded_model
+from .preprocess import Preprocess
 from .render import colormap_lut, heatmap_image, normalize_map, overlay_image, place_map
 from .report import Prediction, TargetRef
 
@@ -83,15 +99,38 @@ class ImageExplanation:
     # Guided methods only: (class index, layer) → signed input-resolution image [3, H, W].
     guided: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
     method: str = ""  # the method's name, for captions (`--panel`)
+    source: str | None = None  # the file it was read from, when it was given as a path
+    # The Explainer that made it: what `save` records about the model, method and layers.
+    explainer: Explainer | None = field(default=None, repr=False, compare=False)
 
-    def raw(self, target: TargetRef | int, layer: str | None = None) -> np.ndarray:
-        index = target.index if isinstance(target, TargetRef) else int(target)
+    def raw(self, target: TargetRef | int | None = None, layer: str | None = None) -> np.ndarray:
+        """The raw map [h, w] (float32, after ReLU) of `target` (default: the first explained,
+        the predicted class unless targets were given) at `layer` (default: the first)."""
+        index = self._index(target)
         layer = layer or next(name for (i, name) in self.maps if i == index)
         return self.maps[(index, layer)]
 
+    def _index(self, target: TargetRef | int | None) -> int:
+        if target is None:
+            return self.targets[0].index
+        index = target.index if isinstance(target, TargetRef) else int(target)
+        if index not in {t.index for t in self.targets}:
+            explained = ", ".join(str(t.index) for t in self.targets)
+            raise TargetError(
+                f"class {index} was not explained for this image (explained: {explained}); "
+                "pass targets=[...] to explain()"
+            )
+        return index
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows the result as its overlay."""
+        buffer = io.BytesIO()
+        self.overlay().save(buffer, format="PNG")
+        return buffer.getvalue()
+
     def placed(
         self,
-        target: TargetRef | int,
+        target: TargetRef | int | None = None,
         layer: str | None = None,
         options: RenderOptions = RenderOptions(),
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +140,7 @@ class ImageExplanation:
 
     def pictures(
         self,
-        target: TargetRef | int,
+        target: TargetRef | int | None = None,
         layer: str | None = None,
         options: RenderOptions = RenderOptions(),
     ) -> tuple[Image.Image, Image.Image]:
@@ -116,7 +155,7 @@ class ImageExplanation:
 
     def overlay(
         self,
-        target: TargetRef | int,
+        target: TargetRef | int | None = None,
         layer: str | None = None,
         options: RenderOptions = RenderOptions(),
     ) -> Image.Image:
@@ -127,20 +166,20 @@ class ImageExplanation:
         )
 
     def localize(
-        self, target: TargetRef | int, mask: np.ndarray, layer: str | None = None
+        self, target: TargetRef | int | None, mask: np.ndarray, layer: str | None = None
     ) -> Localization:
         """Hit, energy and IoU of this map against a bool mask [H, W] on the photo."""
         return localize(self.raw(target, layer), mask, self.crop_box)
 
     def guided_picture(
         self,
-        target: TargetRef | int,
+        target: TargetRef | int | None = None,
         layer: str | None = None,
         options: RenderOptions = RenderOptions(),
     ) -> Image.Image | None:
         """Guided methods: the guided image on the photo (RGBA, grey = zero gradient,
         transparent outside the crop); None for other methods."""
-        index = target.index if isinstance(target, TargetRef) else int(target)
+        index = self._index(target)
         layer = layer or next((name for (i, name) in self.guided if i == index), None)
         gradient = self.guided.get((index, layer)) if layer else None
         if gradient is None:
@@ -148,31 +187,53 @@ class ImageExplanation:
         return guided_picture(gradient, self.image.size, self.crop_box, options.interpolation)
 
 
+LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+
+
 class Explainer:
-    """A loaded model made ready to explain: device, layers resolved and checked, method."""
+    """A model made ready to explain: device, layers resolved and checked, method.
+
+        cam = Explainer(model, layers="layer4")   # an nn.Module, "torchvision:resnet50", ...
+        result = cam.explain("cat.jpg")           # a path, PIL image or H×W×3 array
+        result.overlay()                          # PIL image at the photo's size
+        maps = cam(x, targets=[281])              # preprocessed [B,3,H,W] → raw maps [B,K,h,w]
+
+    `model`: an nn.Module (taken as it is: the caller's module is never moved to another
+    device, left in another mode, with hooks, or with changed requires_grad or .grad), a
+    `--model` spec such as "torchvision:resnet50" or "demo:shapes" (loaded with
+    `load_model`), or a LoadedModel (the library's own: it is moved to `device`).
+    `layers`: a dotted path ("layer4", "features.-1"), comma-separated paths, a module of the
+    model, a list of those, or None for the automatic choice. `device`: None keeps the model
+    where it is; another device explains on a copy of an nn.Module (its memory twice).
+    `preprocess`, `labels`: replace the model's own (timm models carry their data config).
+    """
 
     def __init__(
         self,
-        loaded: LoadedModel,
-        layers: str | Sequence[str] | None = None,
+        model: nn.Module | LoadedModel | str,
+        layers: LayerSpec = None,
         *,
         method: str = "gradcam",
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
+        preprocess: Preprocess | None = None,
+        labels: Sequence[str] | None = None,
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
         amp: str | None = None,
     ):
+        loaded = as_loaded_model(model, preprocess=preprocess, labels=labels)
         self.loaded = loaded
         self.method = check_method_options(method, eigen_smooth=eigen_smooth)
         self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.device = _device_for(loaded.model, device)
         self.amp = amp
         self._amp_dtype = _amp_dtype(amp, self.device)
-        self.model = loaded.model.to(self.device)
+        self.model = _on_device(loaded, self.device)
         self.probe: Probe = probe_layers(
             self.model, loaded.preprocess.input_size, self.device, model_name=loaded.title
         )
-        names = parse_layers(layers)
+        names = parse_layers(_layer_names(loaded.model, layers))
         self.layer_chosen_automatically = not names
         if not names:
             names = [self.probe.default_layer()]
@@ -255,21 +316,53 @@ class Explainer:
 
     # -- the work --------------------------------------------------------------------------
 
+    @overload
     def explain(
         self,
-        images: Sequence[Image.Image],
+        images: ImageInput,
         *,
-        classes: Sequence[int] | None = None,
+        targets: Sequence[int | str] | None = None,
         topk: int = 1,
+        classes: Sequence[int] | None = None,
         arrays: Sequence[np.ndarray] | None = None,
-    ) -> list[ImageExplanation]:
-        """Explain RGB images: the given classes for each, else each image's top-k.
+    ) -> ImageExplanation: ...
 
-        `arrays` are the images already preprocessed (`Preprocess.to_array`), as the batch
-        runner's decode workers make them; by default they are made here.
+    @overload
+    def explain(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        targets: Sequence[int | str] | None = None,
+        topk: int = 1,
+        classes: Sequence[int] | None = None,
+        arrays: Sequence[np.ndarray] | None = None,
+    ) -> list[ImageExplanation]: ...
+
+    def explain(
+        self,
+        images,
+        *,
+        targets=None,
+        topk=1,
+        classes=None,
+        arrays=None,
+    ):
+        """Explain images: `targets` (class indices or labels) for each, else each image's
+        top-k. An image is a file path, a PIL image or an H×W×3 uint8 array; one image gives
+        one ImageExplanation, a list gives a list.
+
+        `classes` are class indices already checked (the batch runner's); `arrays` the images
+        already preprocessed (`Preprocess.to_array`), as its decode workers make them.
         """
+        if _is_one_image(images) or not isinstance(images, Sequence | Iterator):
+            return self.explain([images], targets=targets, topk=topk, classes=classes)[0]
+        images = list(images)
         if topk < 1:
             raise UsageError(f"--topk must be at least 1, got {topk}")
+        if targets is not None:
+            classes = self.resolve_targets(list(targets))
+        sources = [_source_of(image) for image in images]
+        images = [_as_photo(image) for image in images]
         if arrays is None:
             arrays = [self.loaded.preprocess.to_array(image) for image in images]
         batch = torch.from_numpy(np.stack(arrays))
@@ -277,7 +370,25 @@ class Explainer:
             batch = batch.pin_memory()
         with self._autocast():
             result = self._explain_tensor(batch.to(self.device, non_blocking=True), classes, topk)
-        return [self._image_explanation(i, image, result) for i, image in enumerate(images)]
+        return [
+            self._image_explanation(i, image, result, source)
+            for i, (image, source) in enumerate(zip(images, sources, strict=True))
+        ]
+
+    def __call__(
+        self, x: torch.Tensor, targets: Sequence[int | str] | None = None, topk: int = 1
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Raw maps of a preprocessed batch [B, 3, H, W]: [B, K, h, w] float32 on x's device
+        (K: the targets, else the top-k classes), after ReLU, before any resizing; a dict by
+        layer name when several layers are explained."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise UsageError(f"x must be a tensor [B, 3, H, W], got {shape}")
+        classes = self.resolve_targets(list(targets)) if targets is not None else None
+        with self._autocast():
+            result = self._explain_tensor(x.to(self.device), classes, topk)
+        maps = {name: m.to(x.device) for name, m in result.maps.items()}
+        return next(iter(maps.values())) if len(maps) == 1 else maps
 
     def _autocast(self):
         if self._amp_dtype is None:
@@ -297,7 +408,9 @@ class Explainer:
             eigen_smooth=self.eigen_smooth,
         )
 
-    def _image_explanation(self, i: int, image: Image.Image, result) -> ImageExplanation:
+    def _image_explanation(
+        self, i: int, image: Image.Image, result, source: str | None = None
+    ) -> ImageExplanation:
         probabilities, scores = result.probabilities[i], result.scores[i]
         top = probabilities.topk(min(5, probabilities.numel())).indices.tolist()
         predictions = [
@@ -316,7 +429,80 @@ class Explainer:
             for rank, target in enumerate(targets)
         }
         box = self.loaded.preprocess.crop_box(*image.size)
-        return ImageExplanation(image, box, predictions, targets, maps, guided, self.method.name)
+        return ImageExplanation(
+            image, box, predictions, targets, maps, guided, self.method.name, source, self
+        )
+
+
+def _device_for(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """The device asked for, checked; None: where the model's parameters already are."""
+    if device is None:
+        tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def _on_device(loaded: LoadedModel, device: torch.device) -> nn.Module:
+    """The model on `device`: your nn.Module is copied there, never moved; a model the library
+    loaded is moved."""
+    model = loaded.model
+    if all(t.device == device for t in itertools.chain(model.parameters(), model.buffers())):
+        return model
+    if loaded.source == "module":
+        return copy.deepcopy(model).to(device)
+    return model.to(device)
+
+
+def _layer_names(model: nn.Module, layers: LayerSpec) -> str | list[str] | None:
+    """Module objects in `layers` → their dotted names in `model`; paths pass through."""
+    if layers is None or isinstance(layers, str):
+        return layers
+    items = [layers] if isinstance(layers, nn.Module) else list(layers)
+    names = {id(module): name for name, module in model.named_modules() if name}
+    found = []
+    for item in items:
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, nn.Module) and id(item) in names:
+            found.append(names[id(item)])
+        else:
+            what = type(item).__name__
+            raise UnknownLayerError(
+                f"layers=: the {what} given is not a submodule of the model; give one of its "
+                "modules (model.layer4) or a dotted path ('layer4')"
+            )
+    return found
+
+
+def _is_one_image(images: object) -> bool:
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return True
+    return isinstance(images, np.ndarray) and images.ndim in (2, 3)
+
+
+def _source_of(image: ImageInput) -> str | None:
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
+
+
+def _as_photo(image: ImageInput) -> Image.Image:
+    """A path (decoded as the CLI decodes it), a PIL image or an H×W(×3) array → RGB image."""
+    if isinstance(image, (str, os.PathLike)):
+        return decode_image(Path(image)).image
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.dtype != np.uint8:
+            raise UsageError(
+                f"an image array must be uint8 H×W×3 (values 0–255), got {array.dtype}; "
+                "for float pixels in [0, 1] pass (array * 255).round().astype('uint8')"
+            )
+        if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
+            return Image.fromarray(array.squeeze()).convert("RGB")
+        raise UsageError(f"an image array must be H×W×3, got shape {array.shape}")
+    raise UsageError(
+        f"an image is a file path, a PIL image or an H×W×3 array, not {type(image).__name__}"
+    )
 
 
 AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}

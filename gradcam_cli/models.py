@@ -46,6 +46,7 @@ from .preprocess import Preprocess
 __all__ = [
     "LoadedModel",
     "load_model",
+    "as_loaded_model",
     "check_input_size",
     "check_num_classes",
     "parse_model_spec",
@@ -69,7 +70,7 @@ class LoadedModel:
 
     model: nn.Module
     name: str
-    source: str  # "timm" | "torchvision" | "demo" | "custom"
+    source: str  # "timm" | "torchvision" | "demo" | "custom" (a factory) | "module" (built by you)
     # "pretrained:<id>", "embedded:<file>" (demo), a file path, "random" (seeded) or "factory"
     weights: str
     preprocess: Preprocess
@@ -85,7 +86,63 @@ class LoadedModel:
 
 
 def _title(source: str, name: str) -> str:
-    return f"your model {name}" if source == "custom" else f"{source}:{name}"
+    return f"your model {name}" if source in ("custom", "module") else f"{source}:{name}"
+
+
+def as_loaded_model(
+    model: nn.Module | LoadedModel | str,
+    *,
+    preprocess: Preprocess | None = None,
+    labels: Sequence[str] | None = None,
+) -> LoadedModel:
+    """What `Explainer` accepts, made a LoadedModel: a `--model` spec is loaded (load_model), a
+    LoadedModel is kept, and an nn.Module you built is taken as it is (weights, mode, device:
+    nothing is changed), with the preprocessing of its timm data config when it has one, else
+    the documented defaults for your own model (`custom_preprocess`). `preprocess` and
+    `labels` replace what the model comes with."""
+    if isinstance(model, str):
+        loaded = load_model(model)
+    elif isinstance(model, LoadedModel):
+        loaded = model
+    elif isinstance(model, nn.Module):
+        loaded = LoadedModel(
+            model,
+            name=type(model).__name__,
+            source="module",
+            weights="yours",
+            preprocess=_module_preprocess(model),
+            labels=_module_labels(model),
+        )
+    else:
+        raise UsageError(
+            f"model= takes an nn.Module, a name such as 'torchvision:resnet50' or a LoadedModel, "
+            f"not {type(model).__name__}"
+        )
+    if preprocess is not None:
+        if not isinstance(preprocess, Preprocess):
+            raise UsageError(
+                f"preprocess= takes a gradcam_cli.Preprocess, not {type(preprocess).__name__}"
+            )
+        loaded = replace(loaded, preprocess=preprocess)
+    if labels is not None:
+        loaded = replace(loaded, labels=[str(label) for label in labels])
+    return loaded
+
+
+def _module_preprocess(model: nn.Module) -> Preprocess:
+    """timm models carry their data config (pretrained_cfg); other modules get the defaults."""
+    if getattr(model, "pretrained_cfg", None):
+        return _timm_preprocess(model)
+    return custom_preprocess()
+
+
+def _module_labels(model: nn.Module) -> list[str] | None:
+    if getattr(model, "pretrained_cfg", None):
+        try:
+            return _timm_labels(model)
+        except Exception:  # a config timm cannot map to ImageNet's classes: no names
+            return None
+    return None
 
 
 # -- option values -----------------------------------------------------------------------------

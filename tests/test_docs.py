@@ -75,6 +75,8 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
     assert namespace["raw"].shape == (7, 7)
     assert namespace["overlay"].size == namespace["heatmap"].size == (200, 150)
+    assert tuple(namespace["maps"].shape) == (8, 1, 7, 7)
+    assert namespace["result"].source == "cat.jpg"
 
 
 def test_exit_codes_table_covers_the_contract():
