@@ -17,6 +17,11 @@ _EXPORTS = {
     "load_model": "models",
     "LoadedModel": "models",
     "Explainer": "explainer",
+    "run_job": "job",
+    "prepare_job": "job",
+    "JobOptions": "job",
+    "Job": "job",
+    "Report": "report",
     "ImageExplanation": "explainer",
     "RenderOptions": "explainer",
     "explain_batch": "engine",
@@ -38,6 +43,10 @@ if TYPE_CHECKING:
     from .explainer import Explainer as Explainer
     from .explainer import ImageExplanation as ImageExplanation
     from .explainer import RenderOptions as RenderOptions
+    from .job import Job as Job
+    from .job import JobOptions as JobOptions
+    from .job import prepare_job as prepare_job
+    from .job import run_job as run_job
     from .localization import Localization as Localization
     from .localization import localize as localize
     from .localization import read_mask as read_mask
@@ -45,6 +54,7 @@ if TYPE_CHECKING:
     from .models import LoadedModel as LoadedModel
     from .models import load_model as load_model
     from .preprocess import Preprocess as Preprocess
+    from .report import Report as Report
 
 
 def __getattr__(name: str) -> Any:

@@ -100,8 +100,45 @@ class ImageExplanation:
     guided: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
     method: str = ""  # the method's name, for captions (`--panel`)
     source: str | None = None  # the file it was read from, when it was given as a path
-    # The Explainer that made it: what `save` records about the model, method and layers.
+    # The Explainer that made it and what was asked of it (class indices, or top-k): what
+    # `save` records about the model, method, layers and options.
     explainer: Explainer | None = field(default=None, repr=False, compare=False)
+    request: tuple[tuple[int, ...], int] = field(default=((), 1), repr=False, compare=False)
+
+    def save(
+        self,
+        out: str | os.PathLike,
+        *,
+        render: RenderOptions = RenderOptions(),
+        overlay_format: str = "png",
+        heatmap: bool = True,
+        save_raw: bool = False,
+        panel: bool = False,
+        report: bool = False,
+    ) -> Path:
+        """Write what `gradcam explain` writes for this image into the folder `out`: overlay,
+        heatmap (raw .npy, panel, page with the options that say so) and predictions.json.
+        Returns the report's path. The file names start with the photo's name ('image' for an
+        array or a PIL image)."""
+        from .files import check_image_format
+        from .runner import RunOptions, save_explanations
+
+        if self.explainer is None:
+            raise UsageError("this explanation was not made by an Explainer: nothing to save")
+        classes, topk = self.request
+        options = RunOptions(
+            out_dir=Path(out),
+            classes=classes,
+            topk=topk,
+            save_raw=save_raw,
+            render=render,
+            overlay_format=check_image_format(overlay_format),
+            heatmap=heatmap,
+            panel=panel,
+            report=report,
+        )
+        save_explanations(self.explainer, [self], options)
+        return Path(out) / options.report_name
 
     def raw(self, target: TargetRef | int | None = None, layer: str | None = None) -> np.ndarray:
         """The raw map [h, w] (float32, after ReLU) of `target` (default: the first explained,
@@ -370,8 +407,9 @@ class Explainer:
             batch = batch.pin_memory()
         with self._autocast():
             result = self._explain_tensor(batch.to(self.device, non_blocking=True), classes, topk)
+        request = (tuple(classes or ()), 1 if classes else topk)
         return [
-            self._image_explanation(i, image, result, source)
+            self._image_explanation(i, image, result, source, request)
             for i, (image, source) in enumerate(zip(images, sources, strict=True))
         ]
 
@@ -409,7 +447,7 @@ class Explainer:
         )
 
     def _image_explanation(
-        self, i: int, image: Image.Image, result, source: str | None = None
+        self, i: int, image: Image.Image, result, source: str | None = None, request=((), 1)
     ) -> ImageExplanation:
         probabilities, scores = result.probabilities[i], result.scores[i]
         top = probabilities.topk(min(5, probabilities.numel())).indices.tolist()
@@ -430,7 +468,7 @@ class Explainer:
         }
         box = self.loaded.preprocess.crop_box(*image.size)
         return ImageExplanation(
-            image, box, predictions, targets, maps, guided, self.method.name, source, self
+            image, box, predictions, targets, maps, guided, self.method.name, source, self, request
         )
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "InputItem",
     "DecodedImage",
     "collect_inputs",
+    "output_keys",
     "decode_image",
     "decode_reason",
     "load_image",
@@ -460,6 +461,12 @@ def _describe_args(args: Sequence[str]) -> str:
 
 
 # -- keys ----------------------------------------------------------------------------------
+
+
+def output_keys(names: Sequence[str]) -> list[str]:
+    """The output keys `gradcam explain` gives files named one by one: each file's name
+    without its extension, made safe and unique ('a/cat.jpg', 'b/cat.png' → 'cat', 'cat-2')."""
+    return _unique_keys([_key_from_parts((Path(name).stem or Path(name).name,)) for name in names])
 
 
 def _key_from_parts(parts: tuple[str, ...]) -> str:

@@ -31,7 +31,7 @@ from .files import (
     write_text_atomic,
 )
 from .htmlreport import save_thumbnail, write_page
-from .inputs import InputItem
+from .inputs import InputItem, output_keys
 from .localization import Gate, MaskSource, localization_record, localize, read_mask
 from .oom import BatchSplitter
 from .outlock import output_lock
@@ -55,7 +55,14 @@ from .resume import (
 )
 from .signals import stop_requested
 
-__all__ = ["RunOptions", "run_explain", "artifact_stem", "REPORT_NAME", "shard_report_name"]
+__all__ = [
+    "RunOptions",
+    "run_explain",
+    "save_explanations",
+    "artifact_stem",
+    "REPORT_NAME",
+    "shard_report_name",
+]
 
 ZERO_MAP_WARNING = "the map is all zero: no positive evidence for this class at this layer"
 NONFINITE_MAP_WARNING = (
@@ -124,17 +131,7 @@ def _run_locked(
     progress: Callable[[int, int], None] | None,
 ) -> Report:
     start = time.perf_counter()
-    report = Report(
-        model=explainer.loaded.describe(),
-        method=explainer.method.name,
-        layers=[str(ref) for ref in explainer.layers],
-        device=str(explainer.device),
-        out=str(options.out_dir),
-        preprocess=explainer.loaded.preprocess.describe(),
-        options=_options_record(options),
-        method_options=_method_options(explainer),
-        measures_localization=options.masks is not None,
-    )
+    report = _new_report(explainer, options)
     report_path = resolve_inside(options.out_dir, options.report_name)
     reused = _previous_results(report, items, report_path, options) if options.resume else {}
     ledger = Ledger.start(len(items), reused)
@@ -187,6 +184,44 @@ def _run_locked(
         report.write_error = f"cannot write the report {report_path}: {os_reason(exc)}"
     if options.report and options.shard is None:  # a share's page would show a share only
         write_page(options.out_dir, report.to_dict())
+    return report
+
+
+def _new_report(explainer: Explainer, options: RunOptions) -> Report:
+    return Report(
+        model=explainer.loaded.describe(),
+        method=explainer.method.name,
+        layers=[str(ref) for ref in explainer.layers],
+        device=str(explainer.device),
+        out=str(options.out_dir),
+        preprocess=explainer.loaded.preprocess.describe(),
+        options=_options_record(options),
+        method_options=_method_options(explainer),
+        measures_localization=options.masks is not None,
+    )
+
+
+def save_explanations(
+    explainer: Explainer, explanations: Sequence[ImageExplanation], options: RunOptions
+) -> Report:
+    """Write what `gradcam explain` writes for explanations already made in Python: their
+    pictures and OUT/predictions.json (and the page with options.report), under --out's lock.
+    Keys come from the files the images were read from ('image' for arrays and PIL images)."""
+    start = time.perf_counter()
+    names = [e.source or "image" for e in explanations]
+    items = [
+        InputItem(source=name, path=None, key=key)
+        for name, key in zip(names, output_keys(names), strict=True)
+    ]
+    with output_lock(options.out_dir, options.shard):
+        report = _new_report(explainer, options)
+        report.results = [
+            _save(item, e, options) for item, e in zip(items, explanations, strict=True)
+        ]
+        report.seconds = time.perf_counter() - start
+        write_text_atomic(resolve_inside(options.out_dir, options.report_name), report.to_json())
+        if options.report and options.shard is None:
+            write_page(options.out_dir, report.to_dict())
     return report
 
 

@@ -66,13 +66,20 @@ def test_readme_json_example_has_exactly_the_keys_a_real_run_writes(tmp_path, mo
     assert real["results"][1]["status"] == example["results"][1]["status"] == "error"
 
 
-def test_python_api_example_runs(tmp_path, monkeypatch):
-    [block] = fenced_blocks("python")
+def test_python_api_examples_run(tmp_path, monkeypatch):
+    blocks = fenced_blocks("python")
+    assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (150, 200, 3), dtype=np.uint8)).save("cat.jpg")
     namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    for block in blocks:  # in order, as a notebook would run them
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert json.loads(Path("runs/cat/predictions.json").read_text())["results"][0]["input"] == (
+        "cat.jpg"
+    )
+    assert namespace["report"].errors == 0
+    assert (Path("runs/demo") / namespace["report"].results[0].explanations[0].overlay).is_file()
     assert namespace["raw"].shape == (7, 7)
     assert namespace["overlay"].size == namespace["heatmap"].size == (200, 150)
     assert tuple(namespace["maps"].shape) == (8, 1, 7, 7)

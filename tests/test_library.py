@@ -3,6 +3,8 @@ path, a PIL image or an array, `cam(x)` on tensors, and the caller's model left 
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +185,53 @@ def test_bad_inputs_to_the_call_say_what_is_expected(cam):
         cam(torch.rand(3, 64, 64))
     with pytest.raises(UsageError, match="model= takes an nn.Module"):
         gc.Explainer(42)
+
+
+SCENES = Path(__file__).resolve().parents[1] / "sample_images" / "scenes"
+
+
+def files_and_report(out: Path) -> tuple[dict[str, bytes], dict]:
+    files = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    report = json.loads(files.pop("predictions.json"))
+    report["summary"].pop("seconds")
+    report.pop("out")
+    return files, report
+
+
+@pytest.mark.parametrize(
+    ("explain_kwargs", "save_kwargs", "cli_args"),
+    [
+        ({"topk": 2}, {"save_raw": True}, ["--topk", "2", "--save-raw"]),
+        ({"targets": ["star"]}, {"heatmap": False, "overlay_format": "jpg"},
+         ["--target", "star", "--no-heatmap", "--format", "jpg"]),
+    ],
+)  # fmt: skip
+def test_save_writes_exactly_what_the_cli_writes(
+    tmp_path, monkeypatch, explain_kwargs, save_kwargs, cli_args
+):
+    from typer.testing import CliRunner
+
+    from gradcam_cli.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(SCENES / "two_circle_star.png", "scene.png")
+    cli = CliRunner().invoke(
+        app,
+        ["explain", "scene.png", "-m", "demo:shapes", "--workers", "0", "--out", "cli", *cli_args],
+    )
+    assert cli.exit_code == 0, cli.output
+    result = gc.Explainer("demo:shapes").explain("scene.png", **explain_kwargs)
+    assert result.save("py", **save_kwargs) == Path("py") / "predictions.json"
+    cli_files, cli_report = files_and_report(tmp_path / "cli")
+    py_files, py_report = files_and_report(tmp_path / "py")
+    assert py_files.keys() == cli_files.keys() and py_files
+    assert py_files == cli_files  # the same bytes: overlays, heatmaps, raw maps
+    assert py_report == cli_report
+
+
+def test_an_array_is_saved_under_the_name_image(tmp_path, cam):
+    result = cam.explain(np.zeros((40, 50, 3), np.uint8))
+    report = json.loads(result.save(tmp_path / "out").read_text())
+    assert report["results"][0]["input"] == "image"
+    overlay = report["results"][0]["explanations"][0]["overlay"]
+    assert overlay.startswith("image.") and (tmp_path / "out" / overlay).is_file()
