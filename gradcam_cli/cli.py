@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, GradcamError, first_line
+from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, GradcamError, as_cli_flags, first_line
 from .methods import METHODS
 from .render import INTERPOLATIONS, NORMALIZATIONS
 from .signals import EXIT_INTERRUPTED, EXIT_TERMINATED, StopState, signal_received, stop_signals
@@ -169,7 +169,7 @@ def _exit_codes(verbose: bool) -> Iterator[None]:
     except GradcamError as exc:
         if verbose:
             traceback.print_exc()
-        _log(f"error: {exc}")
+        _log(f"error: {as_cli_flags(str(exc))}")  # the library names device=, the CLI --device
         raise typer.Exit(exc.exit_code) from None
     except typer.Exit:
         raise
@@ -199,7 +199,7 @@ def _one_line_warnings(verbose: bool) -> Iterator[None]:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    _log(f"warning: {' '.join(str(message).split())}")
+    _log(f"warning: {as_cli_flags(' '.join(str(message).split()))}")
 
 
 def _tune_cpu_allocator() -> None:

@@ -414,7 +414,7 @@ class _HeadRunner:
     def _fall_back(self, reason: str) -> None:
         self.head_only = False
         warnings.warn(
-            f"--method {self.method_name} at layer '{self.ref}': {reason} (something from before "
+            f"method='{self.method_name}' at layer '{self.ref}': {reason} (something from before "
             "the layer reaches the classifier, e.g. a skip connection); using full forward "
             "passes instead: correct, but slower",
             HeadOnlyFallbackWarning,
@@ -451,8 +451,8 @@ def _explain_augmented(
     except RuntimeError as exc:
         h, w = images.shape[2:]
         raise LayerError(
-            f"--aug-smooth runs the model on rescaled copies of the image ({h}×{w}) and the "
-            f"model failed on one ({first_line(exc)}); drop --aug-smooth for this model"
+            f"aug_smooth=True runs the model on rescaled copies of the image ({h}×{w}) and the "
+            f"model failed on one ({first_line(exc)}); drop aug_smooth=True for this model"
         ) from exc
 
 

@@ -7,6 +7,7 @@ Every message says what went wrong and what to do next. Importing this module is
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -76,6 +77,40 @@ class ImageReadError(GradcamError):
 class UserCodeError(GradcamError):
     """A model's own code (the user's model file, its factory, a forward pass while the model
     is probed) raised an exception or called sys.exit before any image was processed."""
+
+
+# The library's errors name its own parameters, written `name=value` (`device='cuda'`,
+# `targets=4`, `eigen_smooth=True`); the CLI shows them as the flags that set them
+# (`--device cuda`, `--target 4`, `--eigen-smooth`) through `as_cli_flags`.
+PARAMETER_FLAGS = {
+    "device": "--device",
+    "targets": "--target",
+    "topk": "--topk",
+    "method": "--method",
+    "amp": "--amp",
+    "layers": "--layer",
+    "labels": "--labels",
+    "eigen_smooth": "--eigen-smooth",
+    "aug_smooth": "--aug-smooth",
+}
+_BOOLEAN_FLAGS = {"eigen_smooth", "aug_smooth"}
+_PARAMETER = re.compile(
+    r"\b(" + "|".join(PARAMETER_FLAGS) + r")=(?:'([^']*)'|(\[[^\]]*\]|[^\s,;:()]+))?"
+)
+
+
+def as_cli_flags(message: str) -> str:
+    """A library message as the command line says it: `device='cuda'` → `--device cuda`,
+    `eigen_smooth=True` → `--eigen-smooth`, `targets=` → `--target`."""
+
+    def flag(match: re.Match[str]) -> str:
+        name, quoted, bare = match.group(1), match.group(2), match.group(3)
+        value = quoted if quoted is not None else bare
+        if name in _BOOLEAN_FLAGS or not value:
+            return PARAMETER_FLAGS[name]
+        return f"{PARAMETER_FLAGS[name]} {value}"
+
+    return _PARAMETER.sub(flag, message)
 
 
 def first_line(exc: BaseException) -> str:

@@ -72,16 +72,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"unknown --device '{name}'; use auto, cpu, cuda, cuda:N or mps") from None
+        raise UsageError(f"unknown device='{name}'; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+            raise UsageError("device='cuda': no CUDA GPU is visible to torch; use device='cpu'")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise UsageError(f"device='{name}': only {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise UsageError("--device mps: Apple MPS is not available here; use --device cpu")
+            raise UsageError("device='mps': Apple MPS is not available here; use device='cpu'")
     elif device.type != "cpu":
         raise UsageError(f"unsupported --device '{name}'; use auto, cpu, cuda, cuda:N or mps")
     return device
@@ -306,7 +306,7 @@ class Explainer:
         probe_image = torch.rand(1, 3, *self.loaded.preprocess.input_size, generator=generator)
         h, w = self.loaded.preprocess.input_size
         with running_user_code(
-            f"running {self.loaded.title} with --method {self.method.name} on a {h}×{w} image",
+            f"running {self.loaded.title} with method='{self.method.name}' on a {h}×{w} image",
             "fix the model, or rerun with --verbose for the traceback",
         ):
             explain_batch(
@@ -340,14 +340,14 @@ class Explainer:
             index = int(text)
             if not 0 <= index < self.num_classes:
                 raise TargetError(
-                    f"--target {index} is out of range: the model has "
+                    f"targets={index} is out of range: the model has "
                     f"{self.num_classes} classes (0–{self.num_classes - 1})"
                 )
             return index
         if not self.labels:
             raise TargetError(
-                f"--target '{text}': this model has no class names; give a class "
-                f"index 0–{self.num_classes - 1} or name the classes with --labels"
+                f"targets='{text}': this model has no class names; give a class "
+                f"index 0–{self.num_classes - 1} or name the classes with labels="
             )
         return _label_index(text, self.labels)
 
@@ -395,7 +395,7 @@ class Explainer:
             return self.explain([images], targets=targets, topk=topk, classes=classes)[0]
         images = list(images)
         if topk < 1:
-            raise UsageError(f"--topk must be at least 1, got {topk}")
+            raise UsageError(f"topk= must be at least 1, got {topk}")
         if targets is not None:
             classes = self.resolve_targets(list(targets))
         sources = [_source_of(image) for image in images]
@@ -551,9 +551,9 @@ def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
     if amp is None:
         return None
     if amp not in AMP_DTYPES:
-        raise UsageError(f"--amp takes bf16 or fp16, got '{amp}'" + did_you_mean(amp, AMP_DTYPES))
+        raise UsageError(f"amp= takes bf16 or fp16, got '{amp}'" + did_you_mean(amp, AMP_DTYPES))
     if amp == "fp16" and device.type == "cpu":
-        raise UsageError("--amp fp16 needs a GPU; on the CPU use --amp bf16")
+        raise UsageError("amp='fp16' needs a GPU; on the CPU use amp='bf16'")
     return getattr(torch, AMP_DTYPES[amp])
 
 
@@ -571,10 +571,10 @@ def _label_index(text: str, labels: Sequence[str]) -> int:
         return matches[0]
     if len(matches) > 1:
         listed = ", ".join(f"{i} ({labels[i]})" for i in matches[:5])
-        raise TargetError(f"--target '{text}' names several classes: {listed}; give the index")
+        raise TargetError(f"targets='{text}' names several classes: {listed}; give the index")
     names = {part.strip() for label in labels for part in (label, *label.split(","))}
     raise TargetError(
-        f"--target '{text}' is not a class of this model."
+        f"targets='{text}' is not a class of this model."
         + did_you_mean(text, sorted(names))
         + " Give a class index or an exact label"
     )

@@ -56,7 +56,7 @@ def get_method(name: str) -> CamMethod:
         return METHODS[name]()
     except KeyError:
         raise UsageError(
-            f"unknown --method '{name}'."
+            f"unknown method='{name}'."
             + did_you_mean(name, METHODS, n=1)
             + f" Choose one of: {', '.join(METHODS)}"
         ) from None
@@ -67,8 +67,8 @@ def check_method_options(name: str, *, eigen_smooth: bool = False) -> CamMethod:
     method = get_method(name)
     if eigen_smooth and not method.supports_eigen_smooth:
         raise UsageError(
-            f"--eigen-smooth combines a layer's channels, and --method {name} has no layer "
-            "channels to combine; drop --eigen-smooth, or use --method guided-gradcam"
+            f"eigen_smooth=True combines a layer's channels, and method='{name}' has no layer "
+            "channels to combine; drop eigen_smooth=True, or use method='guided-gradcam'"
         )
     return method
 
@@ -389,9 +389,9 @@ def check_gap_linear_head(view: LayerView, rank: int, tolerance: float = 1e-3) -
     if varies or any(off_by):
         what = "its gradient varies over positions" if varies else "it is not linear in A"
         raise LayerError(
-            f"--method cam needs a head that is global average pooling followed by linear "
+            f"method='cam' needs a head that is global average pooling followed by linear "
             f"layers after layer '{view.layer}' (CAM's architecture), and this one is not "
-            f"({what}); use --method gradcam, which equals CAM up to a factor on such heads "
+            f"({what}); use method='gradcam', which equals CAM up to a factor on such heads "
             "and works for any head"
         )
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
-from gradcam_cli.errors import UsageError
+from gradcam_cli.errors import UsageError, as_cli_flags
 from gradcam_cli.job import JobOptions, prepare_job, run_job
 from gradcam_cli.outlock import OutputLockedError, output_lock
 
@@ -119,7 +119,8 @@ def test_a_bad_option_fails_the_same_way_from_python_and_from_the_shell(
         JobOptions(out=out, **options)
     result = cli(SCENES, "--model", "demo:shapes", *flags, "--out", str(out))
     assert result.exit_code == 2
-    assert result.stderr == f"gradcam: error: {raised.value}\n"
+    # The same error; the library names its parameters (method=), the CLI its flags (--method).
+    assert result.stderr == f"gradcam: error: {as_cli_flags(str(raised.value))}\n"
     with pytest.raises(UsageError) as from_the_call:
         run_job(SCENES, "demo:shapes", out=out, **options)
     assert str(from_the_call.value) == str(raised.value)

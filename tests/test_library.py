@@ -235,3 +235,38 @@ def test_an_array_is_saved_under_the_name_image(tmp_path, cam):
     assert report["results"][0]["input"] == "image"
     overlay = report["results"][0]["explanations"][0]["overlay"]
     assert overlay.startswith("image.") and (tmp_path / "out" / overlay).is_file()
+
+
+def test_library_errors_name_its_parameters_and_the_cli_its_flags(resnet, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from gradcam_cli.cli import app
+    from gradcam_cli.errors import as_cli_flags
+
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match=r"^device='cuda': no CUDA GPU .* use device='cpu'$"):
+            gc.Explainer(resnet, "layer4", device="cuda")
+    cam = gc.Explainer(resnet, "layer4")
+    with pytest.raises(TargetError, match=r"^targets=1000 is out of range"):
+        cam.explain(np.zeros((20, 20, 3), np.uint8), targets=[1000])
+    with pytest.raises(UsageError, match=r"^eigen_smooth=True combines .* method='guided-gradcam'"):
+        gc.Explainer(resnet, "layer4", method="guided-backprop", eigen_smooth=True)
+    assert (
+        as_cli_flags(
+            "eigen_smooth=True combines …, and method='guided-backprop' has …; drop eigen_smooth=True"
+        )
+        == "--eigen-smooth combines …, and --method guided-backprop has …; drop --eigen-smooth"
+    )
+    assert as_cli_flags("targets='cat': no class names; name the classes with labels=") == (
+        "--target cat: no class names; name the classes with --labels"
+    )
+    assert as_cli_flags("weights_only=True and device_count=2") == (
+        "weights_only=True and device_count=2"  # only whole parameter names
+    )
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (20, 20)).save("x.png")
+    result = CliRunner().invoke(
+        app, ["explain", "x.png", "-m", "demo:shapes", "--target", "9", "--out", "o"]
+    )
+    assert result.exit_code == 2
+    assert "gradcam: error: --target 9 is out of range: the model has 4 classes" in result.stderr
