@@ -80,6 +80,8 @@ def test_python_api_examples_run(tmp_path, monkeypatch):
     )
     assert namespace["report"].errors == 0
     assert (Path("runs/demo") / namespace["report"].results[0].explanations[0].overlay).is_file()
+    assert namespace["grayscale"].shape == (2, 224, 224)  # the pytorch-grad-cam block
+    assert 0.0 <= namespace["grayscale"].min() <= namespace["grayscale"].max() <= 1.0
     assert namespace["raw"].shape == (7, 7)
     assert namespace["overlay"].size == namespace["heatmap"].size == (200, 150)
     assert tuple(namespace["maps"].shape) == (8, 1, 7, 7)
