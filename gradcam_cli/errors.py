@@ -92,8 +92,18 @@ PARAMETER_FLAGS = {
     "labels": "--labels",
     "eigen_smooth": "--eigen-smooth",
     "aug_smooth": "--aug-smooth",
+    "out": "--out",
+    "overlay_format": "--format",
+    "batch_size": "--batch-size",
+    "workers": "--workers",
+    "shard": "--shard",
+    "input_size": "--input-size",
+    "num_classes": "--num-classes",
+    "mask": "--mask",
+    "min_energy": "--min-energy",
+    "require_hit": "--require-hit",
 }
-_BOOLEAN_FLAGS = {"eigen_smooth", "aug_smooth"}
+_BOOLEAN_FLAGS = {"eigen_smooth", "aug_smooth", "require_hit"}
 _PARAMETER = re.compile(
     r"\b(" + "|".join(PARAMETER_FLAGS) + r")=(?:'([^']*)'|(\[[^\]]*\]|[^\s,;:()]+))?"
 )

@@ -133,7 +133,7 @@ JPEG_QUALITY = 90  # for overlays at scale: far smaller and faster to encode tha
 def check_image_format(image_format: str) -> str:
     if image_format not in IMAGE_FORMATS:
         raise UsageError(
-            f"--format takes {' or '.join(IMAGE_FORMATS)}, got '{image_format}'"
+            f"overlay_format= takes {' or '.join(IMAGE_FORMATS)}, got '{image_format}'"
             + did_you_mean(image_format, IMAGE_FORMATS)
         )
     return image_format
@@ -163,26 +163,26 @@ def check_writable_dir(out_dir: Path) -> None:
         if os.path.islink(out_dir) and not out_dir.exists():
             target = os.readlink(out_dir)
             raise UsageError(
-                f"--out {out_dir} is a symlink to '{target}', which does not exist; "
+                f"out='{out_dir}' is a symlink to '{target}', which does not exist; "
                 "create that folder or choose another output directory"
             )
         if out_dir.exists():
             if not out_dir.is_dir():
                 raise UsageError(
-                    f"--out {out_dir} is a file, not a directory; choose another directory"
+                    f"out='{out_dir}' is a file, not a directory; choose another directory"
                 )
             _probe_write(out_dir)
             return
         ancestor = _nearest_existing(out_dir)
         if not ancestor.is_dir():
             raise UsageError(
-                f"cannot create --out {out_dir}: {ancestor} is a file, not a directory; "
+                f"cannot create out='{out_dir}': {ancestor} is a file, not a directory; "
                 "choose another directory"
             )
         _probe_write(ancestor)
     except OSError as exc:
         raise UsageError(
-            f"cannot write to --out {out_dir}: {os_reason(exc)}; choose another directory"
+            f"cannot write to out='{out_dir}': {os_reason(exc)}; choose another directory"
         ) from exc
 
 

@@ -850,10 +850,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     """`--shard K/N` → (K, N), 1 ≤ K ≤ N."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match:
-        raise UsageError(f"--shard takes K/N (e.g. 2/8 for the second of 8 shares), got '{text}'")
+        raise UsageError(f"shard= takes K/N (e.g. 2/8 for the second of 8 shares), got '{text}'")
     k, n = int(match[1]), int(match[2])
     if not 1 <= k <= n:
-        raise UsageError(f"--shard {text}: K must be from 1 to N")
+        raise UsageError(f"shard='{text}': K must be from 1 to N")
     return k, n
 
 

@@ -126,11 +126,9 @@ class JobOptions:
         check_alpha(self.alpha)
         check_image_format(self.overlay_format)
         if self.topk < 1:
-            raise UsageError(f"--topk must be at least 1, got {self.topk}")
+            raise UsageError(f"topk= must be at least 1, got {self.topk}")
         if self.targets and self.topk != 1:
-            raise UsageError(
-                "--target and --topk exclude each other: name classes or ask for top-k"
-            )
+            raise UsageError("targets= and topk= exclude each other: name classes or ask for top-k")
         check_input_size(self.input_size)
         check_num_classes(self.num_classes)
         if self.shard is not None:
@@ -140,7 +138,7 @@ class JobOptions:
         check_batch_size(self.batch_size)
         if self.gate.active and self.mask is None:
             raise UsageError(
-                "--min-energy and --require-hit measure against a mask: add --mask PATH"
+                "min_energy= and require_hit=True measure against a mask: add mask=PATH"
             )
 
     @property
@@ -248,7 +246,7 @@ def prepare_job(
     classes = tuple(explainer.resolve_targets(list(options.targets)))
     if options.topk > explainer.num_classes:
         raise UsageError(
-            f"--topk {options.topk} is more than the model's {explainer.num_classes} classes; "
+            f"topk={options.topk} is more than the model's {explainer.num_classes} classes; "
             f"give 1–{explainer.num_classes}"
         )
     if explainer.layer_chosen_automatically and on_note is not None:

@@ -63,7 +63,7 @@ def parse_layers(value: str | Sequence[str] | None) -> list[str]:
     parts = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
     names = [p.strip() for p in parts if p.strip()]
     if not names and value:
-        raise UsageError("--layer is empty; give a dotted path such as layer4 or features.-1")
+        raise UsageError("layers= is empty; give a dotted path such as layer4 or features.-1")
     return list(dict.fromkeys(names))
 
 

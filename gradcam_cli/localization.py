@@ -125,7 +125,7 @@ class Gate:
 
     def __post_init__(self) -> None:
         if self.min_energy is not None and not 0.0 <= self.min_energy <= 1.0:
-            raise UsageError(f"--min-energy is a share from 0 to 1, got {self.min_energy}")
+            raise UsageError(f"min_energy= is a share from 0 to 1, got {self.min_energy}")
 
     @property
     def active(self) -> bool:
@@ -166,13 +166,13 @@ def _check_mask_file(path: Path) -> None:
     """One mask for every input: decode it now, so that a file that is no image stops the run
     before the model loads (exit 2) instead of failing every explanation's localization."""
     if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read for ever
-        raise UsageError(f"--mask {path} is not a regular file; give a mask image or a folder")
+        raise UsageError(f"mask='{path}' is not a regular file; give a mask image or a folder")
     try:
         with Image.open(path) as mask:
             mask.load()
     except Exception as exc:  # Pillow's plugins raise many types for a damaged file
         raise UsageError(
-            f"--mask {path} cannot be read as an image ({first_line(exc)}); give a PNG mask "
+            f"mask='{path}' cannot be read as an image ({first_line(exc)}); give a PNG mask "
             "(white inside the object) or a folder of them"
         ) from exc
 
@@ -188,7 +188,7 @@ class MaskSource:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            raise UsageError(f"--mask {self.path}: no such file or folder")
+            raise UsageError(f"mask='{self.path}': no such file or folder")
         self.is_folder = self.path.is_dir()  # asked once per explanation: stat only here
         self._index: dict[str, Path] | None = None
         if not self.is_folder:

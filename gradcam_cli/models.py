@@ -158,7 +158,7 @@ def check_input_size(value: int | None) -> None:
     low, high = INPUT_SIZE_RANGE
     if value is not None and not low <= value <= high:
         raise UsageError(
-            f"--input-size must be {low}–{high} pixels, got {value} (a model's memory for "
+            f"input_size= must be {low}–{high} pixels, got {value} (a model's memory for "
             "activations grows with the square of the size); give one in that range"
         )
 
@@ -168,7 +168,7 @@ def check_num_classes(value: int | None) -> None:
     low, high = NUM_CLASSES_RANGE
     if value is not None and not low <= value <= high:
         raise UsageError(
-            f"--num-classes must be {low}–{high}, got {value}; give the number of classes "
+            f"num_classes= must be {low}–{high}, got {value}; give the number of classes "
             "the model's head should have"
         )
 

@@ -87,7 +87,7 @@ def check_batch_size(batch_size: int) -> int:
     """`--batch-size`: 1 to MAX_BATCH_SIZE; UsageError otherwise."""
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise UsageError(
-            f"--batch-size must be 1–{MAX_BATCH_SIZE}, got {batch_size} (the batches decoded "
+            f"batch_size= must be 1–{MAX_BATCH_SIZE}, got {batch_size} (the batches decoded "
             "ahead are held in memory); a batch too large for the device is split by itself"
         )
     return batch_size
@@ -100,10 +100,10 @@ def parse_workers(text: str) -> int:
     try:
         workers = int(text)
     except ValueError:
-        raise UsageError(f"--workers takes a number or auto, got '{text}'") from None
+        raise UsageError(f"workers= takes a number or auto, got '{text}'") from None
     if not 0 <= workers <= MAX_WORKERS:
         raise UsageError(
-            f"--workers must be 0 (decode in a thread) to {MAX_WORKERS}, got {workers}: each "
+            f"workers= must be 0 (decode in a thread) to {MAX_WORKERS}, got {workers}: each "
             "worker is a process of its own, and one model keeps only a few busy"
         )
     return workers

@@ -173,9 +173,9 @@ def test_check_writable_dir_creates_nothing_and_leaves_nothing(tmp_path):
 
 def test_check_writable_dir_refuses_a_file(tmp_path):
     (tmp_path / "out").write_text("not a folder")
-    with pytest.raises(UsageError, match=r"--out .*out is a file, not a directory"):
+    with pytest.raises(UsageError, match=r"out=.*out' is a file, not a directory"):
         check_writable_dir(tmp_path / "out")
-    with pytest.raises(UsageError, match=r"cannot create --out .*out/sub: .*out is a file"):
+    with pytest.raises(UsageError, match=r"cannot create out=.*out/sub': .*out is a file"):
         check_writable_dir(tmp_path / "out" / "sub")
 
 

@@ -130,7 +130,7 @@ def test_a_bad_option_fails_the_same_way_from_python_and_from_the_shell(
 def test_keywords_override_an_options_object_and_are_checked_too():
     base = JobOptions(topk=2, workers="0", shard=(2, 4))
     assert (base.workers, base.shard) == (0, (2, 4))
-    with pytest.raises(UsageError, match="--topk must be at least 1, got 0"):
+    with pytest.raises(UsageError, match="topk= must be at least 1, got 0"):
         prepare_job(SCENES, "demo:shapes", base, topk=0)
     with pytest.raises(TypeError):
         JobOptions(no_such_option=1)  # type: ignore[call-arg]
@@ -146,7 +146,7 @@ def test_a_refused_job_creates_nothing_and_loads_no_model(tmp_path, monkeypatch)
     out = tmp_path / "out"
     with pytest.raises(UsageError, match="no such file or directory: 'nope.jpg'"):
         run_job(["nope.jpg"], "demo:shapes", out=out)
-    with pytest.raises(UsageError, match="--mask .*no such file or folder"):
+    with pytest.raises(UsageError, match="mask=.* no such file or folder"):
         run_job(SCENES, "demo:shapes", out=out, mask=tmp_path / "no-masks")
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="is a file, not a directory"):

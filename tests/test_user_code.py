@@ -311,14 +311,14 @@ def test_input_size_and_num_classes_ranges():
     for value in (None, 1, 100_000):
         check_num_classes(value)
     for value in (7, 4097, 100_000):
-        with pytest.raises(UsageError, match=r"--input-size must be 8–4096 .*square"):
+        with pytest.raises(UsageError, match=r"input_size= must be 8–4096 .*square"):
             check_input_size(value)
     for value in (0, -1, 100_001):
-        with pytest.raises(UsageError, match="--num-classes must be 1–100000"):
+        with pytest.raises(UsageError, match="num_classes= must be 1–100000"):
             check_num_classes(value)
-    with pytest.raises(UsageError, match="--input-size"):
+    with pytest.raises(UsageError, match="input_size="):
         load_model("demo:shapes", input_size=100_000)
-    with pytest.raises(UsageError, match="--num-classes"):
+    with pytest.raises(UsageError, match="num_classes="):
         load_model("timm:test_resnet", pretrained=False, num_classes=10**9)
 
 
