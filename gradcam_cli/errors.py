@@ -102,10 +102,18 @@ PARAMETER_FLAGS = {
     "mask": "--mask",
     "min_energy": "--min-energy",
     "require_hit": "--require-hit",
+    "model": "--model",
+    "weights": "--weights",
+    "pretrained": "--pretrained",
+    "labels_file": "--labels",
+    "mean": "--mean",
+    "std": "--std",
 }
+_NEGATED_FLAGS = {"pretrained": "--no-pretrained"}  # name=False
 _BOOLEAN_FLAGS = {"eigen_smooth", "aug_smooth", "require_hit"}
+# Not inside a call's arguments ("make(num_classes=10) failed" quotes Python, not the CLI).
 _PARAMETER = re.compile(
-    r"\b(" + "|".join(PARAMETER_FLAGS) + r")=(?:'([^']*)'|(\[[^\]]*\]|[^\s,;:()]+))?"
+    r"(?<!\()(?<!, )\b(" + "|".join(PARAMETER_FLAGS) + r")=(?:'([^']*)'|(\[[^\]]*\]|[^\s,;:()]+))?"
 )
 
 
@@ -116,6 +124,8 @@ def as_cli_flags(message: str) -> str:
     def flag(match: re.Match[str]) -> str:
         name, quoted, bare = match.group(1), match.group(2), match.group(3)
         value = quoted if quoted is not None else bare
+        if name in _NEGATED_FLAGS and value == "False":
+            return _NEGATED_FLAGS[name]
         if name in _BOOLEAN_FLAGS or not value:
             return PARAMETER_FLAGS[name]
         return f"{PARAMETER_FLAGS[name]} {value}"

@@ -180,7 +180,7 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     """Split a `--model` value into (source, name); source is timm, torchvision, custom or ''."""
     spec = spec.strip()
     if not spec:
-        raise UsageError("--model is empty; give a name such as resnet50 or timm:convnext_tiny")
+        raise UsageError("model= is empty; give a name such as resnet50 or timm:convnext_tiny")
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in SOURCES:
         return prefix, rest
@@ -325,7 +325,7 @@ def _build_demo(pretrained: bool) -> tuple[nn.Module, str]:
 def _download_failed(name: str, exc: Exception) -> ModelDownloadError:
     return ModelDownloadError(
         f"could not download pretrained weights for '{name}' ({_first_sentence(exc)}); "
-        "use --weights PATH for a local file or --no-pretrained for random weights"
+        "use weights=PATH for a local file or pretrained=False for random weights"
     )
 
 
@@ -339,7 +339,7 @@ def _build_timm(
         model = _create_timm(name, True, kwargs, input_size)
     except RuntimeError as exc:  # no pretrained tag for this architecture
         if "No pretrained weights exist" in str(exc):
-            raise UsageError(f"{exc}; pass --no-pretrained or --weights PATH") from exc
+            raise UsageError(f"{exc}; pass pretrained=False or weights=PATH") from exc
         raise _download_failed(name, exc) from exc
     except Exception as exc:  # hub clients raise many types: OSError, HTTP errors, ...
         raise _download_failed(name, exc) from exc
@@ -397,13 +397,13 @@ def _build_torchvision(
         if pretrained and enum is None:
             raise UsageError(
                 f"torchvision has no pretrained weights for '{name}'; "
-                "pass --no-pretrained or --weights PATH"
+                "pass pretrained=False or weights=PATH"
             )
         return get_model(name, weights=None, **kwargs), "random"
     if num_classes is not None and num_classes != len(enum.meta["categories"]):
         raise UsageError(
-            f"--num-classes {num_classes} does not fit torchvision's pretrained '{name}' "
-            f"({len(enum.meta['categories'])} classes); add --weights PATH or --no-pretrained"
+            f"num_classes={num_classes} does not fit torchvision's pretrained '{name}' "
+            f"({len(enum.meta['categories'])} classes); add weights=PATH or pretrained=False"
         )
     kwargs.pop("init_weights", None)
     kwargs.pop("aux_logits", None)
@@ -468,8 +468,8 @@ def _build_custom(spec: str, num_classes: int | None) -> nn.Module:
     except TypeError as exc:  # it takes no num_classes, or needs arguments we cannot give
         raise UsageError(
             f"calling {spec}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) failed: "
-            f"{first_line(exc)}; it must need no arguments, and take num_classes=N when "
-            "--num-classes N is given"
+            f"{first_line(exc)}; it must need no arguments, and take a num_classes keyword "
+            "when num_classes= is given"
         ) from exc
     except ValueError:  # no signature to read (a builtin): the call itself will tell
         pass
@@ -596,17 +596,15 @@ def load_weights(
         if classes is None:
             hint = (
                 f"the checkpoint is for another architecture than {model_name}: check that "
-                "--model names the one it was trained with"
+                "model= names the one it was trained with"
             )
         elif classes_fixed:
             hint = (
                 f"the checkpoint is for {classes} classes, and {model_name} has a fixed "
-                "number: drop --weights, or name the checkpoint's own model with --model"
+                "number: drop weights=, or name the checkpoint's own model with model="
             )
         else:
-            hint = (
-                f"the checkpoint looks trained for {classes} classes: add --num-classes {classes}"
-            )
+            hint = f"the checkpoint looks trained for {classes} classes: add num_classes={classes}"
         raise WeightsError(
             _mismatch_message(source, expected, state, missing, unexpected, mismatched, hint)
         )
@@ -724,34 +722,34 @@ def read_labels_file(path: str | Path) -> list[str]:
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a FIFO waits, /dev/zero never ends
             raise UsageError(
-                f"--labels {path} is not a regular file; give a text file with one class "
+                f"labels_file='{path}' is not a regular file; give a text file with one class "
                 "name per line"
             )
         data = path.read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read --labels {path}: {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot read labels_file='{path}': {exc.strerror or exc}") from exc
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise UsageError(
-            f"--labels {path}: line {line} is not UTF-8 text; save the file as UTF-8, "
+            f"labels_file='{path}': line {line} is not UTF-8 text; save the file as UTF-8, "
             "one class name per line"
         ) from None
     lines = [line.strip() for line in re.split(r"\r\n|\r|\n", text)]
     while lines and not lines[-1]:
         lines.pop()
     if not lines:
-        raise UsageError(f"--labels {path} is empty; give one class name per line")
+        raise UsageError(f"labels_file='{path}' is empty; give one class name per line")
     for number, line in enumerate(lines, start=1):
         if not line:
             raise UsageError(
-                f"--labels {path}: line {number} is blank, which would shift the classes "
+                f"labels_file='{path}': line {number} is blank, which would shift the classes "
                 "after it; give one class name per line, in class-index order"
             )
         if "\x00" in line:
             raise UsageError(
-                f"--labels {path}: line {number} holds a NUL byte; give a text file with "
+                f"labels_file='{path}': line {number} holds a NUL byte; give a text file with "
                 "one class name per line"
             )
     return lines
@@ -790,7 +788,7 @@ def load_model(
             from .demo.model import LABELS, PREPROCESS
 
             if num_classes is not None:
-                raise UsageError("demo:shapes has 4 classes; --num-classes does not apply")
+                raise UsageError("demo:shapes has 4 classes; num_classes= does not apply")
             model, provenance = _build_demo(use_hub)
             preprocess, labels = PREPROCESS, list(LABELS)
         elif source == "timm":
@@ -837,10 +835,10 @@ def override_preprocess(
         if values is None:
             continue
         if len(values) != 3:
-            raise UsageError(f"--{option} takes three numbers (R G B), got {len(values)}")
+            raise UsageError(f"{option}= takes three numbers (R G B), got {len(values)}")
         if not all(math.isfinite(v) for v in values):
-            raise UsageError(f"--{option} values must be finite numbers, got {list(values)}")
+            raise UsageError(f"{option}= values must be finite numbers, got {list(values)}")
         if option == "std" and any(v <= 0 for v in values):
-            raise UsageError("--std values must be positive")
+            raise UsageError("std= values must be positive")
         changes[option] = tuple(float(v) for v in values)
     return replace(preprocess, **changes) if changes else preprocess
