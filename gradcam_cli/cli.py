@@ -234,6 +234,11 @@ class _Progress:
             cls.open_line = False
 
 
+def _note(message: str) -> None:
+    """A library's note (it names its parameters, out=) in the CLI's words (--out)."""
+    _log(as_cli_flags(message))
+
+
 def _log(message: str) -> None:
     _Progress.end()
     typer.echo(f"gradcam: {message}", err=True)
@@ -510,7 +515,7 @@ def explain(
             shard=shard,
             resume=resume,
         )
-        job = prepare_job(inputs, model, options, on_note=_log, stdin=sys.stdin)
+        job = prepare_job(inputs, model, options, on_note=_note, stdin=sys.stdin)
         report = job.run(progress=_progress)
         code = _finish(job, report, inputs, json_out, stop, stdout)
     raise typer.Exit(code)

@@ -351,11 +351,11 @@ class _Skips:
                 self.report_folders.append(folder)
 
     def message(self) -> str | None:
-        """'skipped 12 files inside --out gradcam_out and 6 in folders holding another run's
+        """'skipped 12 files inside out='gradcam_out' and 6 in folders holding another run's
         report (runs/a); name a file explicitly to explain it', or None."""
         parts = []
         if self.in_out:
-            parts.append(f"{_files(self.in_out)} inside --out {self.out_dir}")
+            parts.append(f"{_files(self.in_out)} inside out='{self.out_dir}'")
         if self.in_reports:
             shown = ", ".join(self.report_folders[:_SHOWN_FOLDERS])
             more = len(self.report_folders) - _SHOWN_FOLDERS

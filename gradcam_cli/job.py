@@ -251,7 +251,7 @@ def prepare_job(
         )
     if explainer.layer_chosen_automatically and on_note is not None:
         on_note(
-            f"no --layer given: using '{explainer.layers[0]}' "
+            f"no layers= given: using '{explainer.layers[0]}' "
             "(the last spatial layer the logits depend on)"
         )
     return Job(tuple(items), explainer, options, options.run_options(classes, masks))

@@ -466,7 +466,7 @@ def test_a_folder_walk_skips_everything_inside_out_however_it_is_spelled(tmp_pat
         items = collect_inputs(["."], out_dir=out, on_skip=skipped.append)
         assert sources(items) == ["./a.jpg", "./b.png"], out
         assert skipped == [
-            f"skipped 3 files inside --out {out}; name a file explicitly to explain it"
+            f"skipped 3 files inside out='{out}'; name a file explicitly to explain it"
         ], out
 
 
@@ -508,7 +508,7 @@ def test_skips_inside_out_and_report_folders_are_counted_in_one_message(tmp_path
     items = collect_inputs([str(root)], out_dir=out, on_skip=skipped.append)
     assert keys(items) == ["s1", "s2"]
     assert skipped == [
-        f"skipped 4 files inside --out {out} and 2 in folders holding another run's report "
+        f"skipped 4 files inside out='{out}' and 2 in folders holding another run's report "
         f"({root / 'runs' / 'a'}); name a file explicitly to explain it"
     ]
 
@@ -521,7 +521,7 @@ def test_a_glob_skips_out_and_report_folders_too(tmp_path, monkeypatch):
     skipped: list[str] = []
     items = collect_inputs(["**/*.png"], out_dir=Path("gradcam_out"), on_skip=skipped.append)
     assert sources(items) == ["s1.png"]
-    assert len(skipped) == 1 and "skipped 2 files inside --out gradcam_out and 2 in" in skipped[0]
+    assert len(skipped) == 1 and "skipped 2 files inside out='gradcam_out' and 2 in" in skipped[0]
     # A glob into another run's folder is still a glob: skipped.
     assert collect_inputs(["old/*.png", "s1.png"]) == collect_inputs(["s1.png"])
 

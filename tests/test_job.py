@@ -62,7 +62,7 @@ def test_run_job_writes_and_returns_what_the_cli_writes(tmp_path):
     assert files_under(tmp_path / "lib") == files_under(tmp_path / "cli")
     # What the CLI logs before the run reaches the caller too, and progress counts every image.
     assert notes == [
-        "no --layer given: using 'features' (the last spatial layer the logits depend on)"
+        "no layers= given: using 'features' (the last spatial layer the logits depend on)"
     ]
     assert seen and seen[-1] == (6, 6)
 
