@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import ImageReadError, UsageError, first_line
+from .errors import ImageReadError, UsageError
 from .inputs import decode_reason, open_regular, refuse_over_pixel_limit
 from .render import normalize_map, place_map
 
@@ -59,12 +59,7 @@ def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """
     path = Path(path)
     try:
-        # Never blocking on a FIFO, and refused from Pillow's pixel limit, not twice it: an
-        # image's own checks (inputs.decode_image).
-        with open_regular(path) as handle, Image.open(handle) as opened:
-            refuse_over_pixel_limit(opened)
-            opened.load()
-            mask = opened
+        mask = _decoded(path)
     except Exception as exc:  # a damaged file can make a Pillow plugin raise almost anything
         raise ImageReadError(f"cannot read mask {path}: {decode_reason(exc, path)}") from None
     if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
@@ -78,6 +73,15 @@ def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     values = np.asarray(channel, dtype=np.float64)
     high = float(values.max(initial=0.0))
     return values >= high / 2 if high > 0 else np.zeros(values.shape, dtype=bool)
+
+
+def _decoded(path: Path) -> Image.Image:
+    """The mask file, fully loaded; never blocking on a FIFO, and refused from Pillow's pixel
+    limit, not twice it: an image's own checks (inputs.decode_image)."""
+    with open_regular(path) as handle, Image.open(handle) as opened:
+        refuse_over_pixel_limit(opened)
+        opened.load()
+        return opened
 
 
 def _resize_to(mask: Image.Image, size: tuple[int, int], path: Path) -> Image.Image:
@@ -165,15 +169,14 @@ def localization_record(
 def _check_mask_file(path: Path) -> None:
     """One mask for every input: decode it now, so that a file that is no image stops the run
     before the model loads (exit 2) instead of failing every explanation's localization."""
-    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read for ever
+    if not stat.S_ISREG(path.stat().st_mode):
         raise UsageError(f"mask='{path}' is not a regular file; give a mask image or a folder")
     try:
-        with Image.open(path) as mask:
-            mask.load()
+        _decoded(path)  # as read_mask reads it for every explanation
     except Exception as exc:  # Pillow's plugins raise many types for a damaged file
         raise UsageError(
-            f"mask='{path}' cannot be read as an image ({first_line(exc)}); give a PNG mask "
-            "(white inside the object) or a folder of them"
+            f"mask='{path}' cannot be read as an image ({decode_reason(exc, path)}); give a PNG "
+            "mask (white inside the object) or a folder of them"
         ) from exc
 
 
