@@ -52,7 +52,7 @@ from torch import nn
 from . import methods
 from .engine import explain_batch
 from .errors import LayerError, TargetError, UnknownLayerError, UsageError
-from .layers import LayerRef, extract_logits, resolve_layer
+from .layers import LayerRef, extract_logits, module_paths, resolve_layer
 from .modelstate import removing
 
 __all__ = [
@@ -401,9 +401,7 @@ def _layer_list(target_layers: Sequence[nn.Module | str]) -> list[nn.Module | st
 
 def _layer_refs(model: nn.Module, target_layers: list[nn.Module | str]) -> list[LayerRef]:
     """Each target layer's LayerRef: modules found by identity, strings as dotted paths."""
-    names: dict[int, str] = {}
-    for name, module in model.named_modules():
-        names.setdefault(id(module), name)
+    names = module_paths(model)
     refs = []
     for i, layer in enumerate(target_layers):
         if isinstance(layer, str):

@@ -38,7 +38,7 @@ from .errors import (
 )
 from .guided import guided_picture
 from .inputs import decode_image
-from .layers import LayerRef, Probe, parse_layers, probe_layers, resolve_layer
+from .layers import LayerRef, Probe, module_paths, parse_layers, probe_layers, resolve_layer
 from .localization import Localization, localize
 from .methods import check_method_options
 from .models import LoadedModel, as_loaded_model
@@ -496,13 +496,13 @@ def _layer_names(model: nn.Module, layers: LayerSpec) -> str | list[str] | None:
     if layers is None or isinstance(layers, str):
         return layers
     items = [layers] if isinstance(layers, nn.Module) else list(layers)
-    names = {id(module): name for name, module in model.named_modules() if name}
+    paths = module_paths(model)
     found = []
     for item in items:
         if isinstance(item, str):
             found.append(item)
-        elif isinstance(item, nn.Module) and id(item) in names:
-            found.append(names[id(item)])
+        elif isinstance(item, nn.Module) and paths.get(id(item)):  # the model itself has ''
+            found.append(paths[id(item)])
         else:
             what = type(item).__name__
             raise UnknownLayerError(

@@ -32,6 +32,7 @@ __all__ = [
     "Probe",
     "parse_layers",
     "resolve_layer",
+    "module_paths",
     "probe_layers",
     "extract_logits",
     "layer_table",
@@ -81,6 +82,12 @@ def resolve_layer(model: nn.Module, path: str) -> LayerRef:
         names.append(child_name)
         module = module._modules[child_name]
     return LayerRef(".".join(names), call)
+
+
+def module_paths(model: nn.Module) -> dict[int, str]:
+    """id(module) → its dotted path in `model` ('' for the model itself): how a module object
+    given as a target (model.layer4) is found by identity, not by a name it might share."""
+    return {id(module): name for name, module in model.named_modules()}
 
 
 def _split_call(path: str) -> tuple[str, int | None]:
