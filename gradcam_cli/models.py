@@ -41,6 +41,8 @@ from .errors import (
     first_line,
     running_user_code,
 )
+from .files import os_reason
+from .inputs import open_regular
 from .preprocess import Preprocess
 
 __all__ = [
@@ -725,9 +727,10 @@ def read_labels_file(path: str | Path) -> list[str]:
                 f"labels_file='{path}' is not a regular file; give a text file with one class "
                 "name per line"
             )
-        data = path.read_bytes()
+        with open_regular(path) as handle:  # swapped for a FIFO since the stat: no wait
+            data = handle.read()
     except OSError as exc:
-        raise UsageError(f"cannot read labels_file='{path}': {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot read labels_file='{path}': {os_reason(exc)}") from exc
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
