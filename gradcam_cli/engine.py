@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .allocator import tune_allocator
 from .errors import LayerError, TargetError, first_line
 from .guided import guided_relus
 from .layers import LayerRef, extract_logits, resolve_layer
@@ -182,7 +183,10 @@ def explain_batch(
     The model is left as it was found: modes, requires_grad, hooks (also when this raises).
     Images are independent in eval mode, so one gradient call per target rank serves the whole
     batch: the summed scores' gradient w.r.t. A holds each image's own gradient.
+
+    The first call tunes the process's allocator (allocator.py; GRADCAM_TUNE_ALLOCATOR=0: not).
     """
+    tune_allocator()
     method = get_method(method) if isinstance(method, str) else method or get_method("gradcam")
     settings = _Settings(method, _layer_refs(model, layers), outputs_probabilities, eigen_smooth)
     with frozen_eval(model), torch.enable_grad():

@@ -818,21 +818,6 @@ def test_help_does_not_import_torch():
     assert "--topk" in run_python(code).stdout
 
 
-def test_cpu_allocator_tuning_runs_before_torch_and_respects_the_user():
-    code = (
-        "import os, sys\n"
-        "from gradcam_cli import cli\n"
-        "os.environ.pop('THP_MEM_ALLOC_ENABLE', None)\n"
-        "cli._tune_cpu_allocator()\n"
-        "assert os.environ['THP_MEM_ALLOC_ENABLE'] == '1'\n"
-        "assert 'torch' not in sys.modules\n"
-        "os.environ['THP_MEM_ALLOC_ENABLE'] = '0'\n"
-        "cli._tune_cpu_allocator()\n"
-        "assert os.environ['THP_MEM_ALLOC_ENABLE'] == '0'\n"
-    )
-    run_python(code)
-
-
 def test_console_script_and_python_m_run():
     script = Path(sys.executable).with_name("gradcam")
     for command in ([str(script), "--help"], [sys.executable, "-m", "gradcam_cli", "--help"]):
