@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -30,6 +31,7 @@ __all__ = [
     "check_interpolation",
     "check_alpha",
     "normalize_map",
+    "STORED_COLORMAPS",
     "colormap_names",
     "colormap_lut",
     "place_map",
@@ -116,7 +118,31 @@ def colormap_names() -> list[str]:
 
 @functools.lru_cache(maxsize=32)
 def colormap_lut(name: str) -> np.ndarray:
-    """A matplotlib colormap as a read-only uint8 lookup table [256, 3] (RGB)."""
+    """A matplotlib colormap as a read-only uint8 lookup table [256, 3] (RGB).
+
+    The common maps (STORED_COLORMAPS) come from a table shipped with the package, so a run with
+    them never imports matplotlib (about 0.4 s); any other name is looked up in matplotlib.
+    """
+    lut = _stored_luts().get(name)
+    if lut is None:
+        lut = _matplotlib_lut(name)
+    lut.setflags(write=False)  # cached and shared between callers
+    return lut
+
+
+# Written by `python -m gradcam_cli.render` from matplotlib's registry; tests/test_render.py
+# checks that every stored table still equals matplotlib's.
+STORED_COLORMAPS = ("jet", "turbo", "viridis", "cividis", "inferno", "magma", "plasma")
+_COLORMAP_FILE = Path(__file__).with_name("colormaps.npz")
+
+
+@functools.cache
+def _stored_luts() -> dict[str, np.ndarray]:
+    with np.load(_COLORMAP_FILE, allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
+
+
+def _matplotlib_lut(name: str) -> np.ndarray:
     import matplotlib
 
     if name not in matplotlib.colormaps:
@@ -125,9 +151,11 @@ def colormap_lut(name: str) -> np.ndarray:
             "Any matplotlib colormap name works, e.g. jet, viridis, inferno, turbo"
         )
     rgba = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))
-    lut = np.rint(rgba[:, :3] * 255.0).astype(np.uint8)
-    lut.setflags(write=False)  # cached and shared between callers
-    return lut
+    return np.rint(rgba[:, :3] * 255.0).astype(np.uint8)
+
+
+def _write_stored_colormaps() -> None:
+    np.savez(_COLORMAP_FILE, **{name: _matplotlib_lut(name) for name in STORED_COLORMAPS})
 
 
 # -- geometry ------------------------------------------------------------------------------
@@ -293,3 +321,7 @@ def _check_shapes(size_hw: tuple[int, ...], values: np.ndarray, inside: np.ndarr
         raise ValueError(
             f"values {values.shape} and inside {inside.shape} must both be [H, W] = {size_hw}"
         )
+
+
+if __name__ == "__main__":  # python -m gradcam_cli.render: rewrite the stored colormap tables
+    _write_stored_colormaps()

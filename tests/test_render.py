@@ -5,17 +5,20 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
 
+from gradcam_cli import render
 from gradcam_cli.errors import UsageError
 from gradcam_cli.preprocess import RESAMPLING, Preprocess
 from gradcam_cli.render import (
     INTERPOLATIONS,
     NORMALIZATIONS,
+    STORED_COLORMAPS,
     check_alpha,
     check_interpolation,
     colormap_lut,
@@ -94,6 +97,36 @@ def test_colormap_lut_matches_matplotlib():
     expected = np.rint(np.asarray(matplotlib.colormaps["viridis"].colors) * 255)
     assert np.array_equal(lut, expected)
     assert np.array_equal(colormap_lut("gray"), np.repeat(np.arange(256)[:, None], 3, axis=1))
+
+
+def _matplotlib_table(name: str) -> np.ndarray:
+    """What colormap_lut documents: matplotlib's map sampled at 256 points, rounded to uint8."""
+    return np.rint(matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255)
+
+
+def test_stored_colormaps_equal_matplotlibs_exactly():
+    assert {"jet", "turbo", "viridis", "inferno", "magma", "plasma", "cividis"} <= set(
+        STORED_COLORMAPS
+    )
+    with np.load(Path(render.__file__).with_name("colormaps.npz")) as stored:
+        assert sorted(stored.files) == sorted(STORED_COLORMAPS)
+        for name in STORED_COLORMAPS:
+            table = stored[name]
+            assert table.dtype == np.uint8 and table.shape == (256, 3), name
+            # if this fails after a matplotlib upgrade: python -m gradcam_cli.render
+            assert np.array_equal(table, _matplotlib_table(name)), name
+            assert np.array_equal(colormap_lut(name), table), name
+    assert np.array_equal(colormap_lut("hot"), _matplotlib_table("hot"))  # not stored
+
+
+def test_stored_colormaps_need_no_matplotlib():
+    code = (
+        "import sys; from gradcam_cli.render import colormap_lut, STORED_COLORMAPS; "
+        "[colormap_lut(name) for name in STORED_COLORMAPS]; "
+        "sys.exit('matplotlib' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr or "matplotlib was imported"
 
 
 def test_colormap_lut_is_cached_and_read_only():
