@@ -271,24 +271,74 @@ def overlay_image(
     _check_fraction("outside_dim", outside_dim)
     pixels = np.asarray(photo if photo.mode == "RGB" else photo.convert("RGB"), dtype=np.uint8)
     _check_shapes(pixels.shape[:2], values, inside)
+    box = _filled_box(inside)
+    if box is None:
+        return Image.fromarray(_overlay_by_mask(pixels, values, inside, lut, alpha, outside_dim))
+    # The box place_map makes: blend the box, dim the four strips around it, and never select
+    # pixel by pixel (np.where over [H, W, 3] took half the time of the whole overlay).
+    rows, cols = box
     blended = np.empty_like(pixels)
-    for top in range(0, pixels.shape[0], _BAND_ROWS):
-        band = slice(top, top + _BAND_ROWS)
-        colours = np.take(lut, _lut_index(values[band]), axis=0)  # 3x faster than lut[...]
-        blended[band] = _blend_band(pixels[band], colours, inside[band], alpha, outside_dim)
+    dimmed = _dim_table(outside_dim)
+    everything = slice(None)
+    for strip in (
+        (slice(0, rows.start), everything),
+        (slice(rows.stop, None), everything),
+        (rows, slice(0, cols.start)),
+        (rows, slice(cols.stop, None)),
+    ):
+        blended[strip] = np.take(dimmed, pixels[strip])  # a uint8 table: no float copy
+    for top in range(rows.start, rows.stop, _BAND_ROWS):
+        band = slice(top, min(top + _BAND_ROWS, rows.stop))
+        colours = np.take(lut, _lut_index(values[band, cols]), axis=0)  # 3x faster than lut[...]
+        blended[band, cols] = _mix(pixels[band, cols], colours, alpha)
     return Image.fromarray(blended)
 
 
-def _blend_band(
-    pixels: np.ndarray, colours: np.ndarray, inside: np.ndarray, alpha: float, outside_dim: float
+def _filled_box(inside: np.ndarray) -> tuple[slice, slice] | None:
+    """(rows, cols) of the rectangle that `inside` fills exactly (empty when nothing is
+    inside), or None when `inside` is some other shape."""
+    rows = np.flatnonzero(inside.any(axis=1))
+    cols = np.flatnonzero(inside.any(axis=0))
+    if rows.size == 0:
+        return slice(0, 0), slice(0, 0)
+    box = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    return box if inside[box].all() else None
+
+
+def _overlay_by_mask(
+    pixels: np.ndarray,
+    values: np.ndarray,
+    inside: np.ndarray,
+    lut: np.ndarray,
+    alpha: float,
+    outside_dim: float,
 ) -> np.ndarray:
-    photo = pixels.astype(np.float32)
-    mixed = photo * np.float32(1.0 - alpha)
+    """overlay_image for an `inside` of any shape: each pixel chosen blended or dimmed."""
+    blended = np.empty_like(pixels)
+    dimmed = _dim_table(outside_dim)
+    for top in range(0, pixels.shape[0], _BAND_ROWS):
+        band = slice(top, top + _BAND_ROWS)
+        colours = np.take(lut, _lut_index(values[band]), axis=0)
+        mixed = _mix(pixels[band], colours, alpha)
+        blended[band] = np.where(inside[band][..., None], mixed, np.take(dimmed, pixels[band]))
+    return blended
+
+
+def _mix(pixels: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    """round((1 - alpha) * pixels + alpha * colours) in float32, as uint8."""
+    mixed = pixels.astype(np.float32)
+    mixed *= np.float32(1.0 - alpha)
     mixed += colours * np.float32(alpha)
-    photo *= np.float32(outside_dim)  # reused in place as the dimmed photo
-    result = np.where(inside[..., None], mixed, photo)
-    result += 0.5  # values are >= 0, so truncating x + 0.5 rounds to nearest
-    return result.astype(np.uint8)
+    mixed += 0.5  # values are >= 0, so truncating x + 0.5 rounds to nearest
+    return mixed.astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _dim_table(outside_dim: float) -> np.ndarray:
+    """round(v * outside_dim) for every uint8 v, with the float32 arithmetic of _mix."""
+    dimmed = np.arange(256, dtype=np.float32) * np.float32(outside_dim)
+    dimmed += 0.5
+    return dimmed.astype(np.uint8)
 
 
 def heatmap_image(values: np.ndarray, inside: np.ndarray, lut: np.ndarray) -> Image.Image:

@@ -318,6 +318,35 @@ def test_overlay_blends_inside_and_dims_outside(alpha):
         assert np.array_equal(got[inside], pixels[inside])
 
 
+def _float_overlay(photo, values, inside, lut, alpha, outside_dim):
+    """The overlay as it was first written: the whole photo in float32, chosen by np.where."""
+    pixels = np.asarray(photo).astype(np.float32)
+    colours = lut[(np.clip(values, 0, 1) * np.float32(255) + np.float32(0.5)).astype(np.uint8)]
+    mixed = pixels * np.float32(1 - alpha) + colours * np.float32(alpha)
+    result = np.where(inside[..., None], mixed, pixels * np.float32(outside_dim)) + 0.5
+    return result.astype(np.uint8)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.37, 0.5, 1.0])
+@pytest.mark.parametrize("outside_dim", [0.5, 1 / 3])
+@pytest.mark.parametrize("shape", ["box", "empty", "full", "ring", "edge box"])
+def test_overlay_pixels_equal_the_float_formula_exactly(alpha, outside_dim, shape):
+    photo, values, inside = _scene()
+    inside[:] = False
+    if shape == "box":  # what place_map makes: blended box, dimmed strips on all four sides
+        inside[4:25, 5:35] = True
+    elif shape == "full":
+        inside[:] = True
+    elif shape == "ring":  # not a rectangle: the pixel-by-pixel path
+        inside[4:25, 5:35] = True
+        inside[10:15, 10:20] = False
+    elif shape == "edge box":
+        inside[:, 5:] = True
+    lut = colormap_lut("jet")
+    got = np.asarray(overlay_image(photo, values, inside, lut, alpha, outside_dim=outside_dim))
+    assert np.array_equal(got, _float_overlay(photo, values, inside, lut, alpha, outside_dim))
+
+
 def test_overlay_accepts_grey_photos_and_refuses_mismatched_shapes():
     photo, values, inside = _scene()
     overlay = overlay_image(photo.convert("L"), values, inside, colormap_lut("jet"), 0.5)
