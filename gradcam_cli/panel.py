@@ -28,7 +28,8 @@ from .captions import (
     prediction_text,
     target_text,
 )
-from .files import resolve_inside, write_png_atomic
+from .files import resolve_inside, write_bytes_atomic
+from .pngwrite import png_bytes
 
 __all__ = [
     "PANEL_SUFFIX",
@@ -64,7 +65,9 @@ class Pictures:
 
     photo: Image.Image  # RGB
     overlay: Image.Image  # RGB
-    heatmap: Image.Image | None  # RGBA, transparent outside the crop the model saw
+    # RGBA, transparent outside the crop the model saw, or the palette image that converts to it
+    # (render.heatmap_palette_image)
+    heatmap: Image.Image | None
     guided: Image.Image | None = None  # RGBA; guided-backprop / guided-gradcam only
 
 
@@ -165,7 +168,7 @@ def save_panel(
     its path relative to `out_dir`."""
     path = f"{stem}{PANEL_SUFFIX}"
     panel = draw_panel(pictures, fields, lut, colormap)
-    write_png_atomic(resolve_inside(out_dir, path), panel.image)
+    write_bytes_atomic(resolve_inside(out_dir, path), png_bytes(panel.image))
     return path
 
 
@@ -201,7 +204,9 @@ def _line_height(font) -> int:
 def _tiles(pictures: Pictures, height: int) -> list[tuple[str, Image.Image]]:
     tiles = [("photo", _resized(pictures.photo, height))]
     if pictures.heatmap is not None:
-        tiles.append(("heatmap", _on_checker(_resized(pictures.heatmap, height))))
+        # RGBA first: Pillow resizes a palette image with nearest-neighbour sampling only
+        heatmap = pictures.heatmap.convert("RGBA")
+        tiles.append(("heatmap", _on_checker(_resized(heatmap, height))))
     tiles.append(("overlay", _resized(pictures.overlay, height)))
     if pictures.guided is not None:
         tiles.append(("guided", _on_checker(_resized(pictures.guided, height))))

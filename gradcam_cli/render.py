@@ -37,6 +37,7 @@ __all__ = [
     "place_map",
     "overlay_image",
     "heatmap_image",
+    "heatmap_palette_image",
 ]
 
 NORMALIZATIONS = ("minmax", "max", "none")
@@ -349,6 +350,44 @@ def heatmap_image(values: np.ndarray, inside: np.ndarray, lut: np.ndarray) -> Im
     opaque = np.take(_rgba_words(lut), _lut_index(values))
     words = np.where(inside, opaque, np.uint32(0))
     return Image.fromarray(words.view(np.uint8).reshape(*words.shape, 4))
+
+
+def heatmap_palette_image(values: np.ndarray, inside: np.ndarray, lut: np.ndarray) -> Image.Image:
+    """heatmap_image as an 8-bit palette image ("P"): one byte per pixel, the LUT as palette,
+    and one palette entry, (0, 0, 0) and transparent (PNG tRNS), for the pixels outside the box.
+
+    `.convert("RGBA")` gives heatmap_image's pixels exactly; as a PNG it is a quarter of the
+    bytes to deflate. The transparent entry is a LUT entry no pixel needs: a repeated colour
+    (jet has four) or, when all 256 colours differ, one the map does not use. When the map uses
+    all 256 distinct colours and some pixels are outside the box, no entry is free: the RGBA
+    heatmap_image is returned.
+    """
+    _check_shapes(values.shape, values, inside)
+    index = _lut_index(values)
+    palette = np.array(lut, dtype=np.uint8)
+    if inside.all():
+        return _palette_image(index, palette, transparent=None)
+    words = _rgba_words(lut)
+    _, first = np.unique(words, return_index=True)  # the first entry of each distinct colour
+    if first.size < 256:  # a repeated colour: its later entry becomes the transparent one
+        spare = int(np.setdiff1d(np.arange(256), first)[0])
+        twin = int(np.flatnonzero(words == words[spare])[0])
+        index[index == spare] = twin
+    else:
+        unused = np.flatnonzero(np.bincount(index.ravel(), minlength=256) == 0)
+        if unused.size == 0:
+            return heatmap_image(values, inside, lut)
+        spare = int(unused[0])
+    palette[spare] = 0
+    return _palette_image(np.where(inside, index, np.uint8(spare)), palette, transparent=spare)
+
+
+def _palette_image(index: np.ndarray, palette: np.ndarray, transparent: int | None) -> Image.Image:
+    image = Image.fromarray(index)  # "L"; putpalette makes it "P"
+    image.putpalette(palette.tobytes())
+    if transparent is not None:
+        image.info["transparency"] = transparent
+    return image
 
 
 def _rgba_words(lut: np.ndarray) -> np.ndarray:

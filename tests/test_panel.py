@@ -19,7 +19,7 @@ from gradcam_cli.panel import (
     draw_panel,
     tile_height,
 )
-from gradcam_cli.render import colormap_lut
+from gradcam_cli.render import colormap_lut, heatmap_image, heatmap_palette_image
 
 SCENES = Path(__file__).parents[1] / "sample_images" / "scenes"
 
@@ -98,6 +98,26 @@ def test_tiles_share_one_height_in_order_and_show_the_pictures():
     assert tuple(pixels[(y0 + y1) // 2, (x0 + x1) // 2]) == (200, 40, 40)
     # The caption lies below the tiles, inside the picture.
     assert panel.caption[1] > y1 and panel.caption[3] <= panel.image.height
+
+
+def test_a_palette_heatmap_draws_the_same_panel_as_its_rgba():
+    """The run hands the panel render.heatmap_palette_image's picture: the panel must not
+    show it any differently (Pillow resizes palette images with nearest-neighbour only)."""
+    values = np.zeros((200, 300), np.float32)
+    inside = np.zeros((200, 300), bool)
+    inside[10:190, 60:240] = True
+    values[inside] = np.linspace(0, 1, inside.sum(), dtype=np.float32)
+    lut = colormap_lut("jet")
+    rgba, palette = heatmap_image(values, inside, lut), heatmap_palette_image(values, inside, lut)
+    assert palette.mode == "P"
+    base = make_pictures()
+    panels = [
+        np.asarray(
+            draw_panel(Pictures(base.photo, base.overlay, heatmap), FIELDS, lut, "jet").image
+        )
+        for heatmap in (rgba, palette)
+    ]
+    assert np.array_equal(*panels)
 
 
 def test_large_photos_are_reduced_and_tall_ones_keep_their_aspect_ratio():

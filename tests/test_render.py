@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from PIL import Image
 
 from gradcam_cli import render
 from gradcam_cli.errors import UsageError
+from gradcam_cli.pngwrite import png_bytes
 from gradcam_cli.preprocess import RESAMPLING, Preprocess
 from gradcam_cli.render import (
     INTERPOLATIONS,
@@ -24,6 +26,7 @@ from gradcam_cli.render import (
     colormap_lut,
     colormap_names,
     heatmap_image,
+    heatmap_palette_image,
     normalize_map,
     overlay_image,
     place_map,
@@ -373,6 +376,39 @@ def test_heatmap_is_coloured_inside_and_transparent_outside():
     expected = lut[np.rint(values * 255).astype(int)]
     assert np.array_equal(heatmap[inside, :3], expected[inside])
     assert np.array_equal(heatmap[0, 5, :3], lut[0]) and np.array_equal(heatmap[0, 6, :3], lut[255])
+
+
+def _heatmap_scene(levels: tuple[str, str], height=20, width=30):
+    """Values that use every LUT entry ("all"), half of them ("half") or one ("zero"), in a box
+    with an outside ("box", where place_map leaves 0) or filling the picture ("full")."""
+    inside = np.ones((height, width), bool)
+    if levels[1] == "box":
+        inside[:2] = inside[-3:] = inside[:, :4] = inside[:, -1:] = False
+    scale = {"all": 1.0, "half": 0.5, "zero": 0.0}[levels[0]]
+    values = np.zeros((height, width), np.float32)
+    values[inside] = np.linspace(0, scale, inside.sum(), dtype=np.float32)
+    return values, inside
+
+
+@pytest.mark.parametrize("colormap", ["jet", "viridis", "turbo", "inferno", "gray"])
+@pytest.mark.parametrize(
+    "levels", [("all", "box"), ("half", "box"), ("zero", "box"), ("all", "full")]
+)
+def test_palette_heatmap_png_decodes_to_the_rgba_heatmap_exactly(colormap, levels):
+    values, inside = _heatmap_scene(levels)
+    lut = colormap_lut(colormap)
+    rgba = np.asarray(heatmap_image(values, inside, lut))
+    picture = heatmap_palette_image(values, inside, lut)
+    assert np.array_equal(np.asarray(picture.convert("RGBA")), rgba)
+    decoded = Image.open(io.BytesIO(png_bytes(picture, smooth=True)))
+    assert np.array_equal(np.asarray(decoded.convert("RGBA")), rgba)  # transparency included
+    assert (rgba[~inside] == 0).all() and (rgba[inside, 3] == 255).all()
+    # A palette whenever an entry is free for the outside: a repeated colour (jet has 4,
+    # viridis 2), a colour the map does not use, or no outside at all. Only a map that uses
+    # all 256 distinct colours of turbo, inferno or gray, beside an outside, stays RGBA.
+    distinct = len(np.unique(lut, axis=0)) == 256
+    expected = "RGBA" if distinct and levels == ("all", "box") else "P"
+    assert picture.mode == decoded.mode == expected
 
 
 def test_render_modules_import_neither_torch_nor_pyplot():
