@@ -148,8 +148,12 @@ def decode_batches(
 
     `workers` processes (0: one thread of this process) keep up to `ahead` batches per worker
     decoded in advance; the rest of the list is not touched until the consumer catches up.
+    A single batch is decoded on that one thread whatever `workers` says: the model waits for it
+    either way, and starting worker processes (each importing NumPy and Pillow) only delays it.
     """
     batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    if len(batches) < 2:
+        workers = 0  # nothing to decode ahead of the model: a process pool is pure start-up
     executor: Executor
     if workers > 0:
         # forkserver: children start from a clean process, not a copy of one whose torch

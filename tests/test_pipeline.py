@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,22 @@ def test_decoding_runs_only_a_bounded_window_ahead(photos, monkeypatch):
     next(batches)
     assert len(started) <= 3  # not the 80 a plain map would queue at once
     batches.close()
+
+
+def test_a_single_batch_is_decoded_without_starting_worker_processes(photos, monkeypatch):
+    pools = []
+
+    class Pool(ThreadPoolExecutor):  # in place of the process pool: records that one started
+        def __init__(self, workers, **options):
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(pipeline, "ProcessPoolExecutor", Pool)
+    items = collect_inputs([str(photos)])
+    [batch] = pipeline.decode_batches(items, len(items), Preprocess(), workers=2)
+    assert [d.item for d in batch] == items and pools == []  # no pool start (0.3 s)
+    assert len(list(pipeline.decode_batches(items, 4, Preprocess(), workers=2))) == 2
+    assert pools == [2]  # two batches: the pool decodes the second while the model runs
 
 
 def test_worker_processes_give_the_same_results_as_a_thread(photos, tmp_path):
