@@ -818,6 +818,35 @@ def test_help_does_not_import_torch():
     assert "--topk" in run_python(code).stdout
 
 
+@pytest.mark.parametrize(
+    ("model", "imported"),
+    [("torchvision:resnet18", ""), ("demo:shapes", ""), ("timm:test_resnet", "timm")],
+)
+def test_a_run_imports_timm_only_for_a_timm_model_and_never_matplotlib(
+    workspace, tmp_path, model, imported
+):
+    # timm takes about 0.7 s to import, matplotlib 0.1-0.4 s: one photo through a model that
+    # needs neither must not wait for them (benchmarks/startup.py). timm is imported for a
+    # timm model, or a bare name (looked up in timm's registry first).
+    code = (
+        "import sys\n"
+        "from gradcam_cli.cli import main\n"
+        "sys.argv[0] = 'gradcam'\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "print(*sorted({'timm', 'matplotlib'} & set(sys.modules)))\n"
+    )
+    photo = str(workspace / "photos" / "wide.jpg")
+    args = ["explain", photo, "-m", model, "--no-pretrained", "--input-size", "64"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == imported
+
+
 def test_console_script_and_python_m_run():
     script = Path(sys.executable).with_name("gradcam")
     for command in ([str(script), "--help"], [sys.executable, "-m", "gradcam_cli", "--help"]):
