@@ -389,7 +389,8 @@ class Explainer:
         one ImageExplanation, a list gives a list.
 
         `classes` are class indices already checked (the batch runner's); `arrays` the images
-        already preprocessed (`Preprocess.to_array`), as its decode workers make them.
+        already preprocessed (`Preprocess.to_array`), as its decode workers make them: NumPy
+        arrays, or tensors on the device where they were decoded (`devicedecode`).
         """
         if _is_one_image(images) or not isinstance(images, Sequence | Iterator):
             return self.explain([images], targets=targets, topk=topk, classes=classes)[0]
@@ -402,9 +403,12 @@ class Explainer:
         images = [_as_photo(image) for image in images]
         if arrays is None:
             arrays = [self.loaded.preprocess.to_array(image) for image in images]
-        batch = torch.from_numpy(np.stack(arrays))
-        if self.device.type == "cuda":  # page-locked, so the copy overlaps the GPU's work
-            batch = batch.pin_memory()
+        if any(isinstance(array, torch.Tensor) for array in arrays):  # decoded on the device
+            batch = torch.stack([torch.as_tensor(a).to(self.device) for a in arrays])
+        else:
+            batch = torch.from_numpy(np.stack(arrays))
+        if batch.device.type == "cpu" and self.device.type == "cuda":  # page-locked, so the
+            batch = batch.pin_memory()  # copy overlaps the GPU's work
         with self._autocast():
             result = self._explain_tensor(batch.to(self.device, non_blocking=True), classes, topk)
         request = (tuple(classes or ()), 1 if classes else topk)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -17,12 +18,13 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from .errors import UsageError, did_you_mean
 
 __all__ = [
     "PNG_COMPRESS_LEVEL",
+    "EncodedJpeg",
     "resolve_inside",
     "write_bytes_atomic",
     "write_png_atomic",
@@ -139,10 +141,24 @@ def check_image_format(image_format: str) -> str:
     return image_format
 
 
+class EncodedJpeg(JpegImagePlugin.JpegImageFile):
+    """A picture already encoded as a JPEG (at JPEG_QUALITY; on the GPU: devicerender), as a
+    Pillow image: its pixels are decoded only when something looks at them (a thumbnail), and
+    `write_image_atomic` writes its bytes as they are. Pillow's operations return plain images,
+    so only this object, never a changed copy, carries the bytes."""
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self.encoded = data
+
+
 def write_image_atomic(path: Path, image: Image.Image, image_format: str) -> None:
-    """Write `image` as `png` (see write_png_atomic) or `jpg` (quality JPEG_QUALITY)."""
+    """Write `image` as `png` (see write_png_atomic) or `jpg` (quality JPEG_QUALITY; an
+    EncodedJpeg's own bytes)."""
     if check_image_format(image_format) == "png":
         write_png_atomic(path, image)
+    elif isinstance(image, EncodedJpeg):
+        write_bytes_atomic(path, image.encoded)
     else:
         _write_atomic(path, lambda handle: image.save(handle, "JPEG", quality=JPEG_QUALITY))
 

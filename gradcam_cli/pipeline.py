@@ -19,12 +19,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-import numpy as np
 from PIL import Image
 
-from .errors import GradcamError, UsageError
+from .errors import GradcamError, UsageError, did_you_mean
 from .inputs import InputItem, decode_image, recorded_warnings
 from .preprocess import Preprocess
 
@@ -36,6 +35,8 @@ __all__ = [
     "default_write_threads",
     "parse_workers",
     "check_batch_size",
+    "check_decode",
+    "DECODE_MODES",
     "MAX_WORKERS",
     "MAX_BATCH_SIZE",
 ]
@@ -49,9 +50,12 @@ class Decoded:
 
     item: InputItem
     image: Image.Image | None = None
-    array: np.ndarray | None = None  # float32 [3, h, w], normalised
+    # float32 [3, h, w], normalised: a NumPy array, or a tensor on the model's device when the
+    # input was decoded there (devicedecode)
+    array: Any = None
     error: str | None = None
     warnings: tuple[str, ...] = ()  # how it was read (first frame of an animation, ...)
+    pixels: Any = None  # decoded on the device: the photo there, a uint8 tensor [3, H, W]
 
 
 def default_workers() -> int:
@@ -91,6 +95,20 @@ def check_batch_size(batch_size: int) -> int:
             "ahead are held in memory); a batch too large for the device is split by itself"
         )
     return batch_size
+
+
+# `decode=`: JPEGs decoded and preprocessed on the model's device (devicedecode), or by Pillow on
+# the CPU; auto: on the device when it is a CUDA GPU that torchvision can decode on.
+DECODE_MODES = ("auto", "cpu", "device")
+
+
+def check_decode(mode: str) -> str:
+    if mode not in DECODE_MODES:
+        raise UsageError(
+            f"decode= takes {', '.join(DECODE_MODES)}, got '{mode}'"
+            + did_you_mean(mode, DECODE_MODES)
+        )
+    return mode
 
 
 def parse_workers(text: str) -> int:
@@ -143,6 +161,7 @@ def decode_batches(
     preprocess: Preprocess,
     workers: int = 0,
     ahead: int = 2,
+    device: Any = None,
 ) -> Iterator[list[Decoded]]:
     """Yield the inputs decoded, batch by batch in input order, decoding ahead meanwhile.
 
@@ -150,27 +169,38 @@ def decode_batches(
     decoded in advance; the rest of the list is not touched until the consumer catches up.
     A single batch is decoded on that one thread whatever `workers` says: the model waits for it
     either way, and starting worker processes (each importing NumPy and Pillow) only delays it.
+    With a torch `device`, one thread decodes the JPEGs it can on that device
+    (`devicedecode.DeviceDecoder`), `ahead` batches in advance, and hands the other inputs to
+    the workers as above.
     """
     batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
     if len(batches) < 2:
         workers = 0  # nothing to decode ahead of the model: a process pool is pure start-up
-    executor: Executor
+    pool: Executor | None = None
     if workers > 0:
         # forkserver: children start from a clean process, not a copy of one whose torch
         # thread pools and locks are in use (fork), and faster than spawn.
         context = multiprocessing.get_context("forkserver")
-        executor = ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_start_decode_worker
-        )
-    else:
-        executor = ThreadPoolExecutor(1, thread_name_prefix="gradcam-decode")
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_decode_worker)
+    decode: Callable[[list[InputItem], Preprocess], list[Decoded]] = _decode_batch
     window = max(1, ahead * max(1, workers))
+    if device is not None:
+        from .devicedecode import DeviceDecoder
+
+        decode, window = DeviceDecoder(device, pool), max(1, ahead)
+    if pool is None or device is not None:
+        executor: Executor = ThreadPoolExecutor(1, thread_name_prefix="gradcam-decode")
+    else:
+        executor = pool
+    executors = [executor] if pool in (None, executor) else [executor, pool]
     try:
-        yield from _bounded_map(executor, _decode_batch, batches, window, preprocess)
+        yield from _bounded_map(executor, decode, batches, window, preprocess)
     except BaseException:  # the consumer stopped early (Ctrl-C, SIGTERM, an error)
-        _stop_now(executor)
+        for running in executors:
+            _stop_now(running)
         raise
-    executor.shutdown(wait=True)
+    for running in executors:
+        running.shutdown(wait=True)
 
 
 def _stop_now(executor: Executor) -> None:

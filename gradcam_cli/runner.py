@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .devicedecode import decode_device
+from .devicerender import encode_overlays
 from .errors import GradcamError, first_line
 from .explainer import Explainer, ImageExplanation, RenderOptions
 from .files import (
@@ -97,6 +99,7 @@ class RunOptions:
     resume: bool = False  # --resume: take over the finished images of the report in out_dir
     panel: bool = False  # --panel: one figure per explanation (panel.py)
     report: bool = False  # --report: thumbnails, then OUT/index.html (htmlreport.py)
+    decode: str = "auto"  # --decode: JPEGs on the model's device (devicedecode), cpu, or auto
 
     @property
     def report_name(self) -> str:
@@ -155,8 +158,10 @@ def _run_locked(
             checkpoints.maybe_write()
 
     todo = [items[index] for index in ledger.todo]
+    device = decode_device(options.decode, explainer.device)  # None: Pillow on the CPU
+    preprocess = explainer.loaded.preprocess
     batches = decode_batches(
-        todo, max(1, options.batch_size), explainer.loaded.preprocess, options.workers
+        todo, max(1, options.batch_size), preprocess, options.workers, device=device
     )
     splitter = _splitter(explainer, options)
     # Pictures are saved image by image, so every writer thread has work; at most two batches'
@@ -166,6 +171,8 @@ def _run_locked(
     try:
         for decoded in batches:
             explained = _explain_batch(splitter, decoded)
+            if device is not None:  # JPEG overlays drawn and encoded there too
+                explained = encode_overlays(decoded, explained, options)
             for job in _save_jobs(decoded, explained, options):
                 collect(writer.submit(*job))
         collect(writer.drain())
