@@ -416,8 +416,15 @@ def explain(
         ),
     ] = False,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", metavar="N", help="Images per forward pass.")
-    ] = 8,
+        str,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            metavar="N|auto",
+            help="Images per forward pass. auto: sized from what the model's forward writes per "
+            "image and the memory available (at most 64); predictions.json records the size used.",
+        ),
+    ] = "auto",
     device: Annotated[
         str,
         typer.Option(
@@ -521,7 +528,7 @@ def _finish(
         if result.status != "ok":
             _log(f"{result.input}: {result.error}")
     _log_localization(report)
-    _log_run_notes(report, job.options.batch_size)
+    _log_run_notes(report, job.run_options.batch_size)
     summary: Any = report.to_dict()["summary"]
     if report.interrupted:
         _log(

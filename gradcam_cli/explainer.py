@@ -130,6 +130,7 @@ class ImageExplanation:
             out_dir=Path(out),
             classes=classes,
             topk=topk,
+            batch_size=1,  # one image: what `gradcam explain` of it records too
             save_raw=save_raw,
             render=render,
             overlay_format=check_image_format(overlay_format),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
+from .batchsize import choose_batch_size, parse_batch_size
 from .errors import UsageError
 from .inputs import MISSING, InputItem, collect_inputs, parse_shard, select_shard
 from .localization import Gate, MaskSource
@@ -85,7 +86,7 @@ class JobOptions:
     min_energy: float | None = None
     require_hit: bool = False
     # Running.
-    batch_size: int = 8
+    batch_size: int | str = "auto"  # "auto": batchsize.py picks it from the model and memory
     workers: int | str = "auto"
     shard: tuple[int, int] | str | None = None  # "K/N" or (K, N)
     resume: bool = False
@@ -116,7 +117,7 @@ class JobOptions:
         from .files import check_image_format
         from .methods import check_method_options
         from .models import check_input_size, check_num_classes
-        from .pipeline import check_batch_size, parse_workers
+        from .pipeline import parse_workers
         from .render import check_alpha, check_interpolation, check_normalization, colormap_lut
 
         check_method_options(self.method, eigen_smooth=self.eigen_smooth)
@@ -135,7 +136,7 @@ class JobOptions:
             shard = self.shard if isinstance(self.shard, str) else "/".join(map(str, self.shard))
             object.__setattr__(self, "shard", parse_shard(shard))
         object.__setattr__(self, "workers", parse_workers(str(self.workers)))
-        check_batch_size(self.batch_size)
+        object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))
         if self.gate.active and self.mask is None:
             raise UsageError(
                 "min_energy= and require_hit=True measure against a mask: add mask=PATH"
@@ -161,8 +162,10 @@ class JobOptions:
             normalize=self.normalize,
         )
 
-    def run_options(self, classes: tuple[int, ...], masks: MaskSource | None) -> RunOptions:
-        """What the runner needs, once the target classes are resolved and the masks found."""
+    def run_options(
+        self, classes: tuple[int, ...], masks: MaskSource | None, batch_size: int
+    ) -> RunOptions:
+        """What the runner needs, once the targets, the masks and the batch size are known."""
         from .pipeline import default_write_threads
         from .runner import RunOptions
 
@@ -170,7 +173,7 @@ class JobOptions:
             out_dir=self.out,
             classes=classes,
             topk=self.topk,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             save_raw=self.save_raw,
             masks=masks,
             gate=self.gate,
@@ -254,7 +257,10 @@ def prepare_job(
             f"no layers= given: using '{explainer.layers[0]}' "
             "(the last spatial layer the logits depend on)"
         )
-    return Job(tuple(items), explainer, options, options.run_options(classes, masks))
+    batch_size = choose_batch_size(
+        options.batch_size, explainer.probe.activation_bytes, len(items), explainer.device
+    )
+    return Job(tuple(items), explainer, options, options.run_options(classes, masks, batch_size))
 
 
 def run_job(

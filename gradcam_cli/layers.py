@@ -190,6 +190,9 @@ class Probe:
     outputs_probabilities: bool = False
     # False when the logits do not depend on the image at all (e.g. a zero-initialised head).
     depends_on_input: bool = True
+    # Bytes of every tensor the leaf modules output for one image: what a forward writes, an
+    # upper bound of its working set (batchsize.py sizes batches by it).
+    activation_bytes: int = 0
 
     def get(self, name: str) -> LayerInfo:
         for info in self.layers:
@@ -237,11 +240,14 @@ def probe_layers(
     counter = iter(range(1 << 62))
     handles: list = []
     last_leaf: list[tuple[nn.Module, object]] = []
+    written = [0]  # activation bytes
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
             if not module._modules:
                 last_leaf[:] = [(module, output)]
+                if isinstance(output, torch.Tensor):
+                    written[0] += output.numel() * output.element_size()
             rec = records.setdefault(name, {"calls": 0, "shape": None, "order": -1})
             rec["calls"] += 1
             if rec["calls"] == 1:
@@ -286,6 +292,7 @@ def probe_layers(
         num_outputs=logits.shape[1],
         outputs_probabilities=_ends_in_probabilities(last_leaf, logits),
         depends_on_input=input_gradient is not None and bool((input_gradient != 0).any()),
+        activation_bytes=written[0],
     )
 
 

@@ -289,7 +289,7 @@ def test_two_real_runs_into_one_out_the_second_exits_2_and_the_first_reports_all
         (["--mask", "not_a_mask.png"], "--mask not_a_mask.png cannot be read as an image"),
         (["--mask", "fifo.png"], "--mask fifo.png is not a regular file"),
         (["--bogus"], "No such option: --bogus"),
-        (["--batch-size", "many"], "Invalid value for '--batch-size'"),
+        (["--batch-size", "many"], "--batch-size must be a whole number or 'auto', got 'many'"),
     ],
 )
 def test_a_run_refused_before_it_starts_leaves_no_out_and_one_error_line(
