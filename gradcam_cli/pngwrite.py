@@ -67,7 +67,7 @@ def _needs_pillow(image: Image.Image) -> bool:
     return (
         image.mode not in _LAYOUTS
         or 0 in image.size
-        or (palette and image.palette.mode != "RGB")
+        or (palette and (image.palette is None or image.palette.mode != "RGB"))
         or bool(set(image.info) & (_PILLOW_INFO - written_here))
     )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -156,7 +157,8 @@ def _matplotlib_lut(name: str) -> np.ndarray:
 
 
 def _write_stored_colormaps() -> None:
-    np.savez(_COLORMAP_FILE, **{name: _matplotlib_lut(name) for name in STORED_COLORMAPS})
+    tables: dict[str, Any] = {name: _matplotlib_lut(name) for name in STORED_COLORMAPS}
+    np.savez(_COLORMAP_FILE, **tables)
 
 
 # -- geometry ------------------------------------------------------------------------------
