@@ -526,7 +526,7 @@ def test_zero_and_non_finite_maps_and_scores_never_reach_the_json_or_the_picture
         [record] = results[name]["explanations"]
         raw = np.load(out / record["raw"])
         assert np.isfinite(raw).all() and not raw.any()  # an empty map, never NaN
-        heatmap = np.asarray(Image.open(out / record["heatmap"]))
+        heatmap = np.asarray(Image.open(out / record["heatmap"]).convert("RGBA"))
         inside = heatmap[..., 3] == 255
         assert inside.any() and (heatmap[inside][:, :3] == lowest).all()  # no NaN garbage
         photo = np.asarray(Image.open(photos / f"{name}.png").convert("RGB"), dtype=np.float32)
