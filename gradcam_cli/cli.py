@@ -9,6 +9,7 @@ before any image was processed; 130 interrupted (Ctrl-C), 143 terminated (SIGTER
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shlex
 import sys
@@ -767,6 +768,9 @@ def main() -> None:
             except (OSError, ValueError):
                 pass
         os._exit(code if isinstance(code, int) else EXIT_SOME_FAILED)
+    # Everything is written: spare the interpreter's last collections a walk over the millions
+    # of objects torch and its libraries made (about 1 s of a one-photo run's exit).
+    gc.freeze()
     sys.exit(code)
 
 
