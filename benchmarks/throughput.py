@@ -10,7 +10,12 @@ compressibility), then alternates, ROUNDS times each, in this one process:
   normalisation), stack, and run the model under `torch.inference_mode()` — nothing written;
 - `gradcam explain DIR` through `run_explain`, exactly what the CLI runs: Grad-CAM at `layer4`
   and the JSON written, with the default pictures (overlay and heatmap PNGs), and with
-  `--format jpg --no-heatmap` (JPEG overlays only: the large-run setting).
+  `--format jpg --no-heatmap` (JPEG overlays only: the large-run setting), both decoding with
+  Pillow on the CPU (`--decode cpu`);
+- with `--decode-device`, the same on the device (issue 16): a floor that decodes each batch
+  with `devicedecode.DeviceDecoder` (nvjpeg on CUDA; torchvision's CPU decoder elsewhere) and
+  preprocesses there, and `gradcam explain --decode device --format jpg --no-heatmap`, whose
+  ratio is taken against that floor.
 
 Model: torchvision resnet50 with seeded random weights, loaded once (its load is not timed for
 either). Reports images per second of each (best round) and their ratio, and writes
@@ -34,8 +39,9 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import machine  # noqa: E402
 
+from gradcam_cli.devicedecode import DeviceDecoder  # noqa: E402
 from gradcam_cli.explainer import Explainer, RenderOptions  # noqa: E402
-from gradcam_cli.inputs import collect_inputs, load_image  # noqa: E402
+from gradcam_cli.inputs import InputItem, collect_inputs, load_image  # noqa: E402
 from gradcam_cli.models import load_model  # noqa: E402
 from gradcam_cli.pipeline import default_write_threads, parse_workers  # noqa: E402
 from gradcam_cli.runner import RunOptions, run_explain  # noqa: E402
@@ -72,10 +78,32 @@ def floor(loaded, paths: list[Path], batch_size: int, device: torch.device) -> f
     return time.perf_counter() - start
 
 
+def device_floor(loaded, paths: list[Path], batch_size: int, device: torch.device) -> float:
+    """Seconds for the same loop with the JPEGs decoded and preprocessed on `device`."""
+    model = loaded.model.to(device).eval()
+    decoder = DeviceDecoder(device)
+    items = [InputItem(str(p), p, p.stem) for p in paths]
+    start = time.perf_counter()
+    for i in range(0, len(items), batch_size):
+        decoded = decoder(items[i : i + batch_size], loaded.preprocess)
+        with torch.inference_mode():
+            model(torch.stack([torch.as_tensor(d.array).to(device) for d in decoded])).argmax(
+                1
+            ).cpu()
+    return time.perf_counter() - start
+
+
 VARIANTS = {
-    "overlay + heatmap PNGs (default)": {},
-    "JPEG overlays only (`--format jpg --no-heatmap`)": {"overlay_format": "jpg", "heatmap": False},
+    "overlay + heatmap PNGs (default)": {"decode": "cpu"},
+    "JPEG overlays only (`--format jpg --no-heatmap`)": {
+        "overlay_format": "jpg",
+        "heatmap": False,
+        "decode": "cpu",
+    },
 }
+DEVICE_VARIANT = (
+    "JPEG overlays, decoded on the device (`--decode device --format jpg --no-heatmap`)"
+)
 
 
 def ours(explainer, folder: Path, out: Path, batch_size: int, workers: int, **pictures) -> float:
@@ -100,6 +128,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", default="auto")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--decode-device", action="store_true", help="also the device-decode floor and run"
+    )
     args = parser.parse_args()
     workers = parse_workers(args.workers)
     device = torch.device(args.device)
@@ -113,10 +144,21 @@ def main() -> None:
         explainer = Explainer(loaded, ["layer4"], device=device)
         floor(loaded, paths[: args.batch_size], args.batch_size, device)  # warm-up
         floors: list[float] = []
-        runs: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        device_floors: list[float] = []
+        variants = dict(VARIANTS)
+        if args.decode_device:
+            variants[DEVICE_VARIANT] = {
+                "overlay_format": "jpg",
+                "heatmap": False,
+                "decode": "device",
+            }
+            device_floor(loaded, paths[: args.batch_size], args.batch_size, device)  # warm-up
+        runs: dict[str, list[float]] = {name: [] for name in variants}
         for round_ in range(args.rounds):
             floors.append(floor(loaded, paths, args.batch_size, device))
-            for name, pictures in VARIANTS.items():
+            if args.decode_device:
+                device_floors.append(device_floor(loaded, paths, args.batch_size, device))
+            for name, pictures in variants.items():
                 out = work / "out"
                 runs[name].append(
                     ours(explainer, photos, out, args.batch_size, workers, **pictures)
@@ -130,7 +172,18 @@ def main() -> None:
         f"| `gradcam explain`, {name} | {args.images / min(times):.1f} | {min(times):.2f} "
         f"| **{args.images / min(times) / floor_rate:.2f}×** |\n"
         for name, times in runs.items()
+        if name != DEVICE_VARIANT
     )
+    if args.decode_device:
+        device_rate = args.images / min(device_floors)
+        ours_rate = args.images / min(runs[DEVICE_VARIANT])
+        rows += (
+            f"| decode + preprocess on the device + inference (nothing written) | "
+            f"{device_rate:.1f} | {min(device_floors):.2f} | {device_rate / floor_rate:.2f}× |\n"
+            f"| `gradcam explain`, {DEVICE_VARIANT} | {ours_rate:.1f} | "
+            f"{min(runs[DEVICE_VARIANT]):.2f} | {ours_rate / floor_rate:.2f}× "
+            f"(**{ours_rate / device_rate:.2f}×** the device floor) |\n"
+        )
     text = (
         f"# Folder throughput: torchvision resnet50 (random init), {args.images} JPEGs 640×480, "
         f"{args.device}\n\n{machine(device.type)}. Batch {args.batch_size}, decode workers "
