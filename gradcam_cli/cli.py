@@ -442,6 +442,16 @@ def explain(
             "on a thread instead. auto: 0 on 2 cores or fewer, else half the cores, at most 4.",
         ),
     ] = "auto",
+    decode: Annotated[
+        str,
+        typer.Option(
+            "--decode",
+            metavar="WHERE",
+            help="Where JPEGs are decoded and preprocessed: device (on the model's device with "
+            "torchvision; other files still by Pillow), cpu (Pillow), or auto: device on a CUDA "
+            "GPU, else cpu.",
+        ),
+    ] = "auto",
     shard: Annotated[
         str | None,
         typer.Option(
@@ -509,6 +519,7 @@ def explain(
             require_hit=require_hit,
             batch_size=batch_size,
             workers=workers,
+            decode=decode,
             shard=shard,
             resume=resume,
         )

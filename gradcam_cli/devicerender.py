@@ -39,17 +39,19 @@ class DeviceExplanation(ImageExplanation):
     encoded: dict[_Key, EncodedJpeg] = field(default_factory=dict, repr=False, compare=False)
 
     def overlay(self, target=None, layer=None, options: RenderOptions = RenderOptions()):
-        found = self._encoded(target, layer, options)
+        found = self.encoded_overlay(target, layer, options)
         return found if found is not None else super().overlay(target, layer, options)
 
     def pictures(self, target=None, layer=None, options: RenderOptions = RenderOptions()):
-        found = self._encoded(target, layer, options)
+        found = self.encoded_overlay(target, layer, options)
         if found is None:
             return super().pictures(target, layer, options)
         values, inside = self.placed(target, layer, options)
         return found, heatmap_image(values, inside, colormap_lut(options.colormap))
 
-    def _encoded(self, target, layer, options: RenderOptions) -> EncodedJpeg | None:
+    def encoded_overlay(
+        self, target=None, layer=None, options: RenderOptions = RenderOptions()
+    ) -> EncodedJpeg | None:
         index = self._index(target)
         layer = layer or next(name for (i, name) in self.maps if i == index)
         return self.encoded.get((index, layer, options))

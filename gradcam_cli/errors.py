@@ -96,6 +96,7 @@ PARAMETER_FLAGS = {
     "overlay_format": "--format",
     "batch_size": "--batch-size",
     "workers": "--workers",
+    "decode": "--decode",
     "shard": "--shard",
     "input_size": "--input-size",
     "num_classes": "--num-classes",

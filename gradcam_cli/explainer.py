@@ -203,6 +203,16 @@ class ImageExplanation:
             self.image, values, inside, colormap_lut(options.colormap), options.alpha
         )
 
+    def encoded_overlay(
+        self,
+        target: TargetRef | int | None = None,
+        layer: str | None = None,
+        options: RenderOptions = RenderOptions(),
+    ) -> Image.Image | None:
+        """The overlay already drawn and encoded for these options, to be written as it is (a
+        JPEG made on the device: devicerender.DeviceExplanation); None: draw it."""
+        return None
+
     def localize(
         self, target: TargetRef | int | None, mask: np.ndarray, layer: str | None = None
     ) -> Localization:

@@ -88,6 +88,7 @@ class JobOptions:
     # Running.
     batch_size: int | str = "auto"  # "auto": batchsize.py picks it from the model and memory
     workers: int | str = "auto"
+    decode: str = "auto"  # JPEGs decoded on the model's device, by Pillow ("cpu"), or auto
     shard: tuple[int, int] | str | None = None  # "K/N" or (K, N)
     resume: bool = False
 
@@ -117,7 +118,7 @@ class JobOptions:
         from .files import check_image_format
         from .methods import check_method_options
         from .models import check_input_size, check_num_classes
-        from .pipeline import parse_workers
+        from .pipeline import check_decode, parse_workers
         from .render import check_alpha, check_interpolation, check_normalization, colormap_lut
 
         check_method_options(self.method, eigen_smooth=self.eigen_smooth)
@@ -137,6 +138,7 @@ class JobOptions:
             object.__setattr__(self, "shard", parse_shard(shard))
         object.__setattr__(self, "workers", parse_workers(str(self.workers)))
         object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))
+        check_decode(self.decode)
         if self.gate.active and self.mask is None:
             raise UsageError(
                 "min_energy= and require_hit=True measure against a mask: add mask=PATH"
@@ -178,6 +180,7 @@ class JobOptions:
             masks=masks,
             gate=self.gate,
             workers=int(self.workers),
+            decode=self.decode,
             write_threads=default_write_threads(),
             shard=self.share,
             overlay_format=self.overlay_format,

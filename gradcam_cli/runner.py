@@ -459,7 +459,9 @@ def _render(explanation: ImageExplanation, index: int, layer: str, options: RunO
     render = options.render
     values, inside = explanation.placed(index, layer, render)
     lut = colormap_lut(render.colormap)
-    overlay = overlay_image(explanation.image, values, inside, lut, render.alpha)
+    overlay = explanation.encoded_overlay(index, layer, render)
+    if overlay is None:
+        overlay = overlay_image(explanation.image, values, inside, lut, render.alpha)
     heatmap = None
     if options.heatmap or options.panel:
         heatmap = heatmap_palette_image(values, inside, lut)

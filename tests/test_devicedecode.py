@@ -351,11 +351,6 @@ def test_decoded_items_carry_the_photo_on_the_host_for_the_cpu_drawings(folder):
     assert one.image.size == (one.pixels.shape[2], one.pixels.shape[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner._render draws every overlay with render.overlay_image (commit ce5d79a); the "
-    "device JPEG reaches the file only when it asks explanation.overlay() for JPEG overlays",
-)
 def test_a_device_run_writes_the_overlays_encoded_on_the_device(folder, tmp_path, monkeypatch):
     from gradcam_cli import runner
 
@@ -371,3 +366,28 @@ def test_a_device_run_writes_the_overlays_encoded_on_the_device(folder, tmp_path
     run(explainer, folder, tmp_path, "device", overlay_format="jpg", heatmap=False)
     # the JPEGs the device decoded (one map each) are written as encoded there
     assert kinds.count(EncodedJpeg) == len(SIZES) + 1
+
+
+def test_the_cli_takes_decode_device_and_refuses_a_bad_value(folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from gradcam_cli.cli import app
+
+    def explain(*args: str):
+        return CliRunner().invoke(app, ["explain", str(folder), "-m", "demo:shapes", *args])
+
+    results = {}
+    for mode in ("cpu", "device"):
+        out = tmp_path / mode
+        done = explain("--decode", mode, "--format", "jpg", "--out", str(out))
+        assert done.exit_code == 1, done.output  # the truncated and the text file fail
+        report = json.loads((out / "predictions.json").read_text())
+        results[mode] = [
+            (r["input"], r["status"], [p["index"] for p in r["predictions"]])
+            for r in report["results"]
+        ]
+    assert results["device"] == results["cpu"]
+    refused = explain("--decode", "gpu", "--out", str(tmp_path / "x"))
+    assert refused.exit_code == 2
+    assert "--decode takes auto, cpu, device, got 'gpu'" in refused.output
+    assert not (tmp_path / "x").exists()
