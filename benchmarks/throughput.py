@@ -18,7 +18,9 @@ compressibility), then alternates, ROUNDS times each, in this one process:
   ratio is taken against that floor.
 
 Model: torchvision resnet50 with seeded random weights, loaded once (its load is not timed for
-either). Reports images per second of each (best round) and their ratio, and writes
+either). The process's allocator is tuned first (gradcam_cli.allocator, what `gradcam` does at
+its first explanation), so the floor runs under the same settings from its first round.
+Reports images per second of each (best round) and their ratio, and writes
 benchmarks/results/throughput-<device>.md. Not a test.
 """
 
@@ -39,6 +41,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import machine  # noqa: E402
 
+from gradcam_cli.allocator import tune_allocator  # noqa: E402
 from gradcam_cli.devicedecode import DeviceDecoder  # noqa: E402
 from gradcam_cli.explainer import Explainer, RenderOptions  # noqa: E402
 from gradcam_cli.inputs import InputItem, collect_inputs, load_image  # noqa: E402
@@ -134,6 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     workers = parse_workers(args.workers)
     device = torch.device(args.device)
+    tune_allocator()
     work = Path(tempfile.mkdtemp(prefix="gradcam-throughput-"))
     try:
         photos = work / "photos"
