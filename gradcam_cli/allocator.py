@@ -20,11 +20,13 @@ The memory a run keeps is the peak it reached anyway (one batch's working set), 
 batches instead of being released and faulted back in, plus some fragmentation: torch aligns
 its buffers (posix_memalign), and a freed aligned chunk does not always fit the next request of
 its own size, so the heap now and then grows by a buffer instead of reusing one (resnet50 at
-batch 32: peak RSS 1.5–1.8 GiB tuned against 1.2–1.3 GiB untuned). `release_memory()` hands the free part
-back (malloc_trim), for a notebook that is done explaining. Set GRADCAM_TUNE_ALLOCATOR=0 to
-leave the allocator alone; glibc settings the user made (MALLOC_*_ environment variables or
-GLIBC_TUNABLES) are respected, and so are other allocators (jemalloc, tcmalloc via LD_PRELOAD),
-which mallopt does not touch. Elsewhere (macOS, Windows, musl) this does nothing.
+batch 32: peak RSS 1.5–1.8 GiB tuned against 1.2–1.3 GiB untuned). `release_memory()` hands
+the free part back (malloc_trim), for a notebook that is done explaining.
+
+Set GRADCAM_TUNE_ALLOCATOR=0 to leave the allocator alone; glibc settings the user made
+(MALLOC_*_ environment variables or GLIBC_TUNABLES) are respected, and so are other allocators
+(jemalloc, tcmalloc via LD_PRELOAD), which mallopt does not touch. Elsewhere (macOS, Windows,
+musl) this does nothing.
 """
 
 from __future__ import annotations
