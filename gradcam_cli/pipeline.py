@@ -155,13 +155,16 @@ def _decode_batch(items: list[InputItem], preprocess: Preprocess) -> list[Decode
     return [_decode_one(item, preprocess) for item in items]
 
 
+DecodeBatch = Callable[[list[InputItem], Preprocess], list[Decoded]]
+
+
 def decode_batches(
     items: Sequence[InputItem],
     batch_size: int,
     preprocess: Preprocess,
     workers: int = 0,
     ahead: int = 2,
-    device: Any = None,
+    device_decoder: Callable[[Executor | None], DecodeBatch] | None = None,
 ) -> Iterator[list[Decoded]]:
     """Yield the inputs decoded, batch by batch in input order, decoding ahead meanwhile.
 
@@ -169,9 +172,9 @@ def decode_batches(
     decoded in advance; the rest of the list is not touched until the consumer catches up.
     A single batch is decoded on that one thread whatever `workers` says: the model waits for it
     either way, and starting worker processes (each importing NumPy and Pillow) only delays it.
-    With a torch `device`, one thread decodes the JPEGs it can on that device
-    (`devicedecode.DeviceDecoder`), `ahead` batches in advance, and hands the other inputs to
-    the workers as above.
+    With a `device_decoder` (given the worker pool, it returns what decodes a batch: the
+    runner passes `devicedecode.DeviceDecoder` for the model's device), one thread decodes with
+    it, `ahead` batches in advance; it hands the inputs it cannot take to the workers.
     """
     batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
     if len(batches) < 2:
@@ -182,13 +185,11 @@ def decode_batches(
         # thread pools and locks are in use (fork), and faster than spawn.
         context = multiprocessing.get_context("forkserver")
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_decode_worker)
-    decode: Callable[[list[InputItem], Preprocess], list[Decoded]] = _decode_batch
+    decode: DecodeBatch = _decode_batch
     window = max(1, ahead * max(1, workers))
-    if device is not None:
-        from .devicedecode import DeviceDecoder
-
-        decode, window = DeviceDecoder(device, pool), max(1, ahead)
-    if pool is None or device is not None:
+    if device_decoder is not None:
+        decode, window = device_decoder(pool), max(1, ahead)
+    if pool is None or device_decoder is not None:
         executor: Executor = ThreadPoolExecutor(1, thread_name_prefix="gradcam-decode")
     else:
         executor = pool

@@ -10,6 +10,7 @@ run goes on, and `resume` takes a previous run's finished images over.
 from __future__ import annotations
 
 import errno
+import functools
 import gc
 import re
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .devicedecode import decode_device
+from .devicedecode import DeviceDecoder, decode_device
 from .devicerender import encode_overlays
 from .errors import GradcamError, first_line
 from .explainer import Explainer, ImageExplanation, RenderOptions
@@ -161,7 +162,11 @@ def _run_locked(
     device = decode_device(options.decode, explainer.device)  # None: Pillow on the CPU
     preprocess = explainer.loaded.preprocess
     batches = decode_batches(
-        todo, max(1, options.batch_size), preprocess, options.workers, device=device
+        todo,
+        max(1, options.batch_size),
+        preprocess,
+        options.workers,
+        device_decoder=None if device is None else functools.partial(DeviceDecoder, device),
     )
     splitter = _splitter(explainer, options)
     # Pictures are saved image by image, so every writer thread has work; at most two batches'

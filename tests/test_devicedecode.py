@@ -3,6 +3,7 @@ checked on the CPU against the Pillow path they stand in for."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from pathlib import Path
@@ -162,7 +163,9 @@ def test_decode_batches_on_the_device_keeps_order_and_hands_other_files_to_the_w
     items = items_of(folder)
     preprocess = Preprocess(input_size=(64, 64), resize_shorter=72)
     pillow = [d for batch in decode_batches(items, 4, preprocess) for d in batch]
-    device = [d for batch in decode_batches(items, 4, preprocess, 1, device=CPU) for d in batch]
+    decoder = functools.partial(DeviceDecoder, CPU)
+    batches = decode_batches(items, 4, preprocess, 1, device_decoder=decoder)
+    device = [d for batch in batches for d in batch]
     assert [d.item for d in device] == items
     assert [(d.error, d.warnings) for d in device] == [(d.error, d.warnings) for d in pillow]
     assert {d.item.key for d in device if d.pixels is None} == set(FALLBACKS)
