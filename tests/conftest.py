@@ -111,3 +111,18 @@ def demo_run(tmp_path_factory):
         ],
     )
     return out, result
+
+
+def interrupt_explain_at_call(explainer, monkeypatch, call: int) -> None:
+    """Make `explainer.explain` raise KeyboardInterrupt (a Ctrl-C) on its `call`-th call, as
+    if the user stopped the run while that batch was being explained."""
+    calls = []
+    real = explainer.explain
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(explainer, "explain", interrupted)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_explain_at_call
 from PIL import Image, ImageDraw
 
 from gradcam_cli.devicedecode import DeviceDecoder, decode_device, device_decode_refusal
@@ -328,16 +329,7 @@ def test_a_run_decoding_on_the_device_writes_what_a_pillow_run_writes(
 
 def test_a_stop_during_a_device_run_reports_what_was_written(folder, tmp_path, monkeypatch):
     explainer = Explainer(load_model("demo:shapes"), device="cpu")
-    calls = []
-    real = explainer.explain
-
-    def second_batch_interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(explainer, "explain", second_batch_interrupted)
+    interrupt_explain_at_call(explainer, monkeypatch, call=2)
     out = tmp_path / "out"
     options = RunOptions(out_dir=out, batch_size=3, decode="device", overlay_format="jpg")
     report = run_explain(explainer, items_of(folder), options)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_explain_at_call
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -193,16 +194,7 @@ def test_interrupt_reports_the_batches_already_written(tmp_path, monkeypatch):
     from gradcam_cli.runner import RunOptions, run_explain
 
     explainer = Explainer(load_model("demo:shapes"))
-    calls = []
-    real = explainer.explain
-
-    def second_batch_interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(explainer, "explain", second_batch_interrupted)
+    interrupt_explain_at_call(explainer, monkeypatch, call=2)
     items = collect_inputs([str(SCENES)])
     out = tmp_path / "out"
     report = run_explain(explainer, items, RunOptions(out_dir=out, batch_size=2))
