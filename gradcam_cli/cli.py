@@ -323,6 +323,19 @@ def explain(
         ),
     ] = None,
     input_size: InputSizeOpt = None,
+    resize: Annotated[
+        str | None,
+        typer.Option(
+            "--resize",
+            metavar="MODE",
+            help="How the photo is fitted to the model's square input: crop (shorter side "
+            "resized, centre cropped), squash (the whole photo resized, aspect not kept: "
+            "torchvision's Resize((H, W)), how many home-made models are trained) or pad "
+            "(letterboxed, the borders in the mean colour). Default: the model's own "
+            "convention (its timm/torchvision config; crop for your own models). The maps are "
+            "placed back on the photo through the same geometry.",
+        ),
+    ] = None,
     mean: Annotated[
         tuple[float, float, float] | None,
         typer.Option("--mean", metavar="R G B", help="Normalisation mean, three numbers R G B."),
@@ -495,6 +508,7 @@ def explain(
             num_classes=num_classes,
             labels=labels,
             input_size=input_size,
+            resize=resize,
             mean=mean,
             std=std,
             layers=layer,

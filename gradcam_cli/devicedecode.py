@@ -1,7 +1,7 @@
 """JPEGs decoded and preprocessed on the model's device: on a GPU, the CPU only reads files.
 
     file bytes ──▶ torchvision.io.decode_jpeg(list, device)  (nvjpeg on CUDA, batched)
-               ──▶ resize, centre crop, normalise with torch ops  (the geometry of Preprocess)
+               ──▶ resize, crop or pad, normalise with torch ops  (the geometry of Preprocess)
 
 `DeviceDecoder` is what `pipeline.decode_batches` runs on its decode thread when a run decodes
 on the device (`--decode device`, or `auto` on a CUDA GPU: `decode_device`). It gives each input
@@ -260,9 +260,8 @@ def model_views(photos: Sequence[torch.Tensor], preprocess: Preprocess) -> list[
         for start in range(0, len(members), step):
             chunk = members[start : start + step]
             batch = torch.stack([photos[i] for i in chunk])
-            for i, view in zip(
-                chunk, _normalised(_cropped(batch, preprocess), preprocess), strict=True
-            ):
+            normalised = _normalised(_cropped(batch, preprocess), preprocess)
+            for i, view in zip(chunk, _padded(normalised, preprocess, shape), strict=True):
                 views[i] = view
     return views  # type: ignore[return-value]
 
@@ -272,18 +271,19 @@ _CHUNK_VALUES = 1 << 25
 
 
 def _cropped(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """Resized and centre-cropped, as `Preprocess.model_view`: 0–255 floats [N, 3, h, w]."""
+    """Resized and centre-cropped, as `Preprocess.model_view`: 0–255 floats [N, 3, h, w].
+    Where the input reaches past the resized photo: zeros (pad mode's are set by `_padded`)."""
     height, width = batch.shape[2:]
     rw, rh = preprocess.resized_size(width, height)
     resized = _resized(batch, rw, rh, preprocess.interpolation)
     left, top = preprocess.crop_offset(width, height)
+    x0, y0, x1, y1 = preprocess.photo_region(width, height)
     ch, cw = preprocess.input_size
-    if left >= 0 and top >= 0 and left + cw <= rw and top + ch <= rh:
-        return resized[:, :, top : top + ch, left : left + cw]
-    # The crop reaches past the resized photo: zeros there, as Pillow's crop fills them.
+    part = resized[:, :, y0 + top : y1 + top, x0 + left : x1 + left]
+    if (x0, y0, x1, y1) == (0, 0, cw, ch):
+        return part
     view = resized.new_zeros(batch.shape[:2] + (ch, cw))
-    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + cw, rw), min(top + ch, rh)
-    view[:, :, y0 - top : y1 - top, x0 - left : x1 - left] = resized[:, :, y0:y1, x0:x1]
+    view[:, :, y0:y1, x0:x1] = part
     return view
 
 
@@ -357,6 +357,17 @@ def _nearest(size: int, new_size: int) -> torch.Tensor:
     strip = Image.fromarray(np.arange(size, dtype=np.int32)[None, :])
     picked = strip.resize((new_size, 1), RESAMPLING["nearest"])
     return torch.from_numpy(np.asarray(picked, dtype=np.int64)[0].copy())
+
+
+def _padded(views: torch.Tensor, preprocess: Preprocess, shape: tuple[int, ...]) -> torch.Tensor:
+    """Normalised views [N, 3, h, w] of photos of `shape` (3, H, W), with pad mode's padding 0
+    (the mean colour exactly), as `Preprocess.to_array` makes it."""
+    if preprocess.resize_mode != "pad":
+        return views
+    x0, y0, x1, y1 = preprocess.photo_region(shape[2], shape[1])
+    framed = torch.zeros_like(views)
+    framed[:, :, y0:y1, x0:x1] = views[:, :, y0:y1, x0:x1]
+    return framed
 
 
 def _normalised(views: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:

@@ -109,6 +109,7 @@ PARAMETER_FLAGS = {
     "labels_file": "--labels",
     "mean": "--mean",
     "std": "--std",
+    "resize": "--resize",
 }
 _NEGATED_FLAGS = {"pretrained": "--no-pretrained"}  # name=False
 _BOOLEAN_FLAGS = {"eigen_smooth", "aug_smooth", "require_hit"}

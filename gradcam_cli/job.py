@@ -61,6 +61,7 @@ class JobOptions:
     input_size: int | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    resize: str | None = None  # crop, squash or pad; None: the model's own convention
     # The explainer.
     layers: str | Sequence[str] | None = None  # None: chosen automatically
     method: str = "gradcam"
@@ -119,6 +120,7 @@ class JobOptions:
         from .methods import check_method_options
         from .models import check_input_size, check_num_classes
         from .pipeline import check_decode, parse_workers
+        from .preprocess import check_resize
         from .render import check_alpha, check_interpolation, check_normalization, colormap_lut
 
         check_method_options(self.method, eigen_smooth=self.eigen_smooth)
@@ -132,6 +134,7 @@ class JobOptions:
         if self.targets and self.topk != 1:
             raise UsageError("targets= and topk= exclude each other: name classes or ask for top-k")
         check_input_size(self.input_size)
+        check_resize(self.resize)
         check_num_classes(self.num_classes)
         if self.shard is not None:
             shard = self.shard if isinstance(self.shard, str) else "/".join(map(str, self.shard))
@@ -333,6 +336,7 @@ def _explainer(model: str | LoadedModel | nn.Module, options: JobOptions) -> Exp
             input_size=options.input_size,
             mean=options.mean,
             std=options.std,
+            resize=options.resize,
         )
     return Explainer(
         model,

@@ -43,7 +43,7 @@ from .errors import (
 )
 from .files import os_reason
 from .inputs import open_regular
-from .preprocess import Preprocess
+from .preprocess import Preprocess, ResizeMode, check_resize
 
 __all__ = [
     "LoadedModel",
@@ -665,7 +665,11 @@ def _timm_preprocess(model: nn.Module) -> Preprocess:
     cfg = resolve_data_config({}, model=model)
     _, h, w = cfg["input_size"]
     crop_pct = cfg.get("crop_pct") or 1.0
-    mode = "squash" if cfg.get("crop_mode") == "squash" else "shorter"
+    # timm's crop modes: 'squash' and 'border' (a letterbox) as in Preprocess, else 'center'
+    crop_mode = cfg.get("crop_mode")
+    mode: ResizeMode = (
+        "squash" if crop_mode == "squash" else "pad" if crop_mode == "border" else "shorter"
+    )
     interpolation = cfg.get("interpolation", "bicubic")
     return Preprocess(
         input_size=(h, w),
@@ -695,8 +699,9 @@ def _torchvision_preprocess(name: str) -> Preprocess:
 
 
 def custom_preprocess(input_size: int = 224) -> Preprocess:
-    """Documented defaults for the user's own model: shorter side → input size, centre crop,
-    ImageNet mean/std, bilinear."""
+    """Documented defaults for the user's own model: shorter side → input size, centre crop
+    (`resize='crop'`; one trained on `Resize((H, W))` wants 'squash'), ImageNet mean/std,
+    bilinear."""
     return Preprocess(input_size=(input_size, input_size), resize_shorter=input_size)
 
 
@@ -771,9 +776,15 @@ def load_model(
     input_size: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    resize: str | None = None,
 ) -> LoadedModel:
-    """Build the model a `--model` spec names, with its preprocessing and labels."""
+    """Build the model a `--model` spec names, with its preprocessing and labels.
+
+    `resize`: how a photo becomes the input size, 'crop', 'squash' or 'pad' (`Preprocess`);
+    None keeps the model's own convention (timm's data config, torchvision's weights
+    transforms; crop for your own model)."""
     check_input_size(input_size)
+    check_resize(resize)
     check_num_classes(num_classes)
     source, name = parse_model_spec(spec)
     use_hub = pretrained and weights is None
@@ -815,7 +826,9 @@ def load_model(
         provenance = str(weights)
     if labels_file is not None:
         labels = read_labels_file(labels_file)
-    preprocess = override_preprocess(preprocess, input_size=input_size, mean=mean, std=std)
+    preprocess = override_preprocess(
+        preprocess, input_size=input_size, mean=mean, std=std, resize=resize
+    )
     model.eval()
     return LoadedModel(model, name, source, provenance, preprocess, labels)
 
@@ -826,8 +839,12 @@ def override_preprocess(
     input_size: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    resize: str | None = None,
 ) -> Preprocess:
-    """Apply --input-size/--mean/--std, keeping the model's resize-to-crop ratio."""
+    """Apply --resize/--input-size/--mean/--std. Crop keeps the model's resize-to-crop ratio
+    at any input size; squash and pad crop nothing (`Preprocess.with_resize`)."""
+    if resize is not None:
+        preprocess = preprocess.with_resize(resize)
     changes: dict[str, object] = {}
     if input_size is not None:
         check_input_size(input_size)

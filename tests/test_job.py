@@ -100,6 +100,7 @@ def test_a_prepared_job_has_written_nothing_and_knows_its_share(tmp_path):
         ({"workers": "many"}, ["--workers", "many"]),
         ({"workers": 1000}, ["--workers", "1000"]),
         ({"batch_size": 0}, ["--batch-size", "0"]),
+        ({"resize": "sqush"}, ["--resize", "sqush"]),
         ({"min_energy": 0.5}, ["--min-energy", "0.5"]),
         ({"require_hit": True}, ["--require-hit"]),
         ({"mask": MASKS, "min_energy": 50.0}, ["--mask", MASKS, "--min-energy", "50"]),
