@@ -17,6 +17,7 @@ import copy
 import io
 import itertools
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -572,8 +573,16 @@ def _amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:
     return getattr(torch, AMP_DTYPES[amp])
 
 
+WORD_MATCHES_SHOWN = 10  # classes a `--target` word's error lists
+
+
 def _label_index(text: str, labels: Sequence[str]) -> int:
-    """Exact label (any case), else a unique comma-separated synonym ("tabby, tabby cat")."""
+    """Exact label (any case), else a unique comma-separated synonym ("tabby, tabby cat").
+
+    A word that is neither is never taken as a class: the error lists the classes whose label
+    holds it as a whole word ('cat': tabby cat, tiger cat, Persian cat, …), even when only one
+    does (`-t dog` must not explain "hot dog" because the model has no "dog"); only when none
+    does, the labels closest in spelling."""
     wanted = text.casefold()
     exact = [i for i, label in enumerate(labels) if label.casefold() == wanted]
     synonyms = [
@@ -587,6 +596,26 @@ def _label_index(text: str, labels: Sequence[str]) -> int:
     if len(matches) > 1:
         listed = ", ".join(f"{i} ({labels[i]})" for i in matches[:5])
         raise TargetError(f"targets='{text}' names several classes: {listed}; give the index")
+    word = re.compile(rf"(?<!\w){re.escape(wanted)}(?!\w)")
+    holding = [i for i, label in enumerate(labels) if wanted and word.search(label.casefold())]
+    if holding:
+        listed = "; ".join(f"{i} {labels[i]}" for i in holding[:WORD_MATCHES_SHOWN])
+        more = len(holding) - WORD_MATCHES_SHOWN
+        listed += f"; … ({more} more)" if more > 0 else ""
+        if len(holding) == 1:
+            [index] = holding
+            parts = [part.strip() for part in labels[index].split(",")]
+            name = next((part for part in parts if word.search(part.casefold())), labels[index])
+            which = (
+                f"the one class with the word '{text}' is {listed}: give targets={index}, "
+                f"or the name '{name}', if it is the one you mean"
+            )
+        else:
+            which = (
+                f"classes with the word '{text}': {listed}; give the index, or one of the "
+                "names in full"
+            )
+        raise TargetError(f"targets='{text}' names no class exactly; {which}")
     names = {part.strip() for label in labels for part in (label, *label.split(","))}
     raise TargetError(
         f"targets='{text}' is not a class of this model."

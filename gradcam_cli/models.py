@@ -24,8 +24,9 @@ import pickle
 import re
 import stat
 import sys
+import types
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -227,31 +228,95 @@ def _not_a_classifier(name: str) -> UnknownModelError | None:
     )
 
 
-def list_model_names(pattern: str = "*", pretrained: bool = False) -> list[str]:
-    """`SOURCE:NAME` for every model `--model` accepts whose name matches the shell pattern:
-    the demo model, timm's, torchvision's classifiers. `pretrained`: only those with
-    pretrained weights, timm's with their tags (`timm:resnet50.a1_in1k`)."""
+def _name_matcher(pattern: str) -> Callable[[str], bool]:
+    """`gradcam models PATTERN`'s test of one printed name (`timm:resnet50`): a bare word (no
+    `*?[`) is a case-insensitive substring of it; a shell pattern matches all of it, prefix
+    included (`timm:resnet5*`, `*demo*`), or the name after the prefix (`resnet5*`)."""
     import fnmatch
 
-    import timm
-    from torchvision.models import get_model_weights
+    if not any(char in pattern for char in "*?["):
+        word = pattern.casefold()
+        return lambda printed: word in printed.casefold()
+    whole = re.compile(fnmatch.translate(pattern), re.IGNORECASE).match
+    return lambda printed: bool(whole(printed) or whole(printed.partition(":")[2]))
 
-    pattern = pattern.lower()
-    names = [f"demo:{name}" for name in DEMO_MODELS if fnmatch.fnmatch(name, pattern)]
-    names += [f"timm:{name}" for name in timm.list_models(pattern, pretrained=pretrained)]
-    for name in sorted(fnmatch.filter(_torchvision_classifiers(), pattern)):
-        if not pretrained or list(get_model_weights(name)):
-            names.append(f"torchvision:{name}")
+
+def _printed_names(
+    matches: Callable[[str], bool] | None = None,
+    pretrained: bool = False,
+    sources: Sequence[str] = SOURCES,
+) -> list[str]:
+    """`SOURCE:NAME` for every model `--model` accepts from `sources` (of those `matches`
+    keeps): the demo model, timm's, torchvision's classifiers, in that order."""
+    keep = matches or (lambda printed: True)
+    names: list[str] = []
+    if "demo" in sources:
+        names += [f"demo:{name}" for name in DEMO_MODELS if keep(f"demo:{name}")]
+    if "timm" in sources:
+        import timm
+
+        timm_names = (f"timm:{name}" for name in timm.list_models(pretrained=pretrained))
+        names += [name for name in timm_names if keep(name)]
+    if "torchvision" in sources:
+        from torchvision.models import get_model_weights
+
+        for name in sorted(_torchvision_classifiers()):
+            printed = f"torchvision:{name}"
+            if keep(printed) and (not pretrained or list(get_model_weights(name))):
+                names.append(printed)
     return names
 
 
-def no_model_matches(pattern: str) -> UnknownModelError:
-    """The error for a `gradcam models` pattern that matches nothing, with a suggestion."""
-    words = pattern.strip("*?").split("*")[0] or pattern
+def list_model_names(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """`SOURCE:NAME` for every model `--model` accepts whose printed name matches `pattern`:
+    the demo model, timm's, torchvision's classifiers. A bare word (no `*?[`) finds the names
+    that contain it, in any case (`vit`, `timm:conv`); a shell pattern matches the names as
+    printed (`timm:resnet5*`, `*demo*`) or without their prefix (`resnet5*`). `pretrained`:
+    only those with pretrained weights, timm's with their tags (`timm:resnet50.a1_in1k`)."""
+    return _printed_names(_name_matcher(pattern), pretrained)
+
+
+def _close_names(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The `n` choices closest to `word` in spelling (what `did_you_mean` would name)."""
+    import difflib
+
+    return difflib.get_close_matches(word, list(dict.fromkeys(choices)), n=n, cutoff=0.6)
+
+
+def _spelling_choices(printed: Sequence[str], prefixed: bool) -> list[str]:
+    """What a misspelt model name is compared with: the printed names when it has a prefix;
+    else the bare names, their architectures (without a pretrained tag) and their families
+    (`vit`, `convnext`, `efficientnet`: a word `gradcam models` finds)."""
+    if prefixed:
+        return list(printed)
+    bare = [name.partition(":")[2] for name in printed]
+    archs = [name.split(".")[0] for name in bare]
+    families = [arch.split("_")[0] for arch in archs if "_" in arch]
+    return [*bare, *archs, *families]
+
+
+def no_model_matches(pattern: str, pretrained: bool = False) -> UnknownModelError:
+    """The error for a `gradcam models` pattern that matches nothing: the names close to it in
+    spelling, and how a word and a pattern match."""
+    chunks = [chunk for chunk in re.split(r"[*?]|\[[^\]]*\]?", pattern) if chunk]
+    word = max(chunks, key=len, default=pattern).casefold()
+    printed = _printed_names(pretrained=pretrained)
+    spelled = _close_names(word, _spelling_choices(printed, ":" in word))
+    elsewhere = ""
+    if pretrained:
+        without = len(list_model_names(pattern))
+        if without:
+            elsewhere = (
+                f" {without} model name{'s' if without > 1 else ''} without pretrained "
+                f"weights match{'' if without > 1 else 'es'}: drop --pretrained to list "
+                f"{'them' if without > 1 else 'it'}."
+            )
     return UnknownModelError(
         f"no model name matches '{pattern}'."
-        + did_you_mean(words, [*DEMO_MODELS, *_known_names()])
-        + " Patterns are shell-style: 'resnet*', '*vit*small*'"
+        + elsewhere
+        + did_you_mean(word, spelled)
+        + " A word lists the names that contain it ('vit', 'timm:conv'); a shell pattern "
+        "matches whole names, with or without their library ('resnet5*', 'timm:*vit*small*')"
     )
 
 
@@ -282,7 +347,9 @@ def resolve_source(source: str, name: str) -> str:
 
 def _suggestion(source: str, name: str) -> str:
     """' Did you mean ...?' with names of the library asked for (both when none was), never
-    the rejected name itself (with a pretrained tag, its architecture may exist)."""
+    the rejected name itself (with a pretrained tag, its architecture may exist); then the
+    models whose names contain the word (or match the pattern), as `gradcam models` lists
+    them."""
     import timm
 
     arch = name.split(".")[0]
@@ -294,7 +361,49 @@ def _suggestion(source: str, name: str) -> str:
         known = _torchvision_classifiers()
     else:
         known = _known_names()
-    return did_you_mean(arch, [known_name for known_name in known if known_name != arch])
+    spelled = _close_names(arch, [known_name for known_name in known if known_name != arch])
+    return did_you_mean(arch, spelled) + _containing(source, arch, spelled)
+
+
+CONTAINING_SHOWN = 5  # names listed in an unknown model's error; `gradcam models` has them all
+
+
+def _containing(source: str, word: str, spelled: Sequence[str]) -> str:
+    """' Models containing 'vit': timm:vit_base_mci_224, … (N more: `gradcam models vit`).'
+    The names the did-you-mean already gave are left out; in each library those that start
+    with the word come first, then the shortest, and the libraries take turns (timm first)."""
+    import itertools
+    import shlex
+
+    if not word.strip():
+        return ""
+    is_pattern = any(char in word for char in "*?[")
+    sources: tuple[str, ...]
+    if not source:
+        pattern, sources = word, SOURCES
+    else:  # a word anywhere in the name, not only right after the prefix
+        pattern, sources = (f"{source}:{word}" if is_pattern else f"{source}:*{word}*"), (source,)
+    found = _printed_names(_name_matcher(pattern), sources=sources)
+    rest = [printed for printed in found if printed.partition(":")[2] not in spelled]
+    if not rest:
+        return ""
+    folded = word.strip("*?").casefold()
+
+    def rank(printed: str) -> tuple[bool, int, str]:
+        bare = printed.partition(":")[2]
+        return (not bare.casefold().startswith(folded), len(bare), bare)
+
+    by_source = [
+        sorted((printed for printed in rest if printed.startswith(f"{name}:")), key=rank)
+        for name in ("timm", "torchvision", "demo")
+    ]
+    turns = (names[i] for i in range(len(rest)) for names in by_source if i < len(names))
+    shown = list(itertools.islice(turns, CONTAINING_SHOWN))
+    more = len(rest) - len(shown)
+    kind = "matching" if is_pattern else "containing"
+    command = f"`gradcam models {shlex.quote(pattern)}`"
+    tail = f" ({more} more: {command})" if more else ""
+    return f" Models {kind} '{word}': {', '.join(shown)}{tail}."
 
 
 def _elsewhere(source: str, name: str) -> str:
@@ -456,10 +565,38 @@ def _import_callable(spec: str):
     try:
         return getattr(module, attr)
     except AttributeError:
-        names = [n for n in dir(module) if not n.startswith("_")]
-        raise UnknownModelError(
-            f"'{target}' has no '{attr}'." + did_you_mean(attr, names)
-        ) from None
+        defines = _what_it_defines(module, attr)
+        raise UnknownModelError(f"'{target}' has no '{attr}'.{defines}") from None
+
+
+DEFINED_SHOWN = 12  # callables an unknown factory's error names
+
+
+def _what_it_defines(module: types.ModuleType, attr: str) -> str:
+    """' Did you mean 'Net'? It defines: Net, build_model.' The did-you-mean looks at every
+    public callable the module holds, its imports included; the list names the classes and
+    functions it defines itself (a model is an nn.Module subclass or a function), in the order
+    they are written."""
+    public = {
+        name: value
+        for name, value in vars(module).items()
+        if not name.startswith("_") and callable(value) and not inspect.ismodule(value)
+    }
+    own = [
+        name
+        for name, value in public.items()
+        if getattr(value, "__module__", None) == module.__name__ and _may_build_a_model(value)
+    ]
+    hint = did_you_mean(attr, public)
+    if not own:
+        return f"{hint} It defines no model: no nn.Module subclass, no function."
+    listed = ", ".join(own[:DEFINED_SHOWN])
+    more = f" (+{len(own) - DEFINED_SHOWN} more)" if len(own) > DEFINED_SHOWN else ""
+    return f"{hint} It defines: {listed}{more}."
+
+
+def _may_build_a_model(value: object) -> bool:
+    return inspect.isfunction(value) or (inspect.isclass(value) and issubclass(value, nn.Module))
 
 
 def _build_custom(spec: str, num_classes: int | None) -> nn.Module:
