@@ -38,8 +38,11 @@ def prediction_text(predictions: Sequence[Mapping]) -> str:
 
 
 def target_text(target: Mapping, predictions: Sequence[Mapping]) -> str:
-    """`281 tabby`, with its probability when it is among the predictions listed."""
+    """`281 tabby (0.873)`: the target's own probability, or, in a report written before
+    targets carried one, the probability among the predictions listed (none when absent)."""
     text = f"{target.get('index')} {target.get('label')}"
+    if "probability" in target:
+        return f"{text} ({probability_text(target.get('probability'))})"
     for prediction in predictions:
         if prediction.get("index") == target.get("index"):
             return f"{text} ({probability_text(prediction.get('probability'))})"

@@ -95,7 +95,7 @@ class ImageExplanation:
     image: Image.Image  # the original photo (RGB, EXIF-rotated)
     crop_box: tuple[float, float, float, float]  # what the model saw, in photo pixels
     predictions: list[Prediction]
-    targets: list[TargetRef]
+    targets: list[TargetRef]  # each with the model's probability and score for it
     maps: dict[tuple[int, str], np.ndarray]  # (class index, layer) → raw map [h, w] float32
     # Guided methods only: (class index, layer) → signed input-resolution image [3, H, W].
     guided: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
@@ -471,7 +471,10 @@ class Explainer:
             Prediction.make(c, self.label(c), probabilities[c].item(), scores[c].item())
             for c in top
         ]
-        targets = [TargetRef(c, self.label(c)) for c in result.targets[i].tolist()]
+        targets = [
+            TargetRef.make(c, self.label(c), probabilities[c].item(), scores[c].item())
+            for c in result.targets[i].tolist()
+        ]
         maps = {
             (target.index, layer): layer_maps[i, rank].numpy()
             for layer, layer_maps in result.maps.items()

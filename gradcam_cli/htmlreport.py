@@ -158,7 +158,7 @@ def _card(out_dir: Path, result: Mapping, explanation: Mapping, method: str) -> 
     if gate is not None:
         card.lines.append(("gate", gate))
     card.lines += [("warning", str(w)) for w in explanation.get("warnings") or []]
-    for name in ("overlay", "panel", "heatmap", "guided", "raw"):
+    for name in ("overlay", "panel", "heatmap", "guided", "mask", "raw"):
         path = _existing(out_dir, explanation.get(name))
         if path:
             card.links[name] = path

@@ -102,6 +102,7 @@ class CamMethod:
     uses_head: ClassVar[bool] = False  # re-runs the head (only) on modified activations
     needs_full_forwards: ClassVar[bool] = False  # runs the whole model on modified images
     guided: ClassVar[bool] = False  # backward to the pixels with ReLU gradients clamped
+    guided_layer_free: ClassVar[bool] = False  # the guided image is the same at every layer
     requires_gap_linear_head: ClassVar[bool] = False  # CAM's architecture after the layer
     projects: ClassVar[bool] = False  # always combines channels by their principal component
     supports_eigen_smooth: ClassVar[bool] = True
@@ -427,6 +428,7 @@ class GuidedBackprop(CamMethod):
     formula = "image: guided ∂y/∂x; map: max_RGB abs(guided ∂y/∂x), at input resolution"
     needs_gradients = False
     guided = True
+    guided_layer_free = True
     supports_eigen_smooth = False
 
     def maps(self, view: LayerView) -> Tensor:

@@ -1,13 +1,14 @@
-"""`--panel`: one explanation as a single figure — photo, heatmap, overlay (and the guided image
-for the guided methods) side by side at a common height, a colour bar, and a caption.
+"""`--panel`: one explanation as a single figure — photo, heatmap, overlay (the guided image for
+the guided methods, and with --mask the true mask) side by side at a common height, a colour
+bar, and a caption.
 
 Pillow only (no pyplot): the tiles are the pictures the run already rendered, resized; the colour
 bar is the colormap's lookup table itself, so it shows exactly the colours of the heatmap.
 
-    +--------+  +--------+  +--------+  +--------+  +-+ 1
-    | photo  |  | heatmap|  | overlay|  | guided |  | |
-    |        |  |        |  |        |  |        |  | | 0.5
-    +--------+  +--------+  +--------+  +--------+  +-+ 0
+    +--------+  +--------+  +--------+  +--------+  +--------+  +-+ 1
+    | photo  |  | heatmap|  | overlay|  | guided |  |  mask  |  | |
+    |        |  |        |  |        |  |        |  |        |  | | 0.5
+    +--------+  +--------+  +--------+  +--------+  +--------+  +-+ 0
     file: …   predicted: …   target: …   method: …   layer: …   mask: …   colours: …
 """
 
@@ -37,6 +38,7 @@ __all__ = [
     "Pictures",
     "Panel",
     "tile_height",
+    "mask_tile",
     "caption_fields",
     "draw_panel",
     "save_panel",
@@ -53,6 +55,11 @@ TILE_MAX_WIDTH = 2048
 BACKGROUND = (255, 255, 255)
 INK = (32, 32, 32)
 CHECKER = ((200, 200, 200), (232, 232, 232))  # shows where heatmap and guided are transparent
+# The mask tile: the photo, dimmed to this share outside the mask and outlined in MASK_EDGE
+# around it, the outline MASK_EDGE_SHARE of the tile's height thick (at least 1 pixel).
+MASK_DIM = 0.3
+MASK_EDGE = (255, 255, 255)
+MASK_EDGE_SHARE = 1 / 128
 
 SEPARATOR = "   ·   "  # between caption fields on one row
 
@@ -69,12 +76,14 @@ class Pictures:
     # (render.heatmap_palette_image)
     heatmap: Image.Image | None
     guided: Image.Image | None = None  # RGBA; guided-backprop / guided-gradcam only
+    mask: np.ndarray | None = None  # bool [H, W]: the true mask as measured (--mask)
 
 
 @dataclass(frozen=True)
 class Panel:
     image: Image.Image
-    tiles: dict[str, Box]  # "photo", "heatmap", "overlay" (and "guided") → where each was drawn
+    # "photo", "heatmap", "overlay" (and "guided", "mask") → where each was drawn
+    tiles: dict[str, Box]
     colorbar: Box
     caption: Box
     lines: list[str]  # the caption as drawn, one string per row
@@ -202,7 +211,8 @@ def _line_height(font) -> int:
 
 
 def _tiles(pictures: Pictures, height: int) -> list[tuple[str, Image.Image]]:
-    tiles = [("photo", _resized(pictures.photo, height))]
+    photo = _resized(pictures.photo, height)
+    tiles = [("photo", photo)]
     if pictures.heatmap is not None:
         # RGBA first: Pillow resizes a palette image with nearest-neighbour sampling only
         heatmap = pictures.heatmap.convert("RGBA")
@@ -210,7 +220,36 @@ def _tiles(pictures: Pictures, height: int) -> list[tuple[str, Image.Image]]:
     tiles.append(("overlay", _resized(pictures.overlay, height)))
     if pictures.guided is not None:
         tiles.append(("guided", _on_checker(_resized(pictures.guided, height))))
+    if pictures.mask is not None:
+        tiles.append(("mask", mask_tile(photo, pictures.mask)))
     return tiles
+
+
+def mask_tile(photo: Image.Image, mask: np.ndarray) -> Image.Image:
+    """The photo's tile with the mask [H, W] (bool, on the photo's pixels) drawn on it: the photo
+    as it is inside the mask, dimmed outside, and the mask's outline in MASK_EDGE. An empty mask
+    dims the whole tile."""
+    width, height = photo.size
+    levels = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, "L")
+    if levels.size != (width, height):
+        levels = levels.resize((width, height), Image.Resampling.BILINEAR)
+    inside = np.asarray(levels) >= 128
+    pixels = np.asarray(photo.convert("RGB"), dtype=np.float32)
+    drawn = np.where(inside[..., None], pixels, pixels * MASK_DIM)
+    thickness = max(1, round(height * MASK_EDGE_SHARE))
+    drawn[inside & ~_eroded(inside, thickness)] = MASK_EDGE
+    return Image.fromarray(np.rint(drawn).astype(np.uint8), "RGB")
+
+
+def _eroded(region: np.ndarray, steps: int) -> np.ndarray:
+    """`region` shrunk by `steps` pixels (4-neighbour erosion); the picture's border does not
+    erode it: a mask that reaches the edge is outlined only where it meets the background."""
+    for _ in range(steps):
+        padded = np.pad(region, 1, mode="edge")
+        region = (
+            region & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        )
+    return region
 
 
 def _resized(picture: Image.Image, height: int) -> Image.Image:

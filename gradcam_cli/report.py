@@ -79,8 +79,18 @@ class Prediction:
 
 @dataclass(frozen=True)
 class TargetRef:
+    """The class an explanation is for, with the model's probability and score (logit) for it
+    on that image, whether it was among the top-k or given with --target; None: not finite (or
+    a report written before these were recorded)."""
+
     index: int
     label: str
+    probability: float | None = None
+    score: float | None = None
+
+    @classmethod
+    def make(cls, index: int, label: str, probability: float, score: float) -> TargetRef:
+        return cls(int(index), label, _finite(probability), _finite(score))
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,9 @@ class ExplanationRecord:
     guided: str | None = None  # the guided image (guided methods), else null
     localization: dict[str, object] | None = None  # with --mask: localization.Localization
     panel: str | None = None  # with --panel: the figure of this explanation, else null
+    # with --mask: the true mask as measured, in the photo's frame (PNG, one per image and
+    # target), else null; `localization.mask` names the file it was read from
+    mask: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,16 +128,32 @@ class ImageResult:
         """A record read back from a report (`--resume`); keys this version does not know are
         dropped."""
         values = _known_fields(cls, data)
-        values["predictions"] = [
+        predictions = [
             Prediction(**_known_fields(Prediction, p)) for p in data.get("predictions") or []
         ]
+        values["predictions"] = predictions
         values["explanations"] = [
             ExplanationRecord(
-                **{**_known_fields(ExplanationRecord, e), "target": TargetRef(**e["target"])}
+                **{
+                    **_known_fields(ExplanationRecord, e),
+                    "target": _target_from_dict(e["target"], predictions),
+                }
             )
             for e in data.get("explanations") or []
         ]
         return cls(**values)
+
+
+def _target_from_dict(data: Mapping[str, object], predictions: list[Prediction]) -> TargetRef:
+    """A target read back; one from a report written before targets carried their probability
+    and score takes them from its prediction when it is one of the top 5 (else None)."""
+    target = TargetRef(**_known_fields(TargetRef, data))
+    if "probability" in data or "score" in data:
+        return target
+    found = next((p for p in predictions if p.index == target.index), None)
+    if found is None:
+        return target
+    return TargetRef(target.index, target.label, found.probability, found.score)
 
 
 def _known_fields(cls: type, data: Mapping[str, object]) -> dict[str, object]:

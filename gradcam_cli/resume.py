@@ -35,7 +35,7 @@ _CHECKPOINT_COST_FACTOR = 20.0
 # Options that change how fast a run goes, not what it writes; every other option must match.
 _SPEED_OPTIONS = frozenset({"batch_size", "workers"})
 # The keys of an explanation record that name files; a record is reused only if all exist.
-ARTIFACT_KEYS = ("overlay", "heatmap", "raw", "guided", "panel")
+ARTIFACT_KEYS = ("overlay", "heatmap", "raw", "guided", "panel", "mask")
 
 
 def read_report(path: Path) -> dict:

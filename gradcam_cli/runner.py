@@ -10,12 +10,11 @@ run goes on, and `resume` takes a previous run's finished images over.
 from __future__ import annotations
 
 import errno
-import functools
 import gc
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from .files import (
 from .htmlreport import save_thumbnail, write_page
 from .inputs import InputItem, output_keys
 from .localization import Gate, MaskSource, localization_record, localize, read_mask
+from .methods import METHODS
 from .oom import BatchSplitter
 from .outlock import output_lock
 from .panel import Pictures, caption_fields, save_panel
@@ -378,6 +378,7 @@ def _save_explanations(
 ) -> list[ExplanationRecord]:
     records = []
     masks = _MaskCache(options.masks, explanation.image.size)
+    guided_images = _GuidedImages(item.key, explanation, options)
     for (index, layer), raw in explanation.maps.items():
         target = next(t for t in explanation.targets if t.index == index)
         stem = artifact_stem(item.key, index, target.label, layer)
@@ -388,15 +389,71 @@ def _save_explanations(
         if options.save_raw:
             raw_path = f"{stem}.raw.npy"
             write_npy_atomic(resolve_inside(options.out_dir, raw_path), raw)
-        guided = _save_guided(pictures.guided, f"{stem}.guided.png", options)
+        guided_picture, guided = guided_images.save(target, layer, stem)
         localization = masks.measure(item.key, target, raw, explanation.crop_box, options.gate)
+        mask, mask_path = masks.save(item.key, target, options.out_dir)
+        pictures = replace(pictures, guided=guided_picture, mask=mask)
         panel = _save_panel(item, explanation, target, layer, stem, pictures, localization, options)
         records.append(
             ExplanationRecord(
-                target, layer, overlay, heatmap, raw_path, warnings, guided, localization, panel
+                target,
+                layer,
+                overlay,
+                heatmap,
+                raw_path,
+                warnings,
+                guided,
+                localization,
+                panel,
+                mask_path,
             )
         )
     return records
+
+
+def _target_stem(key: str, target_index: int, target_label: str) -> str:
+    """The files of one image and target that no layer changes: `cats/tom.281-tabby_tabby_cat`
+    (artifact_stem without the layer; no layer's files end in `.guided.png` or `.mask.png`
+    right after it, so the names never meet)."""
+    return f"{key}.{target_index}-{_slug(target_label)}"
+
+
+class _GuidedImages:
+    """Guided methods: one image's guided pictures, each drawn and written once. With several
+    layers and a method whose guided image does not depend on the layer (guided-backprop), a
+    target gets one file, `KEY.INDEX-LABEL.guided.png`, that its explanations share; otherwise
+    (guided-gradcam, or one layer) each explanation has its own, `STEM.guided.png`."""
+
+    def __init__(self, key: str, explanation: ImageExplanation, options: RunOptions):
+        self.key, self.explanation, self.options = key, explanation, options
+        self.same: dict[int, bool] = {}  # target index → one guided image for every layer
+        self.shared: dict[int, tuple[Image.Image | None, str | None]] = {}
+
+    def save(
+        self, target: TargetRef, layer: str, stem: str
+    ) -> tuple[Image.Image | None, str | None]:
+        """The guided picture of `target` at `layer` and the path of its file; (None, None)
+        for the other methods."""
+        if not self.explanation.guided:
+            return None, None
+        if not self._same_at_every_layer(target.index):
+            picture = self._picture(target.index, layer)
+            return picture, _save_guided(picture, f"{stem}.guided.png", self.options)
+        if target.index not in self.shared:
+            picture = self._picture(target.index, layer)
+            path = f"{_target_stem(self.key, target.index, target.label)}.guided.png"
+            self.shared[target.index] = picture, _save_guided(picture, path, self.options)
+        return self.shared[target.index]
+
+    def _picture(self, index: int, layer: str) -> Image.Image | None:
+        return self.explanation.guided_picture(index, layer, self.options.render)
+
+    def _same_at_every_layer(self, index: int) -> bool:
+        if index not in self.same:
+            layers = sum(1 for i, _ in self.explanation.guided if i == index)
+            method = METHODS.get(self.explanation.method)
+            self.same[index] = layers > 1 and method is not None and method.guided_layer_free
+        return self.same[index]
 
 
 def _checked_map(raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -431,36 +488,63 @@ def _save_failure(exc: Exception, explanation: ImageExplanation) -> str:
 
 
 class _MaskCache:
-    """One image's masks, each file read once however many layers are explained."""
+    """One image's masks, each file read once however many layers are explained, and written
+    into OUT as measured once per target (`KEY.INDEX-LABEL.mask.png`)."""
 
     def __init__(self, source: MaskSource | None, size: tuple[int, int]):
         self.source, self.size = source, size
         self.read: dict[Path, np.ndarray | str] = {}  # the mask, or why it cannot be used
+        self.written: dict[int, str] = {}  # target index → its mask's file in OUT
+
+    def _find(self, key: str, target: TargetRef) -> tuple[Path | None, np.ndarray | str | None]:
+        """The mask file of `target` and the mask read from it (bool [H, W] on the photo), or
+        why it cannot be used; (None, None) when there is none."""
+        if self.source is None:
+            return None, None
+        path = self.source.find(key, target.index, _slug(target.label))
+        if path is None:
+            return None, None
+        if path not in self.read:
+            try:
+                self.read[path] = read_mask(path, self.size)
+            except GradcamError as exc:
+                self.read[path] = str(exc)
+        return path, self.read[path]
 
     def measure(
         self, key: str, target: TargetRef, raw: np.ndarray, crop_box, gate: Gate
     ) -> dict[str, object] | None:
         if self.source is None:
             return None
-        path = self.source.find(key, target.index, _slug(target.label))
-        if path is None:
+        path, mask = self._find(key, target)
+        if path is None or mask is None:
             error = f"no mask for '{key}' in {self.source.path}"
             return localization_record(None, gate, error=error)
-        if path not in self.read:
-            try:
-                self.read[path] = read_mask(path, self.size)
-            except GradcamError as exc:
-                self.read[path] = str(exc)
-        mask = self.read[path]
         if isinstance(mask, str):
             return localization_record(None, gate, mask=str(path), error=mask)
         return localization_record(localize(raw, mask, crop_box, str(path)), gate)
+
+    def save(
+        self, key: str, target: TargetRef, out_dir: Path
+    ) -> tuple[np.ndarray | None, str | None]:
+        """The mask `target` was measured against and its file in OUT, written the first time
+        (0 outside, 255 inside, the photo's size); (None, None) without a usable mask."""
+        _, mask = self._find(key, target)
+        if mask is None or isinstance(mask, str):
+            return None, None
+        if target.index not in self.written:
+            path = f"{_target_stem(key, target.index, target.label)}.mask.png"
+            picture = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+            _write_png(out_dir, path, picture, smooth=True)
+            self.written[target.index] = path
+        return mask, self.written[target.index]
 
 
 def _render(explanation: ImageExplanation, index: int, layer: str, options: RunOptions) -> Pictures:
     """The pictures of one explanation, the map placed once for all; the heatmap only when it
     is written or shown in a panel, as a palette image (a quarter of the RGBA's bytes to
-    deflate, and the same pixels once decoded)."""
+    deflate, and the same pixels once decoded). The guided picture and the mask come from
+    `_GuidedImages` and `_MaskCache`, which draw them once when explanations share them."""
     render = options.render
     values, inside = explanation.placed(index, layer, render)
     lut = colormap_lut(render.colormap)
@@ -470,8 +554,7 @@ def _render(explanation: ImageExplanation, index: int, layer: str, options: RunO
     heatmap = None
     if options.heatmap or options.panel:
         heatmap = heatmap_palette_image(values, inside, lut)
-    guided = explanation.guided_picture(index, layer, render)
-    return Pictures(explanation.image, overlay, heatmap, guided)
+    return Pictures(explanation.image, overlay, heatmap)
 
 
 def _save_pictures(pictures: Pictures, stem: str, options: RunOptions) -> tuple[str, str | None]:

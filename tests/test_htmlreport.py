@@ -160,7 +160,8 @@ def test_every_link_resolves_to_a_written_file_and_every_artifact_is_linked(demo
         (out / e[key]).resolve()
         for r in report["results"]
         for e in r["explanations"]
-        for key in ("overlay", "heatmap", "panel")
+        for key in ("overlay", "heatmap", "panel", "mask")
+        if e[key]  # the mask with one to measure against only
     }
     thumbnails = {(out / thumbnail_path(p.name)).resolve() for p in out.glob("*.overlay.png")}
     assert artifacts | thumbnails | {(out / "predictions.json").resolve()} == linked

@@ -134,6 +134,60 @@ def test_guided_methods_get_a_fourth_tile():
     assert x1 <= panel.colorbar[0]
 
 
+def test_a_mask_adds_a_last_tile_the_photo_dimmed_outside_the_mask_and_outlined():
+    from dataclasses import replace
+
+    from gradcam_cli.panel import MASK_DIM, MASK_EDGE
+
+    base = make_pictures(guided=True)
+    mask = np.zeros((200, 300), dtype=bool)
+    mask[40:160, 30:150] = True  # a box in the photo's left half
+    panel = draw_panel(replace(base, mask=mask), FIELDS, colormap_lut("jet"), "jet")
+    plain = draw_panel(base, FIELDS, colormap_lut("jet"), "jet")
+    assert list(panel.tiles) == ["photo", "heatmap", "overlay", "guided", "mask"]
+    assert {k: panel.tiles[k] for k in plain.tiles} == plain.tiles  # the others do not move
+    x0, y0, x1, y1 = panel.tiles["mask"]
+    photo_box = panel.tiles["photo"]
+    assert (x1 - x0, y1 - y0) == (photo_box[2] - photo_box[0], photo_box[3] - photo_box[1])
+    assert x1 <= panel.colorbar[0]
+    gap = panel.tiles["heatmap"][0] - panel.tiles["photo"][2]
+    assert panel.image.width - plain.image.width == (x1 - x0) + gap  # wider by one tile
+    pixels = np.asarray(panel.image).astype(int)
+    tile = pixels[y0:y1, x0:x1]
+    photo = pixels[photo_box[1] : photo_box[3], photo_box[0] : photo_box[2]]
+    scale = (y1 - y0) / 200  # photo pixels → tile pixels
+    inner = (
+        slice(round(50 * scale), round(150 * scale)),
+        slice(round(40 * scale), round(140 * scale)),
+    )
+    assert np.abs(tile[inner] - photo[inner]).max() <= 1  # inside: the photo as it is
+    outside = (slice(0, round(30 * scale)), slice(None))
+    dimmed = np.rint(photo[outside] * MASK_DIM)
+    assert np.abs(tile[outside] - dimmed).max() <= 1  # outside: dimmed
+    # The outline: MASK_EDGE along the box's inner border, on every side.
+    row, column = round(100 * scale), round(30 * scale) + 1
+    assert tuple(tile[row, column]) == MASK_EDGE  # left side
+    assert tuple(tile[round(40 * scale) + 1, round(90 * scale)]) == MASK_EDGE  # top
+    assert (tile == MASK_EDGE).all(axis=2).sum() < 0.1 * tile.shape[0] * tile.shape[1]
+
+
+def test_an_empty_mask_dims_the_whole_tile_and_a_full_one_has_no_outline():
+    from dataclasses import replace
+
+    from gradcam_cli.panel import MASK_DIM, MASK_EDGE
+
+    base = make_pictures()  # random pixels: none is exactly MASK_EDGE
+    for mask, factor in ((np.zeros((200, 300), bool), MASK_DIM), (np.ones((200, 300), bool), 1)):
+        panel = draw_panel(replace(base, mask=mask), FIELDS, colormap_lut("jet"), "jet")
+        pixels = np.asarray(panel.image).astype(int)
+        x0, y0, x1, y1 = panel.tiles["mask"]
+        p0, q0, p1, q1 = panel.tiles["photo"]
+        expected = np.rint(pixels[q0:q1, p0:p1] * factor)
+        # no outline: a mask that reaches the photo's border is outlined only where it ends
+        assert np.abs(pixels[y0:y1, x0:x1] - expected).max() <= 1
+        assert not (pixels[y0:y1, x0:x1] == MASK_EDGE).all(axis=2).any()
+
+
 @pytest.mark.parametrize("colormap", ["jet", "viridis", "turbo"])
 def test_colour_bar_is_the_colormaps_lookup_table_from_1_at_the_top_to_0(colormap):
     lut = colormap_lut(colormap)
