@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from . import progress
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, GradcamError, as_cli_flags, first_line
 from .methods import METHODS
 from .render import INTERPOLATIONS, NORMALIZATIONS
@@ -203,47 +204,30 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     _log(f"warning: {as_cli_flags(' '.join(str(message).split()))}")
 
 
-class _Progress:
-    """`gradcam: 32/60 images` rewritten in place on a terminal, never in logs or pipes; any
-    other line first ends it, so the two never run together."""
-
-    open_line = False
-
-    @classmethod
-    def show(cls, done: int, total: int) -> None:
-        if not sys.stderr.isatty():
-            return
-        print(f"\rgradcam: {done}/{total} images", end="", file=sys.stderr, flush=True)
-        cls.open_line = True
-        if done == total:
-            cls.end()
-
-    @classmethod
-    def end(cls) -> None:
-        if cls.open_line:
-            print(file=sys.stderr, flush=True)
-            cls.open_line = False
-
-
 def _note(message: str) -> None:
     """A library's note (it names its parameters, out=) in the CLI's words (--out)."""
     _log(as_cli_flags(message))
 
 
 def _log(message: str) -> None:
-    _Progress.end()
-    typer.echo(f"gradcam: {message}", err=True)
+    """One line on stderr; above the progress bar while one is drawn (progress.py)."""
+    bar = progress.active()
+    if bar is not None:
+        bar.print(f"gradcam: {message}")
+    else:
+        typer.echo(f"gradcam: {message}", err=True)
 
 
-_progress = _Progress.show
-
-
-@app.command()
+@app.command(
+    cls=ReadableCommand,
+    short_help="Explain images: overlays, heatmaps and a JSON of the predictions.",
+    epilog=examples_epilog("explain"),
+)
 def explain(
     inputs: Annotated[
         list[str],
         typer.Argument(
-            metavar="INPUT",
+            metavar="IMAGE|DIR|GLOB|-",
             show_default=False,
             help="Image files, folders (recursive), globs, or - to read paths from stdin.",
         ),
@@ -499,6 +483,8 @@ def explain(
     # While the run goes on, descriptor 1 leads to stderr: a user's model that prints (from
     # Python, C or a child process) cannot put text before the JSON.
     with _exit_codes(verbose), stop_signals() as stop, data_stdout() as stdout:
+        if progress.on_terminal():  # checking the options imports torch: seconds of silence
+            _log(f"loading {model}…")
         from .job import JobOptions, prepare_job
 
         options = JobOptions(
@@ -538,7 +524,8 @@ def explain(
             resume=resume,
         )
         job = prepare_job(inputs, model, options, on_note=_note, stdin=sys.stdin)
-        report = job.run(progress=_progress)
+        with progress.ProgressBar(len(job.items)) as bar:  # drawn on a terminal only
+            report = job.run(on_status=bar.update)
         code = _finish(job, report, inputs, json_out, stop, stdout)
     raise typer.Exit(code)
 
@@ -547,7 +534,6 @@ def _finish(
     job: Job, report: Report, inputs: list[str], json_out: bool, stop: StopState, stdout
 ) -> int:
     """Tell what the run did, on stderr; the JSON on stdout with --json; the exit code."""
-    _Progress.end()
     for result in report.results:
         for warning in result.warnings:
             _log(f"warning: {result.input}: {warning}")
@@ -563,9 +549,10 @@ def _finish(
             f"{job.report_path}; finish with: {_resume_command(inputs)}"
         )
     else:
+        pace = progress.pace_note(summary, job.run_options, report.device)  # if not the model
         _log(
             f"{summary['ok']}/{summary['images']} images explained in "
-            f"{summary['seconds']:.1f}s; report: {job.report_path}"
+            f"{summary['seconds']:.1f}s; report: {job.report_path}" + (f"; {pace}" if pace else "")
         )
         _log_page(job.options)
     if json_out:

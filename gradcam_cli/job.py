@@ -26,6 +26,7 @@ from .batchsize import choose_batch_size, parse_batch_size
 from .errors import UsageError
 from .inputs import MISSING, InputItem, collect_inputs, parse_shard, select_shard
 from .localization import Gate, MaskSource
+from .timing import RunStatus
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,13 +36,14 @@ if TYPE_CHECKING:
     from .report import Report
     from .runner import RunOptions
 
-__all__ = ["JobOptions", "Job", "prepare_job", "run_job"]
+__all__ = ["JobOptions", "Job", "RunStatus", "prepare_job", "run_job"]
 
 Note = Callable[[str], None]
 Progress = Callable[[int, int], None]
+OnStatus = Callable[[RunStatus], None]
 
 # JobOptions fields that say how to build a model named by a string (see load_model).
-_MODEL_BUILDING = ("weights", "num_classes", "labels", "input_size", "mean", "std")
+_MODEL_BUILDING = ("weights", "num_classes", "labels", "input_size", "mean", "std", "resize")
 
 
 @dataclass(frozen=True)
@@ -209,13 +211,16 @@ class Job:
         """Where the JSON report goes: OUT/predictions.json, or the share's report."""
         return self.options.out / self.run_options.report_name
 
-    def run(self, progress: Progress | None = None) -> Report:
+    def run(self, progress: Progress | None = None, *, on_status: OnStatus | None = None) -> Report:
         """Explain every input and write the files and the report under `out` (taking its
-        lock); `progress(done, total)` after each batch. A stop (Ctrl-C) ends the run with the
-        report written and `report.interrupted` set."""
+        lock); `progress(done, total)` as images are finished (tqdm-style), and/or
+        `on_status(RunStatus)`, which adds the errors so far and the seconds since the start.
+        A stop (Ctrl-C) ends the run with the report written and `report.interrupted` set."""
         from .runner import run_explain
 
-        return run_explain(self.explainer, self.items, self.run_options, progress=progress)
+        return run_explain(
+            self.explainer, self.items, self.run_options, progress=progress, on_status=on_status
+        )
 
 
 def prepare_job(
@@ -275,6 +280,7 @@ def run_job(
     options: JobOptions | None = None,
     *,
     progress: Progress | None = None,
+    on_status: OnStatus | None = None,
     on_note: Note | None = None,
     stdin: TextIO | None = None,
     **values: Any,
@@ -284,10 +290,28 @@ def run_job(
 
         report = run_job("photos/", "torchvision:resnet50", out="runs/x", topk=3)
 
-    Arguments as for `prepare_job`; `progress` as for `Job.run`.
+    Arguments as for `prepare_job`; `progress` and `on_status` as for `Job.run`.
     """
     job = prepare_job(inputs, model, options, on_note=on_note, stdin=stdin, **values)
-    return job.run(progress=progress)
+    return job.run(progress=progress, on_status=on_status)
+
+
+def single_output_default(explainer: Explainer, options: JobOptions) -> bool:
+    """A one-output model explaining each image's predicted class (no targets, top-1)."""
+    return explainer.probe.num_outputs == 1 and not options.targets and options.topk == 1
+
+
+def single_output_note(explainer: Explainer) -> str:
+    """What a model with one output explains by default, and how to pin its positive class:
+    the predicted class flips between images near 0.5 (article 004 always explains the
+    positive output)."""
+    negative, positive = explainer.label(0), explainer.label(1)
+    return (
+        f"the model has a single output: class 1 '{positive}' when its probability is above "
+        f"0.5, else class 0 '{negative}'; each image's predicted class is "
+        f"explained, so the class can change from image to image: to explain '{positive}' "
+        "on every image, give targets=1"
+    )
 
 
 def refuse_when_nothing_exists(items: Sequence[InputItem]) -> None:

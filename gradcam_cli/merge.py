@@ -2,9 +2,9 @@
 
 Each share wrote `predictions.K-of-N.json` into the same folder. The merged report is an ordinary
 `predictions.json`: the shares' results one after another (share 1 first), the summary added up
-(`seconds` is the slowest share's: they ran side by side), `options.shard` null. Shares that are
-missing, or that come from different runs (another model, method, layers or schema), are refused:
-a merged report must describe one run. Torch-free.
+(`seconds` is the slowest share's: they ran side by side; `stages` are the shares' added up),
+`options.shard` null. Shares that are missing, or that come from different runs (another model,
+method, layers or schema), are refused: a merged report must describe one run. Torch-free.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from .report import (
     SHARD_REPORT,
     localization_totals,
     read_report_file,
+    stages_summary,
 )
+from .timing import STAGES
 
 __all__ = ["merge_shards"]
 
@@ -94,4 +96,21 @@ def _summary(documents: list[dict], results: list[dict]) -> dict:
         "resumed": sum(s.get("resumed", 0) for s in summaries),
         "in_progress": any(s.get("in_progress", False) for s in summaries),
         "batch_size_reduced_to": min(reduced) if reduced else None,
+        "stages": _stages(summaries),
     }
+
+
+def _stages(summaries: list[dict]) -> dict | None:
+    """The shares' stage seconds added up, and the slowest stage over them all (against the
+    shares' seconds added up too: each share's loop waited on its own)."""
+    timed = [s for s in summaries if s.get("stages")]
+    if not timed:  # shares written before the stages were recorded
+        return None
+    total: dict[str, object] = {
+        name: round(sum(s["stages"][name] for s in timed), 3) for name in STAGES
+    }
+    total["waited"] = {
+        side: round(sum(s["stages"]["waited"][side] for s in timed), 3)
+        for side in ("decode", "output")
+    }
+    return stages_summary(total, sum(s["seconds"] for s in timed))

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import UsageError
+from .timing import slowest_stage
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -32,6 +33,7 @@ __all__ = [
     "Report",
     "library_versions",
     "localization_totals",
+    "stages_summary",
 ]
 
 SCHEMA_VERSION = 1
@@ -184,6 +186,14 @@ def _gate_failures(localizations: list[dict]) -> int:
     return sum(m["passed"] is False for m in localizations)
 
 
+def stages_summary(stages: Mapping[str, object] | None, seconds: float) -> dict | None:
+    """`summary.stages`: the seconds per stage, what the model waited for, and the slowest stage
+    (`timing`); None for a report not made by a batch run."""
+    if stages is None:
+        return None
+    return {**stages, "slowest": slowest_stage(stages, seconds)}
+
+
 def library_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for dist in ("gradcam-cli", "torch", "torchvision", "timm"):
@@ -214,6 +224,7 @@ class Report:
     in_progress: bool = False  # a checkpoint written while the run goes on
     batch_size_reduced_to: int | None = None  # after running out of memory
     write_error: str | None = None  # why the report file could not be written (not in JSON)
+    stages: dict[str, object] | None = None  # timing.StageTimes.record(): where the time went
 
     @property
     def errors(self) -> int:
@@ -242,6 +253,7 @@ class Report:
                 "resumed": self.resumed,
                 "in_progress": self.in_progress,
                 "batch_size_reduced_to": self.batch_size_reduced_to,
+                "stages": stages_summary(self.stages, self.seconds),
             },
         }
 

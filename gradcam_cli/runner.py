@@ -58,6 +58,7 @@ from .resume import (
     reusable_results,
 )
 from .signals import stop_requested
+from .timing import RunStatus, StageTimes, seconds_writing, writing
 
 __all__ = [
     "RunOptions",
@@ -122,11 +123,13 @@ def run_explain(
     items: Sequence[InputItem],
     options: RunOptions,
     progress: Callable[[int, int], None] | None = None,
+    on_status: Callable[[RunStatus], None] | None = None,
 ) -> Report:
     """Explain every input, write its pictures, and write OUT/predictions.json (or the
-    shard's report). Decoding, the model and writing overlap (`pipeline`)."""
+    shard's report). Decoding, the model and writing overlap (`pipeline`); the report's
+    `stages` say where the time went (`timing`)."""
     with output_lock(options.out_dir, options.shard):  # one run owns --out (outlock.py)
-        return _run_locked(explainer, items, options, progress)
+        return _run_locked(explainer, items, options, progress, on_status)
 
 
 def _run_locked(
@@ -134,8 +137,10 @@ def _run_locked(
     items: Sequence[InputItem],
     options: RunOptions,
     progress: Callable[[int, int], None] | None,
+    on_status: Callable[[RunStatus], None] | None = None,
 ) -> Report:
     start = time.perf_counter()
+    stages = StageTimes()
     report = _new_report(explainer, options)
     report_path = resolve_inside(options.out_dir, options.report_name)
     reused = _previous_results(report, items, report_path, options) if options.resume else {}
@@ -147,15 +152,22 @@ def _run_locked(
         report.seconds = time.perf_counter() - start
         report.in_progress = in_progress
         report.batch_size_reduced_to = splitter.limit
+        report.stages = stages.record()
         write_text_atomic(report_path, report.to_json())
 
     checkpoints = Checkpoints(lambda: write_report(in_progress=True))
+    errors = 0
 
     def collect(done: list[ImageResult]) -> None:
+        nonlocal errors
         ledger.add(done)
+        errors += sum(result.status != "ok" for result in done)
         if done:
             if progress:
                 progress(ledger.count, len(items))
+            if on_status:
+                seconds = time.perf_counter() - start
+                on_status(RunStatus(ledger.count, len(items), errors, len(reused), seconds))
             checkpoints.maybe_write()
 
     todo = [items[index] for index in ledger.todo]
@@ -166,7 +178,7 @@ def _run_locked(
         max(1, options.batch_size),
         preprocess,
         options.workers,
-        device_decoder=None if device is None else functools.partial(DeviceDecoder, device),
+        device_decoder=None if device is None else _timed_device_decoder(device, stages),
     )
     splitter = _splitter(explainer, options)
     # Pictures are saved image by image, so every writer thread has work; at most two batches'
@@ -174,13 +186,19 @@ def _run_locked(
     ahead = max(2 * max(1, options.batch_size), 4 * options.write_threads)
     writer: BoundedWriter[ImageResult] = BoundedWriter(options.write_threads, ahead=ahead)
     try:
-        for decoded in batches:
-            explained = _explain_batch(splitter, decoded)
-            if device is not None:  # JPEG overlays drawn and encoded there too
-                explained = encode_overlays(decoded, explained, options)
+        for decoded in _waiting_for(batches, stages, count_decode=device is None):
+            with stages.busy_in("model"):
+                explained = _explain_batch(splitter, decoded)
+            if device is not None:  # JPEG overlays drawn and encoded there too, on this loop
+                with stages.busy_in("render"), stages.waiting_for("output"):
+                    explained = encode_overlays(decoded, explained, options)
             for job in _save_jobs(decoded, explained, options):
-                collect(writer.submit(*job))
-        collect(writer.drain())
+                with stages.waiting_for("output"):  # at once, while the writer keeps up
+                    done = writer.submit(_timed_save, stages, *job)
+                collect(done)
+        with stages.waiting_for("output"):
+            done = writer.drain()
+        collect(done)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one (signals.py)
         report.interrupted = True  # what was done is reported; the CLI exits 130 (143)
         try:  # the images already explained are a few writes from done: finish them, unless
@@ -198,6 +216,54 @@ def _run_locked(
     if options.report and options.shard is None:  # a share's page would show a share only
         write_page(options.out_dir, report.to_dict())
     return report
+
+
+def _waiting_for(batches, stages: StageTimes, count_decode: bool):
+    """The decoded batches, counting what the model's loop waits for them (but the first:
+    nothing runs before it, however many workers decode) and, with `count_decode`, their
+    decode seconds as measured where they were decoded."""
+    first = True
+    iterator = iter(batches)
+    while True:
+        clock = time.perf_counter()
+        try:
+            decoded = next(iterator)
+        except StopIteration:
+            return
+        if not first:
+            stages.wait("decode", time.perf_counter() - clock)
+        first = False
+        if count_decode:
+            stages.add("decode", sum(d.seconds for d in decoded))
+        yield decoded
+
+
+def _timed_device_decoder(device, stages: StageTimes):
+    """DeviceDecoder for `device`, its calls counted as decode time (the seconds of the decode
+    thread: files read, the device's decode and preprocessing, the CPU fallbacks it waits for)."""
+
+    def start(pool):
+        decode = DeviceDecoder(device, pool)
+
+        def timed(items, preprocess):
+            with stages.busy_in("decode"):
+                return decode(items, preprocess)
+
+        return timed
+
+    return start
+
+
+def _timed_save(stages: StageTimes, save, *args):
+    """A writer job, its seconds split into writing (encoding and saving the files, counted by
+    `timing.writing`) and rendering (the rest: drawing the pictures, panels, thumbnails)."""
+    clock, written = time.perf_counter(), seconds_writing()
+    try:
+        return save(*args)
+    finally:
+        write = seconds_writing() - written
+        stages.add("write", write)
+        stages.add("render", max(0.0, time.perf_counter() - clock - write))
 
 
 def _new_report(explainer: Explainer, options: RunOptions) -> Report:
@@ -565,7 +631,8 @@ def _save_pictures(pictures: Pictures, stem: str, options: RunOptions) -> tuple[
     if options.overlay_format == "png":
         _write_png(options.out_dir, overlay, pictures.overlay)
     else:
-        write_image_atomic(resolve_inside(options.out_dir, overlay), pictures.overlay, "jpg")
+        with writing():
+            write_image_atomic(resolve_inside(options.out_dir, overlay), pictures.overlay, "jpg")
     if options.report:
         save_thumbnail(options.out_dir, overlay, pictures.overlay)
     if heatmap and pictures.heatmap is not None:  # _render made it: options.heatmap
@@ -583,7 +650,8 @@ def _save_guided(picture: Image.Image | None, path: str, options: RunOptions) ->
 
 def _write_png(out_dir: Path, relative: str, picture: Image.Image, smooth: bool = False) -> None:
     """`picture` as PNG at out_dir/relative, atomically, with the fast encoder (pngwrite)."""
-    write_bytes_atomic(resolve_inside(out_dir, relative), png_bytes(picture, smooth))
+    with writing():
+        write_bytes_atomic(resolve_inside(out_dir, relative), png_bytes(picture, smooth))
 
 
 def _save_panel(

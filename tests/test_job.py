@@ -28,7 +28,8 @@ def cli(*args: str):
 def comparable(document: dict) -> dict:
     """A report without what differs between two runs of one job: times, the folder's name."""
     document = {k: v for k, v in document.items() if k != "out"}
-    document["summary"] = {k: v for k, v in document["summary"].items() if k != "seconds"}
+    times = ("seconds", "stages")
+    document["summary"] = {k: v for k, v in document["summary"].items() if k not in times}
     return document
 
 

@@ -194,6 +194,7 @@ def files_and_report(out: Path) -> tuple[dict[str, bytes], dict]:
     files = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     report = json.loads(files.pop("predictions.json"))
     report["summary"].pop("seconds")
+    report["summary"].pop("stages")  # the time per stage of a batch run; null from save()
     report.pop("out")
     return files, report
 
