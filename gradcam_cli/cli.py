@@ -24,6 +24,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import progress
+from .clihelp import ReadableCommand, examples_epilog
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, GradcamError, as_cli_flags, first_line
 from .methods import METHODS
 from .render import INTERPOLATIONS, NORMALIZATIONS
@@ -85,7 +86,7 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(epilog=examples_epilog("gradcam"))
 def _root(
     version: Annotated[
         bool,
@@ -141,7 +142,10 @@ InputSizeOpt = Annotated[
     typer.Option(
         "--input-size",
         metavar="PIXELS",
-        help="Square input size in pixels (default: the model's own).",
+        help="The model's input, PIXELS×PIXELS (default: the model's own). The photo is "
+        "fitted to it as --resize says; with crop (most models' default) its shorter side is "
+        "resized in the model's own ratio (to 256 for 224 with most), then the centre "
+        "PIXELS×PIXELS is cropped.",
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
@@ -269,8 +273,10 @@ def explain(
             "--target",
             "-t",
             metavar="CLASS",
-            help="Class to explain, by index or label; repeat for several. "
-            "Default: the predicted class.",
+            help="Class to explain, by index or label; repeat for several. Default: the "
+            "predicted class. A model with a single output (one logit or a sigmoid) has two "
+            "classes, 0 negative and 1 positive: -t 1 explains the positive one on every image, "
+            "where the predicted class would change from image to image.",
         ),
     ] = None,
     topk: Annotated[
@@ -626,7 +632,11 @@ def _log_localization(report) -> None:
         )
 
 
-@app.command()
+@app.command(
+    cls=ReadableCommand,
+    short_help="List a model's layers, their maps, and which ones can be explained.",
+    epilog=examples_epilog("layers"),
+)
 def layers(
     model: Annotated[
         str,
@@ -634,8 +644,17 @@ def layers(
             metavar="MODEL", show_default=False, help="Model spec, as for explain --model."
         ),
     ],
-    input_size: InputSizeOpt = None,
+    pretrained: Annotated[
+        bool,
+        typer.Option(
+            "--pretrained/--no-pretrained",
+            help="Download the model's pretrained weights first (default: random init, offline: "
+            "the layers and their maps do not depend on the weights).",
+        ),
+    ] = False,
+    weights: WeightsOpt = None,
     num_classes: NumClassesOpt = None,
+    input_size: InputSizeOpt = None,
     usable: Annotated[
         bool, typer.Option("--usable", help="List only layers that can be explained.")
     ] = False,
@@ -644,7 +663,10 @@ def layers(
     """List a model's layers: dotted path, type, output shape, the map it gives (tokens and
     channels-last outputs are laid out as C×h×w), and which are usable targets.
 
-    Random weights are used (the structure does not depend on them), so this works offline.
+    It takes explain's model options, so the table is for the model you will explain: a
+    checkpoint with another head (--weights, --num-classes), another input size (the token grid
+    of a ViT follows it). The weights do not change the table: random ones are used unless
+    --pretrained or --weights, so this works offline.
     """
     # The user's model may print while it is built and probed: the table alone is stdout.
     with _exit_codes(verbose), stop_signals(), data_stdout() as stdout:
@@ -653,7 +675,13 @@ def layers(
 
         check_input_size(input_size)
         check_num_classes(num_classes)
-        loaded = load_model(model, pretrained=False, num_classes=num_classes, input_size=input_size)
+        loaded = load_model(
+            model,
+            pretrained=pretrained,
+            weights=weights,
+            num_classes=num_classes,
+            input_size=input_size,
+        )
         probe = probe_layers(loaded.model, loaded.preprocess.input_size, model_name=loaded.title)
         try:
             default = probe.default_layer()
@@ -669,11 +697,19 @@ def layers(
             stdout.write(line + "\n")
 
 
-@app.command()
+@app.command(
+    cls=ReadableCommand,
+    short_help="List the model names --model accepts (demo, timm, torchvision).",
+    epilog=examples_epilog("models"),
+)
 def models(
     pattern: Annotated[
         str,
-        typer.Argument(metavar="PATTERN", help="Shell-style filter, e.g. 'resnet*' or '*vit*'."),
+        typer.Argument(
+            metavar="WORD|PATTERN",
+            help="A word: the names containing it (vit). A shell-style pattern: the names as "
+            "printed, library prefix included ('timm:resnet5*', '*demo*').",
+        ),
     ] = "*",
     pretrained: Annotated[
         bool,
@@ -694,11 +730,15 @@ def models(
         for name in names:
             stdout.write(name + "\n")
         if not names:
-            _log(f"error: {no_model_matches(pattern)}")
+            _log(f"error: {no_model_matches(pattern, pretrained=pretrained)}")
             raise typer.Exit(EXIT_SOME_FAILED)
 
 
-@app.command()
+@app.command(
+    cls=ReadableCommand,
+    short_help="Merge the reports of a run split with --shard into one.",
+    epilog=examples_epilog("merge"),
+)
 def merge(
     folder: Annotated[
         Path,
@@ -735,7 +775,11 @@ def merge(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(
+    cls=ReadableCommand,
+    short_help="Write a run's HTML page (OUT/index.html) from its report.",
+    epilog=examples_epilog("report"),
+)
 def report(
     folder: Annotated[
         Path,

@@ -263,6 +263,8 @@ def prepare_job(
             f"topk={options.topk} is more than the model's {explainer.num_classes} classes; "
             f"give 1–{explainer.num_classes}"
         )
+    if on_note is not None and single_output_default(explainer, options):
+        on_note(single_output_note(explainer))
     if explainer.layer_chosen_automatically and on_note is not None:
         on_note(
             f"no layers= given: using '{explainer.layers[0]}' "

@@ -692,6 +692,51 @@ def test_layers_lists_paths_shapes_usable_and_default(run):
     assert "4×4" in usable and " fc " not in usable
 
 
+def test_a_single_output_model_says_once_which_class_it_explains(run, tmp_path):
+    binary = ["--model", "my_models.py:Binary", "--input-size", "64"]
+    result = run("explain", "photos/wide.jpg", "photos/tall.png", *binary, "-o", f"{tmp_path}/a")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if "single output" in line]
+    assert len(notes) == 1, result.stderr
+    assert "class 1 'positive'" in notes[0] and "--target 1" in notes[0]
+    pinned = run("explain", "photos/wide.jpg", *binary, "-t", "1", "-o", f"{tmp_path}/b")
+    assert pinned.exit_code == 0 and "single output" not in pinned.stderr
+    both = run("explain", "photos/wide.jpg", *binary, "-k", "2", "-o", f"{tmp_path}/c")
+    assert both.exit_code == 0 and "single output" not in both.stderr
+
+
+def test_layers_takes_the_model_options_of_explain(run, tmp_path):
+    """The table is for the model the user will explain: its checkpoint, head and input size."""
+    torch.manual_seed(0)
+    weights = tmp_path / "seven.pt"
+    torch.save(torchvision_resnet18(num_classes=7).state_dict(), weights)
+    result = run(
+        "layers",
+        "torchvision:resnet18",
+        "--no-pretrained",
+        "--weights",
+        str(weights),
+        "--num-classes",
+        "7",
+        "--input-size",
+        "160",
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "input 3×160×160" in lines[0]
+    assert layer_line(lines, "fc").split()[2] == "7"
+    assert "512×5×5" in layer_line(lines, "layer4")
+    # The checkpoint is loaded, not only named: one with another head is refused as explain does.
+    refused = run("layers", "torchvision:resnet18", "--weights", str(weights))
+    assert refused.exit_code == 2 and "--num-classes 7" in refused.output
+
+
+def torchvision_resnet18(num_classes: int):
+    import torchvision
+
+    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+
+
 def layer_line(lines: list[str], name: str) -> str:
     return next(line for line in lines if line[2:].split()[:1] == [name])
 
