@@ -15,7 +15,20 @@ __all__ = [
     "target_text",
     "localization_text",
     "gate_text",
+    "faithfulness_text",
+    "baselines_text",
+    "rules_text",
 ]
+
+# The metrics' short names in captions, in the order they are listed.
+METRIC_WORDS = {
+    "deletion_auc": "deletion",
+    "insertion_auc": "insertion",
+    "average_drop": "drop",
+    "increase_in_confidence": "increase",
+    "road_morf": "ROAD MoRF",
+    "road_lerf": "ROAD LeRF",
+}
 
 # What 0 and 1 on the colour bar mean for each --normalize mode (render.normalize_map).
 NORMALIZATION_MEANINGS = {
@@ -71,6 +84,36 @@ def gate_text(localization: Mapping | None) -> str | None:
     if localization["passed"]:
         return "passed"
     return "failed: " + "; ".join(str(s) for s in localization.get("shortfalls") or [])
+
+
+def faithfulness_text(faithfulness: Mapping | None) -> str | None:
+    """`deletion 0.112, insertion 0.604, drop 0.231, …` (--metrics), with the baselines'
+    insertion or deletion beside it when there are baselines; None without --metrics."""
+    if faithfulness is None:
+        return None
+    parts = [
+        f"{word} {_number(faithfulness[name])}"
+        for name, word in METRIC_WORDS.items()
+        if name in faithfulness
+    ]
+    return ", ".join(parts)
+
+
+def baselines_text(faithfulness: Mapping | None) -> str | None:
+    """`random: deletion 0.301, insertion 0.288; center: …`, None without --baselines."""
+    baselines = (faithfulness or {}).get("baselines") or {}
+    if not baselines:
+        return None
+    return "; ".join(f"{name}: {faithfulness_text(values)}" for name, values in baselines.items())
+
+
+def rules_text(gate: Mapping | None) -> str | None:
+    """The --gate rules' verdict: `passed`, `failed: insertion_auc 0.31 < 0.4`, or None."""
+    if gate is None:
+        return None
+    if gate.get("passed"):
+        return "passed"
+    return "failed: " + "; ".join(str(s) for s in gate.get("shortfalls") or [])
 
 
 def _number(value: object) -> str:

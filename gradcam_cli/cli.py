@@ -419,6 +419,108 @@ def explain(
             help="Gate: exit 1 when a map's maximum falls outside the mask. Needs --mask.",
         ),
     ] = False,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="LIST",
+            help="Measure each map's faithfulness (no mask needed), comma-separated: deletion, "
+            "insertion (AUC of the target's probability as pixels are removed/revealed in the "
+            "map's order), drop (average drop and increase in confidence on the image times "
+            "the map), road (ROAD MoRF/LeRF: noisy linear imputation), or all. Costs the "
+            'model on each map\'s perturbed copies (README "Faithfulness").',
+        ),
+    ] = None,
+    baselines: Annotated[
+        str | None,
+        typer.Option(
+            "--baselines",
+            metavar="LIST",
+            help="Also measure the metrics for baseline maps, comma-separated: random (seeded, "
+            "at the map's resolution), center (a centred Gaussian), edges (Sobel), so a "
+            "number means something. Needs --metrics.",
+        ),
+    ] = None,
+    gate: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gate",
+            metavar="EXPR",
+            help="Exit 1 when an explanation fails NAME>=VALUE or NAME<=VALUE (repeatable): a "
+            "metric (insertion_auc>=0.4, deletion_auc<=0.2, average_drop, "
+            "increase_in_confidence, road_morf, road_lerf; measured with --metrics) or a "
+            "localization figure (hit, energy, iou; with --mask). One stderr line per failure.",
+        ),
+    ] = None,
+    metric_steps: Annotated[
+        int,
+        typer.Option(
+            "--metric-steps",
+            metavar="N",
+            help="Deletion/insertion: pixels removed or revealed in N steps of 1/N (torchcam's "
+            "20).",
+        ),
+    ] = 20,
+    deletion_substrate: Annotated[
+        str,
+        typer.Option(
+            "--deletion-substrate",
+            metavar="KIND",
+            help="What a deleted pixel becomes: zeros (the mean colour, torchcam's) or blur "
+            "(the image blurred, RISE's).",
+        ),
+    ] = "zeros",
+    insertion_substrate: Annotated[
+        str,
+        typer.Option(
+            "--insertion-substrate",
+            metavar="KIND",
+            help="What insertion starts from: zeros (torchcam's) or blur (RISE's).",
+        ),
+    ] = "zeros",
+    metric_score: Annotated[
+        str,
+        typer.Option(
+            "--metric-score",
+            metavar="KIND",
+            help="The score the metrics watch: probability (the softmax, as the papers) or "
+            "logit (torchcam's metrics without logits_fn).",
+        ),
+    ] = "probability",
+    road_percentiles: Annotated[
+        str,
+        typer.Option(
+            "--road-percentiles",
+            metavar="LIST",
+            help="ROAD: the percentiles averaged over (pytorch-grad-cam's 10…90); at p, "
+            "(100 − p)% of the pixels are imputed.",
+        ),
+    ] = "10,20,30,40,50,60,70,80,90",
+    road_noise: Annotated[
+        float,
+        typer.Option(
+            "--road-noise",
+            metavar="SD",
+            help="ROAD: the imputation noise's standard deviation (pytorch-grad-cam's 0.01).",
+        ),
+    ] = 0.01,
+    road_selection: Annotated[
+        str,
+        typer.Option(
+            "--road-selection",
+            metavar="KIND",
+            help="ROAD: threshold (pytorch-grad-cam: pixels tied at the percentile all go) or "
+            "rank (ROAD's code: exactly (100 − p)%).",
+        ),
+    ] = "threshold",
+    metric_seed: Annotated[
+        int,
+        typer.Option(
+            "--metric-seed",
+            metavar="N",
+            help="Seeds ROAD's noise and, with each input's name, the random baseline.",
+        ),
+    ] = 0,
     batch_size: Annotated[
         str,
         typer.Option(
@@ -528,12 +630,35 @@ def explain(
             decode=decode,
             shard=shard,
             resume=resume,
+            metrics=metrics or (),
+            baselines=baselines or (),
+            gates=gate or (),
+            metric_settings=_metric_settings(
+                steps=metric_steps,
+                deletion_substrate=deletion_substrate,
+                insertion_substrate=insertion_substrate,
+                score=metric_score,
+                road_percentiles=road_percentiles,
+                road_noise=road_noise,
+                road_seed=metric_seed,
+                road_selection=road_selection,
+            ),
         )
         job = prepare_job(inputs, model, options, on_note=_note, stdin=sys.stdin)
         with progress.ProgressBar(len(job.items)) as bar:  # drawn on a terminal only
             report = job.run(on_status=bar.update)
         code = _finish(job, report, inputs, json_out, stop, stdout)
     raise typer.Exit(code)
+
+
+def _metric_settings(**given: Any):
+    """The metrics' protocol from its flags; None when every flag has its default (so the flags
+    alone, without --metrics, are no error)."""
+    from .faithfulness import MetricSettings, parse_percentiles
+
+    given["road_percentiles"] = parse_percentiles(given["road_percentiles"])
+    settings = MetricSettings(**given)
+    return None if settings == MetricSettings() else settings
 
 
 def _finish(
@@ -546,6 +671,7 @@ def _finish(
         if result.status != "ok":
             _log(f"{result.input}: {result.error}")
     _log_localization(report)
+    _log_faithfulness(report)
     _log_run_notes(report, job.run_options.batch_size)
     summary: Any = report.to_dict()["summary"]
     if report.interrupted:
@@ -630,6 +756,27 @@ def _log_localization(report) -> None:
             f"{figures['mean_mask_share']:.3f}), IoU {figures['mean_iou']:.3f}"
             + (f"; {figures['gate_failures']} failed the gate" if figures["gate_failures"] else "")
         )
+
+
+def _log_faithfulness(report) -> None:
+    """With --gate: one line per explanation short of a rule. With --metrics: the means, and
+    the baselines' beside them."""
+    from .captions import faithfulness_text
+
+    for result, record in report.records():
+        if record.gate is not None and record.gate["passed"] is False:
+            where = f"{result.input} [{record.target.label} @ {record.layer}]"
+            _log(f"gate failed: {where}: {'; '.join(record.gate['shortfalls'])}")
+    figures = report.faithfulness_summary()
+    if figures and figures["explanations"]:
+        line = f"faithfulness over {figures['explanations']} maps: "
+        line += faithfulness_text(figures["means"]) or "nothing measured"
+        for name, means in figures["baselines"].items():
+            line += f"; {name} baseline: {faithfulness_text(means)}"
+        _log(line)
+    gate = report.gate_summary()
+    if gate and gate["failures"]:
+        _log(f"{gate['failures']} of {gate['explanations']} explanations failed --gate")
 
 
 @app.command(
@@ -767,6 +914,7 @@ def merge(
             stdout.write(target.read_text(encoding="utf-8"))
         summary = merged["summary"]
         gate = (summary["localization"] or {}).get("gate_failures", 0)
+        gate += (summary.get("gate") or {}).get("failures", 0)
         _log(
             f"merged {summary['images']} images ({summary['ok']} ok, {summary['errors']} "
             f"failed) into {target}"

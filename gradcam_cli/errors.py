@@ -110,6 +110,18 @@ PARAMETER_FLAGS = {
     "mean": "--mean",
     "std": "--std",
     "resize": "--resize",
+    "metrics": "--metrics",
+    "baselines": "--baselines",
+    "gates": "--gate",
+    "metric_settings": "--metric-steps/--road-percentiles/...",
+    "steps": "--metric-steps",
+    "deletion_substrate": "--deletion-substrate",
+    "insertion_substrate": "--insertion-substrate",
+    "score": "--metric-score",
+    "road_percentiles": "--road-percentiles",
+    "road_noise": "--road-noise",
+    "road_seed": "--metric-seed",
+    "road_selection": "--road-selection",
 }
 _NEGATED_FLAGS = {"pretrained": "--no-pretrained"}  # name=False
 _BOOLEAN_FLAGS = {"eigen_smooth", "aug_smooth", "require_hit"}

@@ -421,7 +421,7 @@ class Explainer:
             batch = torch.from_numpy(np.stack(arrays))
         if batch.device.type == "cpu" and self.device.type == "cuda":  # page-locked, so the
             batch = batch.pin_memory()  # copy overlaps the GPU's work
-        with self._autocast():
+        with self.autocast():
             result = self._explain_tensor(batch.to(self.device, non_blocking=True), classes, topk)
         request = (tuple(classes or ()), 1 if classes else topk)
         return [
@@ -439,12 +439,13 @@ class Explainer:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise UsageError(f"x must be a tensor [B, 3, H, W], got {shape}")
         classes = self.resolve_targets(list(targets)) if targets is not None else None
-        with self._autocast():
+        with self.autocast():
             result = self._explain_tensor(x.to(self.device), classes, topk)
         maps = {name: m.to(x.device) for name, m in result.maps.items()}
         return next(iter(maps.values())) if len(maps) == 1 else maps
 
-    def _autocast(self):
+    def autocast(self):
+        """The autocast context of amp= (none without it): the model runs under it."""
         if self._amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self._amp_dtype)

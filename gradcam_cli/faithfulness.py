@@ -63,6 +63,7 @@ __all__ = [
     "Faithfulness",
     "GateRule",
     "check_metrics",
+    "parse_percentiles",
     "check_baselines",
     "parse_gate",
     "check_gates",
@@ -182,6 +183,17 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
             f"{name}='{value}' is not one of {', '.join(choices)}."
             + did_you_mean(str(value), choices, n=1)
         )
+
+
+def parse_percentiles(text: str) -> tuple[float, ...]:
+    """'10,20,30' → (10.0, 20.0, 30.0); MetricSettings checks the range."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(
+            f"road_percentiles='{text}' must be comma-separated numbers between 0 and 100, "
+            "e.g. 10,20,30,40,50,60,70,80,90"
+        ) from None
 
 
 def check_metrics(names: Iterable[str]) -> tuple[str, ...]:

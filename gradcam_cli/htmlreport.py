@@ -24,7 +24,15 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from .captions import gate_text, localization_text, prediction_text, target_text
+from .captions import (
+    baselines_text,
+    faithfulness_text,
+    gate_text,
+    localization_text,
+    prediction_text,
+    rules_text,
+    target_text,
+)
 from .errors import UsageError
 from .files import resolve_inside, write_image_atomic, write_text_atomic
 from .report import REPORT_NAME, SHARD_REPORT, read_report_file
@@ -140,9 +148,12 @@ def _card(out_dir: Path, result: Mapping, explanation: Mapping, method: str) -> 
     target = explanation.get("target") or {}
     localization = explanation.get("localization")
     gate = gate_text(localization)
+    faithfulness = explanation.get("faithfulness")
+    rules = rules_text(explanation.get("gate"))
+    failed = any(text is not None and text != "passed" for text in (gate, rules))
     card = _Card(
         input=str(result.get("input")),
-        status="gate-failed" if gate is not None and gate != "passed" else "ok",
+        status="gate-failed" if failed else "ok",
         predicted=str(predictions[0].get("label")) if predictions else "",
         target=str(target.get("label")),
         layer=str(explanation.get("layer")),
@@ -157,11 +168,21 @@ def _card(out_dir: Path, result: Mapping, explanation: Mapping, method: str) -> 
         card.lines.append(("mask", measured))
     if gate is not None:
         card.lines.append(("gate", gate))
+    for label, text in (
+        ("faithfulness", faithfulness_text(faithfulness)),
+        ("baselines", baselines_text(faithfulness)),
+        ("gate", rules),
+    ):
+        if text is not None:
+            card.lines.append((label, text))
     card.lines += [("warning", str(w)) for w in explanation.get("warnings") or []]
     for name in ("overlay", "panel", "heatmap", "guided", "mask", "raw"):
         path = _existing(out_dir, explanation.get(name))
         if path:
             card.links[name] = path
+    curves = _existing(out_dir, (faithfulness or {}).get("curves"))
+    if curves:
+        card.links["curves"] = curves
     card.thumbnail = _thumbnail(out_dir, card.links.get("overlay"))
     return card
 
@@ -297,9 +318,10 @@ def _filters(document: Mapping, cards: list[_Card]) -> str:
 
 
 def _gated(options: Mapping | None) -> bool:
-    """Whether the run set a gate (--require-hit, --min-energy)."""
+    """Whether the run set a gate (--require-hit, --min-energy, --gate)."""
     options = options or {}
-    return bool(options.get("require_hit")) or options.get("min_energy") is not None
+    localization = bool(options.get("require_hit")) or options.get("min_energy") is not None
+    return localization or bool(options.get("gate"))
 
 
 def _select(name: str, label: str, counts: Mapping[str, int]) -> str:

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .explainer import Explainer, RenderOptions
+    from .faithfulness import GateRule, MetricSettings
+    from .faithrun import MetricOptions
     from .models import LoadedModel
     from .report import Report
     from .runner import RunOptions
@@ -88,6 +90,13 @@ class JobOptions:
     mask: Path | None = None
     min_energy: float | None = None
     require_hit: bool = False
+    # Faithfulness (faithfulness.py): metrics and group names (deletion, insertion, drop, road,
+    # all), baselines measured beside each map, their protocol, and gates over the metrics and
+    # the localization figures ("insertion_auc>=0.4").
+    metrics: str | Sequence[str] = ()
+    baselines: str | Sequence[str] = ()
+    metric_settings: MetricSettings | None = None  # None: the peers' defaults
+    gates: str | Sequence[str] = ()
     # Running.
     batch_size: int | str = "auto"  # "auto": batchsize.py picks it from the model and memory
     workers: int | str = "auto"
@@ -112,6 +121,8 @@ class JobOptions:
                 put(name, tuple(getattr(self, name)))
         if self.layers is not None and not isinstance(self.layers, str):
             put("layers", tuple(self.layers))
+        for name in ("metrics", "baselines", "gates"):  # "a,b" or ["a", "b"]
+            put(name, _listed(getattr(self, name), split=name != "gates"))
         if isinstance(self.targets, str | int):
             put("targets", (self.targets,))
         put("targets", tuple(self.targets or ()))
@@ -144,10 +155,37 @@ class JobOptions:
         object.__setattr__(self, "workers", parse_workers(str(self.workers)))
         object.__setattr__(self, "batch_size", parse_batch_size(self.batch_size))
         check_decode(self.decode)
+        self._check_faithfulness()
         if self.gate.active and self.mask is None:
             raise UsageError(
                 "min_energy= and require_hit=True measure against a mask: add mask=PATH"
             )
+
+    def _check_faithfulness(self) -> None:
+        from .faithfulness import check_baselines, check_gates, check_metrics, parse_gate
+
+        if self.metrics:
+            object.__setattr__(self, "metrics", check_metrics(self.metrics))
+        if self.baselines:
+            if not self.metrics:
+                raise UsageError("baselines= are measured with the metrics: add metrics=...")
+            object.__setattr__(self, "baselines", check_baselines(self.baselines))
+        if self.metric_settings is not None and not self.metrics:
+            raise UsageError("metric_settings= apply to the metrics: add metrics=...")
+        rules = tuple(parse_gate(text) for text in self.gates)
+        check_gates(rules, self.metrics, has_mask=self.mask is not None)
+        object.__setattr__(self, "gates", rules)
+
+    @property
+    def metric_options(self) -> MetricOptions | None:
+        """`metrics` and what goes with them, for the runner; None without metrics."""
+        if not self.metrics:
+            return None
+        from .faithfulness import MetricSettings
+        from .faithrun import MetricOptions
+
+        settings = self.metric_settings or MetricSettings()
+        return MetricOptions(tuple(self.metrics), tuple(self.baselines), settings)
 
     @property
     def share(self) -> tuple[int, int] | None:
@@ -194,6 +232,8 @@ class JobOptions:
             panel=self.panel,
             report=self.report_page,
             render=self.render,
+            metrics=self.metric_options,
+            gates=cast("tuple[GateRule, ...]", self.gates),
         )
 
 
@@ -314,6 +354,14 @@ def single_output_note(explainer: Explainer) -> str:
         f"explained, so the class can change from image to image: to explain '{positive}' "
         "on every image, give targets=1"
     )
+
+
+def _listed(value: str | Sequence[str], split: bool) -> tuple[str, ...]:
+    """A comma-separated string or a sequence → a tuple of non-empty items."""
+    items = [value] if isinstance(value, str) else list(value or ())
+    if split:
+        items = [part for item in items for part in str(item).split(",")]
+    return tuple(item.strip() for item in map(str, items) if item.strip())
 
 
 def refuse_when_nothing_exists(items: Sequence[InputItem]) -> None:

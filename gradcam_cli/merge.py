@@ -18,6 +18,8 @@ from .report import (
     REPORT_NAME,
     SAME_RUN_KEYS,
     SHARD_REPORT,
+    faithfulness_totals,
+    gate_totals,
     localization_totals,
     read_report_file,
     stages_summary,
@@ -85,6 +87,9 @@ def _summary(documents: list[dict], results: list[dict]) -> dict:
         if explanation.get("localization") is not None
     ]
     measured = any(s.get("localization") is not None for s in summaries)
+    records = [e for result in results for e in result.get("explanations", [])]
+    faithful = [e["faithfulness"] for e in records if e.get("faithfulness") is not None]
+    rules = (summaries[0].get("gate") or {}).get("rules")
     reduced = [s["batch_size_reduced_to"] for s in summaries if s.get("batch_size_reduced_to")]
     return {
         "images": sum(s["images"] for s in summaries),
@@ -97,6 +102,14 @@ def _summary(documents: list[dict], results: list[dict]) -> dict:
         "in_progress": any(s.get("in_progress", False) for s in summaries),
         "batch_size_reduced_to": min(reduced) if reduced else None,
         "stages": _stages(summaries),
+        "faithfulness": (
+            faithfulness_totals(faithful)
+            if any(s.get("faithfulness") is not None for s in summaries)
+            else None
+        ),
+        "gate": gate_totals([e["gate"] for e in records if e.get("gate")], rules)
+        if rules
+        else None,
     }
 
 
@@ -107,7 +120,7 @@ def _stages(summaries: list[dict]) -> dict | None:
     if not timed:  # shares written before the stages were recorded
         return None
     total: dict[str, object] = {
-        name: round(sum(s["stages"][name] for s in timed), 3) for name in STAGES
+        name: round(sum(s["stages"].get(name, 0.0) for s in timed), 3) for name in STAGES
     }
     total["waited"] = {
         side: round(sum(s["stages"]["waited"][side] for s in timed), 3)

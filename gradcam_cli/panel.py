@@ -24,9 +24,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .captions import (
     NORMALIZATION_MEANINGS,
+    baselines_text,
+    faithfulness_text,
     gate_text,
     localization_text,
     prediction_text,
+    rules_text,
     target_text,
 )
 from .files import resolve_inside, write_bytes_atomic
@@ -105,6 +108,8 @@ def caption_fields(
     localization: Mapping | None,
     colormap: str,
     normalize: str,
+    faithfulness: Mapping | None = None,
+    gate: Mapping | None = None,
 ) -> list[str]:
     """The caption's fields, in reading order; `draw_panel` packs them into rows."""
     fields = [
@@ -117,9 +122,14 @@ def caption_fields(
     measured = localization_text(localization)
     if measured is not None:
         fields.append(f"mask: {measured}")
-    gate = gate_text(localization)
-    if gate is not None:
-        fields.append(f"gate: {gate}")
+    for label, text in (
+        ("gate", gate_text(localization)),
+        ("faithfulness", faithfulness_text(faithfulness)),
+        ("baselines", baselines_text(faithfulness)),
+        ("gate", rules_text(gate)),
+    ):
+        if text is not None:
+            fields.append(f"{label}: {text}")
     meaning = NORMALIZATION_MEANINGS.get(normalize, normalize)
     fields.append(f"colours: {colormap}, {normalize} ({meaning})")
     return fields

@@ -222,6 +222,12 @@ def pace_note(summary: Mapping[str, Any], run_options: Any, device: str = "cpu")
     stage = stages["slowest"] if stages else None
     if stages is None or stage in (None, "model"):
         return None
+    if stage == "metrics":  # on the model's loop: no wait, its own seconds
+        return (
+            f"slowest stage: metrics ({stages['metrics']:.1f}s of {summary['seconds']:.1f}s: "
+            "the model on each map's perturbed copies) — measure fewer --metrics or "
+            "--baselines, or fewer --metric-steps"
+        )
     side = "decode" if stage == "decode" else "output"
     note = (
         f"slowest stage: {stage} (the model waited {stages['waited'][side]:.1f}s of "

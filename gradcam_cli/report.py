@@ -109,6 +109,10 @@ class ExplanationRecord:
     # with --mask: the true mask as measured, in the photo's frame (PNG, one per image and
     # target), else null; `localization.mask` names the file it was read from
     mask: str | None = None
+    # with --metrics: faithrun.metric_record (the metrics, the baselines', the curves' file)
+    faithfulness: dict[str, object] | None = None
+    # with --gate: {"passed": bool, "shortfalls": [...]} over the gate's rules, else null
+    gate: dict[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,51 @@ def _gate_failures(localizations: list[dict]) -> int:
     return sum(m["passed"] is False for m in localizations)
 
 
+def _failed_a_gate(record: ExplanationRecord) -> bool:
+    localization, gate = record.localization or {}, record.gate or {}
+    return localization.get("passed") is False or gate.get("passed") is False
+
+
+def faithfulness_totals(records: list[dict]) -> dict[str, object]:
+    """Over the explanations measured with --metrics: each metric's mean (over the finite
+    values), and each baseline's."""
+    return {
+        "explanations": len(records),
+        "means": _means(records),
+        "baselines": {
+            name: _means([record["baselines"][name] for record in records])
+            for name in (records[0]["baselines"] if records else {})
+        },
+    }
+
+
+def _means(records: list[dict]) -> dict[str, float | None]:
+    names = [key for key in (records[0] if records else {}) if key not in ("baselines", "curves")]
+    means: dict[str, float | None] = {}
+    for name in names:
+        values = [record[name] for record in records if record.get(name) is not None]
+        means[name] = round(sum(values) / len(values), 6) if values else None
+    return means
+
+
+def gate_totals(gates: list[dict], rules: Sequence[str]) -> dict[str, object]:
+    """The --gate rules and how many explanations failed them."""
+    return {
+        "rules": list(rules),
+        "explanations": len(gates),
+        "failures": sum(gate["passed"] is False for gate in gates),
+    }
+
+
+def gate_record(rules: Sequence, values: Mapping[str, object]) -> dict[str, object] | None:
+    """An explanation's `gate`: whether every --gate rule holds for `values` (its metrics and
+    localization figures by name), and the shortfalls; None without rules."""
+    if not rules:
+        return None
+    shortfalls = [s for rule in rules if (s := rule.shortfall(values.get(rule.name))) is not None]
+    return {"passed": not shortfalls, "shortfalls": shortfalls}
+
+
 def stages_summary(stages: Mapping[str, object] | None, seconds: float) -> dict | None:
     """`summary.stages`: the seconds per stage, what the model waited for, and the slowest stage
     (`timing`); None for a report not made by a batch run."""
@@ -225,6 +274,8 @@ class Report:
     batch_size_reduced_to: int | None = None  # after running out of memory
     write_error: str | None = None  # why the report file could not be written (not in JSON)
     stages: dict[str, object] | None = None  # timing.StageTimes.record(): where the time went
+    measures_faithfulness: bool = False  # --metrics given: the summary gets a faithfulness part
+    gate_rules: list[str] = field(default_factory=list)  # --gate's rules, as written
 
     @property
     def errors(self) -> int:
@@ -254,8 +305,25 @@ class Report:
                 "in_progress": self.in_progress,
                 "batch_size_reduced_to": self.batch_size_reduced_to,
                 "stages": stages_summary(self.stages, self.seconds),
+                "faithfulness": self.faithfulness_summary(),
+                "gate": self.gate_summary(),
             },
         }
+
+    def records(self) -> list[tuple[ImageResult, ExplanationRecord]]:
+        return [(result, record) for result in self.results for record in result.explanations]
+
+    def faithfulness_summary(self) -> dict[str, object] | None:
+        if not self.measures_faithfulness:
+            return None
+        measured = [r.faithfulness for _, r in self.records() if r.faithfulness is not None]
+        return faithfulness_totals(measured)
+
+    def gate_summary(self) -> dict[str, object] | None:
+        if not self.gate_rules:
+            return None
+        gates = [record.gate for _, record in self.records() if record.gate is not None]
+        return gate_totals(gates, self.gate_rules)
 
     def localized(self) -> list[tuple[ImageResult, ExplanationRecord]]:
         return [
@@ -267,7 +335,8 @@ class Report:
 
     @property
     def gate_failures(self) -> int:
-        return _gate_failures([record.localization for _, record in self.localized()])
+        """Explanations that failed a gate: --min-energy/--require-hit, or a --gate rule."""
+        return sum(_failed_a_gate(record) for _, record in self.records())
 
     def localization_summary(self) -> dict[str, object] | None:
         if not self.measures_localization:

@@ -83,9 +83,16 @@ def reusable_results(
     return reused
 
 
+def _curves_file(explanation: Mapping) -> object:
+    """The --save-raw curves file of an explanation measured with --metrics, else None."""
+    faithfulness = explanation.get("faithfulness")
+    return faithfulness.get("curves") if isinstance(faithfulness, dict) else None
+
+
 def _files_complete(record: Mapping, key: str, out_dir: Path) -> bool:
     explanations = record.get("explanations") or []
     paths = [e.get(name) for e in explanations for name in ARTIFACT_KEYS if e.get(name)]
+    paths += [curves for e in explanations if (curves := _curves_file(e))]
     if not explanations or not all(
         isinstance(path, str) and path.startswith(f"{key}.") for path in paths
     ):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,8 @@ from .devicedecode import DeviceDecoder, decode_device
 from .devicerender import encode_overlays
 from .errors import GradcamError, first_line
 from .explainer import Explainer, ImageExplanation, RenderOptions
+from .faithfulness import GateRule
+from .faithrun import Measured, MetricOptions, curves_document, measure_batch, metric_record
 from .files import (
     os_reason,
     resolve_inside,
@@ -48,6 +51,7 @@ from .report import (
     ImageResult,
     Report,
     TargetRef,
+    gate_record,
     shard_report_name,
 )
 from .resume import (
@@ -102,6 +106,8 @@ class RunOptions:
     panel: bool = False  # --panel: one figure per explanation (panel.py)
     report: bool = False  # --report: thumbnails, then OUT/index.html (htmlreport.py)
     decode: str = "auto"  # --decode: JPEGs on the model's device (devicedecode), cpu, or auto
+    metrics: MetricOptions | None = None  # --metrics/--baselines: faithfulness (faithrun.py)
+    gates: tuple[GateRule, ...] = ()  # --gate: rules over the metrics and the localization
 
     @property
     def report_name(self) -> str:
@@ -189,10 +195,14 @@ def _run_locked(
         for decoded in _waiting_for(batches, stages, count_decode=device is None):
             with stages.busy_in("model"):
                 explained = _explain_batch(splitter, decoded)
+            measured = None
+            if options.metrics is not None:  # the model again, on perturbed copies
+                with stages.busy_in("metrics"):
+                    measured = _measure_batch(explainer, decoded, explained, options)
             if device is not None:  # JPEG overlays drawn and encoded there too, on this loop
                 with stages.busy_in("render"), stages.waiting_for("output"):
                     explained = encode_overlays(decoded, explained, options)
-            for job in _save_jobs(decoded, explained, options):
+            for job in _save_jobs(decoded, explained, options, measured):
                 with stages.waiting_for("output"):  # at once, while the writer keeps up
                     done = writer.submit(_timed_save, stages, *job)
                 collect(done)
@@ -277,6 +287,8 @@ def _new_report(explainer: Explainer, options: RunOptions) -> Report:
         options=_options_record(options),
         method_options=_method_options(explainer),
         measures_localization=options.masks is not None,
+        measures_faithfulness=options.metrics is not None,
+        gate_rules=[str(rule) for rule in options.gates],
     )
 
 
@@ -343,6 +355,8 @@ def _options_record(options: RunOptions) -> dict[str, object]:
         "shard": list(options.shard) if options.shard else None,
         "panel": options.panel,
         "report": options.report,
+        "metrics": options.metrics.describe() if options.metrics else None,
+        "gate": [str(rule) for rule in options.gates] or None,
     }
 
 
@@ -396,18 +410,54 @@ def _explain_batch(splitter: BatchSplitter, decoded: list[Decoded]) -> list[Imag
 
 
 def _save_jobs(
-    decoded: list[Decoded], explained: list[ImageExplanation | str], options: RunOptions
+    decoded: list[Decoded],
+    explained: list[ImageExplanation | str],
+    options: RunOptions,
+    measured: list[dict | None] | None = None,
 ) -> list[tuple]:
-    """One writer job per input, in input order: save its pictures, or record its failure."""
-    outcomes = iter(explained)
+    """One writer job per input, in input order: save its pictures (and its metrics, with
+    --metrics: `measured`, one per explained outcome), or record its failure."""
+    outcomes = iter(zip(explained, measured or [None] * len(explained), strict=True))
     jobs: list[tuple] = []
     for d in decoded:
-        outcome = d.error if d.error is not None else next(outcomes)
+        outcome, metrics = (d.error, None) if d.error is not None else next(outcomes)
         if isinstance(outcome, str):
             jobs.append((ImageResult.failed, d.item.source, outcome, d.warnings))
         else:
-            jobs.append((_save, d.item, outcome, options, d.warnings))
+            jobs.append((_save, d.item, outcome, options, d.warnings, metrics))
     return jobs
+
+
+def _measure_batch(
+    explainer: Explainer,
+    decoded: list[Decoded],
+    explained: list[ImageExplanation | str],
+    options: RunOptions,
+) -> list[dict | None]:
+    """--metrics: each explained image's faithfulness (faithrun), None for the failed ones.
+    A failure here fails the batch's images, as the model's own failure would."""
+    assert options.metrics is not None
+    readable = [d for d in decoded if d.error is None]
+    pairs = [(d, e) for d, e in zip(readable, explained, strict=True) if not isinstance(e, str)]
+    if not pairs:
+        return [None] * len(explained)
+    try:
+        found = iter(
+            measure_batch(
+                explainer,
+                [d.array for d, _ in pairs],
+                [e for _, e in pairs],
+                [d.item.key for d, _ in pairs],
+                options.metrics,
+                max(1, options.batch_size),
+            )
+        )
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # the user's model may fail on perturbed copies
+        reason = f"the model failed on the metrics' perturbed copies: {first_line(exc)}"
+        return [e if isinstance(e, str) else reason for e in explained]
+    return [None if isinstance(e, str) else next(found) for e in explained]
 
 
 def _save(
@@ -415,7 +465,10 @@ def _save(
     explanation: ImageExplanation,
     options: RunOptions,
     warnings: Sequence[str] = (),
+    measured: dict | None = None,
 ) -> ImageResult:
+    if isinstance(measured, str):  # the metrics could not be measured
+        return ImageResult.failed(item.source, measured, warnings)
     if any(p.probability is None for p in explanation.predictions):
         return ImageResult(
             input=item.source,
@@ -426,7 +479,7 @@ def _save(
             warnings=list(warnings),
         )
     try:
-        records = _save_explanations(item, explanation, options)
+        records = _save_explanations(item, explanation, options, measured)
     except Exception as exc:  # one image's failure must not end the run
         return ImageResult.failed(item.source, _save_failure(exc, explanation), warnings)
     return ImageResult(
@@ -440,7 +493,10 @@ def _save(
 
 
 def _save_explanations(
-    item: InputItem, explanation: ImageExplanation, options: RunOptions
+    item: InputItem,
+    explanation: ImageExplanation,
+    options: RunOptions,
+    measured: dict[tuple[int, str], Measured] | None = None,
 ) -> list[ExplanationRecord]:
     records = []
     masks = _MaskCache(options.masks, explanation.image.size)
@@ -458,8 +514,21 @@ def _save_explanations(
         guided_picture, guided = guided_images.save(target, layer, stem)
         localization = masks.measure(item.key, target, raw, explanation.crop_box, options.gate)
         mask, mask_path = masks.save(item.key, target, options.out_dir)
+        faithfulness = _save_metrics((measured or {}).get((index, layer)), stem, options)
+        gate = gate_record(options.gates, {**(localization or {}), **(faithfulness or {})})
         pictures = replace(pictures, guided=guided_picture, mask=mask)
-        panel = _save_panel(item, explanation, target, layer, stem, pictures, localization, options)
+        panel = _save_panel(
+            item,
+            explanation,
+            target,
+            layer,
+            stem,
+            pictures,
+            options,
+            localization=localization,
+            faithfulness=faithfulness,
+            gate=gate,
+        )
         records.append(
             ExplanationRecord(
                 target,
@@ -472,9 +541,24 @@ def _save_explanations(
                 localization,
                 panel,
                 mask_path,
+                faithfulness,
+                gate,
             )
         )
     return records
+
+
+def _save_metrics(measured: Measured | None, stem: str, options: RunOptions) -> dict | None:
+    """The explanation's `faithfulness` record; with --save-raw, its curves in STEM.curves.json."""
+    if measured is None:
+        return None
+    curves = None
+    if options.save_raw:
+        curves = f"{stem}.curves.json"
+        text = json.dumps(curves_document(measured), separators=(",", ":"), allow_nan=False) + "\n"
+        with writing():
+            write_text_atomic(resolve_inside(options.out_dir, curves), text)
+    return metric_record(measured, curves)
 
 
 def _target_stem(key: str, target_index: int, target_label: str) -> str:
@@ -661,8 +745,8 @@ def _save_panel(
     layer: str,
     stem: str,
     pictures: Pictures,
-    localization: dict[str, object] | None,
     options: RunOptions,
+    **measures: dict[str, object] | None,
 ) -> str | None:
     """--panel: write the explanation's figure and return its path; None without --panel."""
     if not options.panel:
@@ -674,9 +758,9 @@ def _save_panel(
         target=asdict(target),
         method=explanation.method,
         layer=layer,
-        localization=localization,
         colormap=options.render.colormap,
         normalize=options.render.normalize,
+        **measures,  # localization, faithfulness, gate: each in the caption when measured
     )
     lut = colormap_lut(options.render.colormap)
     return save_panel(options.out_dir, stem, pictures, fields, lut, options.render.colormap)

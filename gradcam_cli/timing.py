@@ -1,6 +1,8 @@
 """Where a batch run's time goes: seconds per stage, and the stage that held the run back.
 
-    decode + preprocess  ──▶  model  ──▶  render (draw the pictures)  +  write (encode, save)
+    decode + preprocess  ──▶  model (+ metrics)  ──▶  render (draw the pictures)  +  write
+
+`metrics` (--metrics) is the model again, on each map's perturbed copies, on the model's loop.
 
 The stages overlap (`pipeline`): decoding runs ahead in workers while the model works, and the
 writer threads draw and save the previous images meanwhile. So two kinds of figures:
@@ -15,8 +17,9 @@ writer threads draw and save the previous images meanwhile. So two kinds of figu
 
 Busy seconds say what costs the most work; waiting says what bounds throughput: a stage that runs
 beside the model costs nothing until the model has to wait for it. So `slowest_stage` compares
-the loop's three parts — waiting for decoding, the model, waiting for the output — and names the
-largest, when it is a large enough share of a long enough run to be worth acting on. Torch-free.
+the loop's parts — waiting for decoding, the model, the metrics, waiting for the output — and
+names the largest, when it is a large enough share of a long enough run to be worth acting on.
+Torch-free.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ __all__ = [
     "seconds_writing",
 ]
 
-STAGES = ("decode", "model", "render", "write")
+STAGES = ("decode", "model", "metrics", "render", "write")
 # A stage is named only in runs of at least this long (start-up and the first batch dominate
 # shorter ones) and when the loop spent at least this share of the run on it.
 MIN_RUN_SECONDS = 2.0
@@ -100,8 +103,8 @@ class StageTimes:
 
 
 def slowest_stage(stages: Mapping[str, Any] | None, seconds: float) -> str | None:
-    """`decode`, `model`, `render` or `write`: the stage the run's throughput was bound by, or
-    None when the run is too short to tell or no part of the loop took MIN_SHARE of it.
+    """`decode`, `model`, `metrics`, `render` or `write`: the stage the run's throughput was bound
+    by, or None when the run is too short to tell or no part of the loop took MIN_SHARE of it.
 
     `stages` as `StageTimes.record` gives it. The loop's parts are the model's seconds and its
     waits; waiting for the output is laid on rendering or writing, whichever kept the writer
@@ -110,7 +113,12 @@ def slowest_stage(stages: Mapping[str, Any] | None, seconds: float) -> str | Non
     if not stages or seconds < MIN_RUN_SECONDS:
         return None
     waited = stages["waited"]
-    parts = {"decode": waited["decode"], "model": stages["model"], "output": waited["output"]}
+    parts = {
+        "decode": waited["decode"],
+        "model": stages["model"],
+        "metrics": stages.get("metrics", 0.0),  # --metrics: the model again, on the loop
+        "output": waited["output"],
+    }
     name = max(parts, key=lambda part: float(parts[part]))
     if parts[name] < MIN_SHARE * seconds:
         return None

@@ -165,17 +165,19 @@ def test_the_library_reports_errors_so_far_beside_a_tqdm_style_progress(photos, 
     assert [s.errors for s in statuses] == sorted(s.errors for s in statuses)
     assert all(b.seconds >= a.seconds > 0 for a, b in zip(statuses, statuses[1:], strict=False))
     stages = report.to_dict()["summary"]["stages"]
-    assert set(stages) == {"decode", "model", "render", "write", "waited", "slowest"}
+    assert set(stages) == {"decode", "model", "metrics", "render", "write", "waited", "slowest"}
     assert stages["model"] > 0 and stages["decode"] > 0 and stages["write"] > 0
 
 
 # -- the slowest stage --------------------------------------------------------------------------
 
 
-def figures(decode=0.0, model=0.0, render=0.0, write=0.0, waited_decode=0.0, waited_output=0.0):
+def figures(
+    decode=0.0, model=0.0, render=0.0, write=0.0, waited_decode=0.0, waited_output=0.0, **more
+):
     return {
         "decode": decode, "model": model, "render": render, "write": write,
-        "waited": {"decode": waited_decode, "output": waited_output},
+        "waited": {"decode": waited_decode, "output": waited_output}, **more,
     }  # fmt: skip
 
 
@@ -186,6 +188,7 @@ def figures(decode=0.0, model=0.0, render=0.0, write=0.0, waited_decode=0.0, wai
         (figures(model=3, decode=9, waited_decode=6), 10, "decode"),
         (figures(model=3, render=5, write=2, waited_output=6), 10, "render"),
         (figures(model=3, render=2, write=5, waited_output=6), 10, "write"),
+        (figures(model=2, metrics=7), 10, "metrics"),  # --metrics: the model again, on copies
         (figures(model=3, waited_decode=3, waited_output=3), 10, None),  # none takes a third
         (figures(model=0.2, waited_decode=1.5), 1.9, None),  # too short to tell
         (None, 100, None),  # a report not made by a batch run
@@ -209,6 +212,10 @@ def test_the_hint_names_only_options_the_run_does_not_use_already():
         "slowest stage: decode (the model waited 6.0s of 10.0s for images) — try --workers "
     )
     assert note(figures(model=9)) is None
+    assert note(figures(model=2, metrics=7)).startswith(
+        "slowest stage: metrics (7.0s of 10.0s: the model on each map's perturbed copies) — "
+        "measure fewer --metrics"
+    )
     rendering = figures(model=3, render=5, write=2, waited_output=6)
     assert note(rendering).endswith("for the pictures) — try --no-heatmap")
     # JPEG overlays are drawn on a CUDA GPU that decodes the photos; a panel needs the heatmap.
@@ -322,7 +329,7 @@ def test_merged_shares_add_their_stages_up_and_decide_again():
     two = share(1.5, figures(decode=1, model=0.4, render=0.3, write=1.0, waited_output=1.0))
     merged = _summary([one, two], [])["stages"]
     assert merged == {
-        "decode": 2.0, "model": 0.9, "render": 0.5, "write": 2.5,
+        "decode": 2.0, "model": 0.9, "metrics": 0.0, "render": 0.5, "write": 2.5,
         "waited": {"decode": 0.0, "output": 2.2}, "slowest": "write",
     }  # fmt: skip
     assert _summary([{"summary": {**one["summary"], "stages": None}}], [])["stages"] is None
