@@ -103,6 +103,16 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "report": [
         ("gradcam report runs/photos", "rebuild runs/photos/index.html"),
     ],
+    "sanity": [
+        (
+            "gradcam sanity photos/ -m demo:shapes",
+            "Grad-CAM, the weights randomised from the logits down",
+        ),
+        (
+            "gradcam sanity photos/ -m demo:shapes --mode independent --report -o runs/sanity",
+            "each stage alone, and a page",
+        ),
+    ],
 }
 
 

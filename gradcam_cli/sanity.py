@@ -1,0 +1,907 @@
+"""`gradcam sanity`: does the map depend on what the model learned?
+
+Model-parameter randomisation (Adebayo et al. 2018, "Sanity Checks for Saliency Maps"): the
+model's weights are re-initialised stage by stage, from the logits down, and each image's map is
+compared with the trained model's. A map that barely changes when the weights it claims to
+explain are gone does not explain them (guided backpropagation is the paper's example).
+
+    from gradcam_cli.sanity import sanity_check, write_outputs
+
+    result = sanity_check("demo:shapes", ["a.png", "b.png"], method="gradcam")
+    result.passed, result.summary[1].spearman.median    # the 2nd stage from the logits
+    write_outputs(result, "runs/sanity", report=True)   # sanity.json, .png, .html
+
+Choices, each documented in the README ("gradcam sanity DIR"):
+
+- Stages (`find_stages`): the model's direct children that own parameters, in the order a forward
+  pass first calls them; while there are fewer than MIN_STAGES, the largest of them (by
+  parameters) that has several such children is replaced by its children. A normalisation layer
+  (BatchNorm, LayerNorm, GroupNorm, …) joins the stage called just before it, as TF-slim's
+  conv2d scopes hold their batch norm in the paper's Inception v3. Parameters the model holds
+  itself (a ViT's cls_token and pos_embed) go with the first stage, the stem.
+- Randomising a stage: every module of it that owns parameters calls its own
+  `reset_parameters()` (torch's initialisation, as the model was built); BatchNorm's also sets
+  its running statistics back to mean 0, variance 1, as the paper's TF initialisers do. A module
+  without one has each of its parameters drawn again from a normal distribution with that
+  tensor's own mean and standard deviation (the learned structure goes, the scale stays).
+  Stage i from the logits (0-based) is drawn under `torch.manual_seed(seed + i)`, in both modes,
+  so a stage gets the same random weights in either; the caller's RNG state is untouched.
+- Cascading: stage 1 (the head), then stages 1–2, …, down to the stem. Independent: each stage
+  alone, the others trained.
+- Always on a deep copy: the caller's model is never changed (parameters, buffers, modes, hooks).
+- The target: each image's class predicted by the trained model (or `target`), kept for every
+  randomised model, so the maps answer the same question.
+- Compared at the model's input resolution: each raw map is upsampled (bilinear) to the input
+  size, as the paper's Grad-CAM maps are (PAIR saliency's GradCam resizes them); guided
+  backpropagation's map is at that size already. Spearman's rank correlation of the two maps
+  (ties get their average rank); the maps here are never negative (every method ends in a ReLU
+  or a magnitude), so the paper's rank correlations with and without absolute values are the
+  same number. SSIM (Wang et al. 2004) of the maps min-max scaled to [0, 1] (data range 1),
+  Gaussian window σ = 1.5, K1 = 0.01, K2 = 0.03: scikit-image's `structural_similarity(...,
+  gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`.
+- A map that is constant has no ranking: an image whose trained map is constant is left out of
+  the figures (null in the JSON); a randomised map that became constant (all zero after the
+  ReLU) kept nothing of the original's ranking: its Spearman is 0.
+- The verdict: the method passes when the median Spearman over the images is below `threshold`
+  (default 0.5) at `by_stage` (default the 2nd stage from the logits: once the head and the last
+  stage are randomised).
+
+torch is imported inside the functions that need it; the measures (`mapstats`) are NumPy alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import UsageError, did_you_mean
+from .mapstats import Spread, gaussian_window, rounded, spearman, ssim, unit_range
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .explainer import Explainer, ImageInput
+    from .models import LoadedModel
+    from .preprocess import Preprocess
+
+__all__ = [
+    "MODES",
+    "SCHEMA_VERSION",
+    "SANITY_NAME",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_BY_STAGE",
+    "MIN_STAGES",
+    "Stage",
+    "StageSummary",
+    "ImageSanity",
+    "SanityResult",
+    "find_stages",
+    "randomize_stage",
+    "sanity_check",
+    "write_outputs",
+    "run_sanity",
+    "check_mode",
+    "check_threshold",
+    "ordinal",
+]
+
+MODES = ("cascading", "independent")
+SCHEMA_VERSION = 1
+SANITY_NAME = "sanity.json"
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_BY_STAGE = 2  # the head and the last stage randomised
+MIN_STAGES = 4  # fewer top-level stages than this: the largest is split into its children
+THUMBNAILS_KEPT = 48  # images whose map thumbnails are kept for the page
+THUMBNAIL_SIDE = 64
+
+# Layers that normalise the output of the layer before them: they join its stage.
+_NORM_TYPES = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "LocalResponse")
+
+
+# -- the measures (mapstats.py) -------------------------------------------------------------------
+
+
+def _compare(original: np.ndarray, randomized: np.ndarray) -> tuple[float | None, float | None]:
+    """(Spearman, SSIM) of two maps at the input resolution; (None, None) when the original is
+    constant, Spearman 0 when only the randomised one is; SSIM None for an input smaller than
+    its window (--input-size below 11)."""
+    if np.ptp(original) == 0:
+        return None, None
+    rho = spearman(original, randomized)
+    similarity = None
+    if min(original.shape) >= gaussian_window().size:
+        similarity = ssim(unit_range(original), unit_range(randomized))
+    return (0.0 if math.isnan(rho) else rho), similarity
+
+
+# -- stages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one randomisation step re-initialises: modules of the model, by dotted path."""
+
+    name: str  # the modules' paths joined by '+' ("conv1+bn1", "layer4", "fc")
+    modules: tuple[str, ...]
+    parameters: int  # how many numbers it re-initialises
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "modules": list(self.modules), "parameters": self.parameters}
+
+
+def find_stages(model: nn.Module, probe_input: torch.Tensor) -> list[Stage]:
+    """The model's stages in forward order, stem first (see the module's docstring): direct
+    children that own parameters, ordered by their first call on `probe_input`; the largest
+    split into its own children while there are fewer than MIN_STAGES; a normalisation layer
+    joined to the stage before it. Modules never called are left out (they cannot change the
+    map). The forward runs without gradients in the model's current mode."""
+    order = _first_calls(model, probe_input)
+    modules = dict(model.named_modules())
+
+    def children(path: str) -> list[str]:
+        prefix = f"{path}." if path else ""
+        found = [
+            f"{prefix}{name}"
+            for name, child in modules[path].named_children()
+            if f"{prefix}{name}" in order and _owns_parameters(child)
+        ]
+        return sorted(found, key=order.__getitem__)
+
+    units = children("")
+    while len(_grouped(units, modules)) < MIN_STAGES:
+        splittable = [u for u in units if len(children(u)) > 1]
+        if not splittable:
+            break
+        largest = max(splittable, key=lambda u: _count(modules[u]))
+        at = units.index(largest)
+        units[at : at + 1] = children(largest)
+    if not units:
+        raise UsageError(
+            "the model has no parameters that a forward pass uses: there is nothing to randomise"
+        )
+    groups = _grouped(units, modules)
+    own = sum(p.numel() for p in model.parameters(recurse=False))
+    stages = [Stage("+".join(g), tuple(g), sum(_count(modules[p]) for p in g)) for g in groups]
+    if own:  # a ViT's cls_token, pos_embed: randomised with the stem
+        stem = stages[0]
+        stages[0] = replace(stem, modules=("", *stem.modules), parameters=stem.parameters + own)
+    return stages
+
+
+def _first_calls(model: nn.Module, probe_input: torch.Tensor) -> dict[str, int]:
+    """Dotted path → the rank of its first call in one forward of `probe_input`."""
+    import torch
+
+    from .modelstate import removing
+
+    order: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(module, args) -> None:
+            order.setdefault(name, len(order))
+
+        return record
+
+    handles: list = []
+    with removing(handles), torch.no_grad():
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_pre_hook(hook(name)))
+        model(probe_input)
+    return order
+
+
+def _owns_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return any(kind in type(module).__name__ for kind in _NORM_TYPES)
+
+
+def _grouped(units: list[str], modules: dict[str, nn.Module]) -> list[list[str]]:
+    """Units in call order, each normalisation layer joined to the unit before it."""
+    groups: list[list[str]] = []
+    for unit in units:
+        if groups and _is_norm(modules[unit]):
+            groups[-1].append(unit)
+        else:
+            groups.append([unit])
+    return groups
+
+
+def _stage_tensors(model: nn.Module, stage: Stage) -> Iterator[torch.Tensor]:
+    """Every parameter and buffer a stage's randomisation may change (each once)."""
+    modules = dict(model.named_modules())
+    seen: set[int] = set()
+    for path in stage.modules:
+        module = modules[path]
+        tensors = (
+            itertools.chain(module.parameters(recurse=False), module.buffers(recurse=False))
+            if path == ""  # the model's own parameters, not all of it
+            else itertools.chain(module.parameters(), module.buffers())
+        )
+        for tensor in tensors:
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                yield tensor
+
+
+def randomize_stage(model: nn.Module, stage: Stage, seed: int) -> None:
+    """Re-initialise `stage` of `model` in place (see the module's docstring), under
+    `torch.manual_seed(seed)`; the process's RNG state is restored afterwards."""
+    import torch
+
+    modules = dict(model.named_modules())
+    owners = []
+    for path in stage.modules:
+        top = modules[path]
+        owners += [top] if path == "" else list(top.modules())
+    devices = sorted(
+        {t.device.index or 0 for t in _stage_tensors(model, stage) if t.device.type == "cuda"}
+    )
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        for module in dict.fromkeys(owners):  # each once, in order
+            own = list(module.parameters(recurse=False))
+            if not own:
+                continue
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset) and module is not model:
+                reset()
+            else:
+                for parameter in own:
+                    _redraw(parameter)
+
+
+def _redraw(parameter: torch.Tensor) -> None:
+    """A normal draw with the tensor's own mean and standard deviation."""
+    import torch
+
+    values = parameter.detach().float()
+    std = float(values.std()) if values.numel() > 1 else 0.0
+    fresh = torch.randn(parameter.shape, device=parameter.device) * std + float(values.mean())
+    parameter.copy_(fresh.to(parameter.dtype))
+
+
+@contextmanager
+def _restored(model: nn.Module, stage: Stage) -> Iterator[None]:
+    """Put the stage's parameters and buffers back as they were on leaving (independent mode)."""
+    import torch
+
+    tensors = list(_stage_tensors(model, stage))
+    saved = [t.detach().clone() for t in tensors]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, value in zip(tensors, saved, strict=True):
+                tensor.copy_(value)
+
+
+# -- options -------------------------------------------------------------------------------------
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise UsageError(
+            f"unknown mode='{mode}'; use {' or '.join(MODES)}." + did_you_mean(str(mode), MODES)
+        )
+    return mode
+
+
+def check_threshold(threshold: float) -> float:
+    if not (isinstance(threshold, int | float) and -1.0 < threshold <= 1.0):
+        raise UsageError(
+            f"threshold={threshold} is not a rank correlation to fall below; give a number "
+            "in (-1, 1], such as 0.5"
+        )
+    return float(threshold)
+
+
+def _stage_position(by_stage: int | str, stages: Sequence[Stage]) -> int:
+    """`by_stage` (1-based from the logits, or a stage's name) → a 0-based index from the
+    logits."""
+    names = [stage.name for stage in reversed(stages)]  # from the logits down
+    text = str(by_stage).strip()
+    if text.lstrip("-").isdigit():
+        number = int(text)
+        if not 1 <= number <= len(names):
+            raise UsageError(
+                f"by_stage={number} is not a stage: the model has {len(names)}, numbered from "
+                f"the logits (1 = '{names[0]}' … {len(names)} = '{names[-1]}')"
+            )
+        return number - 1
+    for i, stage in enumerate(reversed(stages)):
+        if text == stage.name or text in stage.modules:
+            return i
+    raise UsageError(
+        f"by_stage='{text}' names no stage of the model; give a number from the logits "
+        f"(1–{len(names)}) or one of: {', '.join(names)}." + did_you_mean(text, names)
+    )
+
+
+def ordinal(number: int) -> str:
+    """1 → '1st', 2 → '2nd', 11 → '11th', 23 → '23rd'."""
+    if 10 <= number % 100 <= 20:
+        return f"{number}th"
+    suffix = {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    stage: Stage
+    from_logits: int  # 1 = the head
+    spearman: Spread
+    ssim: Spread
+    measured: int  # images with both measures
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "stage": self.stage.name,
+            "from_logits": self.from_logits,
+            "spearman": self.spearman.to_dict(),
+            "ssim": self.ssim.to_dict(),
+            "images": self.measured,
+        }
+
+
+@dataclass(frozen=True)
+class ImageSanity:
+    """One image: its measures per stage, from the logits down (None: its trained map is
+    constant), and small pictures of its maps for the page."""
+
+    input: str
+    target: int
+    label: str
+    spearman: tuple[float | None, ...]
+    ssim: tuple[float | None, ...]
+    # uint8 [THUMBNAIL_SIDE, THUMBNAIL_SIDE] min-max scaled maps: the trained model's first, then
+    # one per stage from the logits down; the photo as the model saw it, uint8 [side, side, 3].
+    # Kept for the first THUMBNAILS_KEPT images only.
+    thumbnails: tuple[np.ndarray, ...] = field(default=(), repr=False, compare=False)
+    picture: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self, stages: Sequence[Stage]) -> dict[str, object]:
+        return {
+            "input": self.input,
+            "target": {"index": self.target, "label": self.label},
+            "stages": [
+                {"stage": stage.name, "spearman": rounded(rho), "ssim": rounded(s)}
+                for stage, rho, s in zip(stages, self.spearman, self.ssim, strict=True)
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class SanityResult:
+    """What `sanity_check` measured; `write_outputs` saves it."""
+
+    model: dict[str, object]  # LoadedModel.describe()
+    method: str
+    layer: str
+    mode: str
+    seed: int
+    input_size: tuple[int, int]
+    stages: tuple[Stage, ...]  # from the logits down: the cascade's order
+    images: tuple[ImageSanity, ...]
+    threshold: float
+    by_stage: int  # 0-based index into `stages`
+    skipped: tuple[tuple[str, str], ...] = ()  # (input, why) of images that could not be read
+    seconds: float = 0.0
+    device: str = "cpu"
+
+    @cached_property
+    def summary(self) -> tuple[StageSummary, ...]:
+        """Per stage, from the logits down: the median and spread of each measure."""
+        rows = []
+        for i, stage in enumerate(self.stages):
+            rhos = [image.spearman[i] for image in self.images]
+            ssims = [image.ssim[i] for image in self.images]
+            measured = sum(r is not None for r in rhos)
+            rows.append(StageSummary(stage, i + 1, Spread.of(rhos), Spread.of(ssims), measured))
+        return tuple(rows)
+
+    @property
+    def first_below(self) -> int | None:
+        """The first stage (0-based from the logits) whose median Spearman is below the
+        threshold; None if none is."""
+        for i, row in enumerate(self.summary):
+            if row.spearman.median is not None and row.spearman.median < self.threshold:
+                return i
+        return None
+
+    @property
+    def passed(self) -> bool:
+        """The median Spearman at `by_stage` is below the threshold: the map changed."""
+        median = self.summary[self.by_stage].spearman.median
+        return median is not None and median < self.threshold
+
+    def verdict(self) -> str:
+        """One line: passes or fails, and where the correlation falls below the threshold."""
+        by = self.stages[self.by_stage].name
+        where = f"the {ordinal(self.by_stage + 1)} from the logits"
+        first = self.first_below
+        if self.passed:
+            assert first is not None
+            return (
+                f"{self.method} passes: Spearman median below {self.threshold:g} from stage "
+                f"'{self.stages[first].name}' (the {ordinal(first + 1)} from the logits)"
+            )
+        median = self.summary[self.by_stage].spearman.median
+        measured = "no image measured" if median is None else f"Spearman median {median:.2f}"
+        later = (
+            f"its median is first below at '{self.stages[first].name}' (the {ordinal(first + 1)})"
+            if first is not None
+            else "its median is never below, down to the stem"
+        )
+        return (
+            f"{self.method} fails: {measured} at stage '{by}' ({where}), not below "
+            f"{self.threshold:g}: the map survives the randomisation; {later}"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        from .report import library_versions
+
+        first = self.first_below
+        stages = [{**s.to_dict(), "from_logits": i + 1} for i, s in enumerate(self.stages)]
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "method": self.method,
+            "layer": self.layer,
+            "mode": self.mode,
+            "seed": self.seed,
+            "compared_at": list(self.input_size),
+            "stages": stages,
+            "threshold": self.threshold,
+            "by_stage": self._stage_ref(self.by_stage),
+            "first_below": None if first is None else self._stage_ref(first),
+            "passed": self.passed,
+            "summary": {
+                "images": len(self.images),
+                "skipped": len(self.skipped),
+                "seconds": round(self.seconds, 3),
+                "stages": [row.to_dict() for row in self.summary],
+            },
+            "images": [image.to_dict(self.stages) for image in self.images],
+            "skipped": [{"input": source, "error": why} for source, why in self.skipped],
+            "device": self.device,
+            "versions": library_versions(),
+        }
+
+    def _stage_ref(self, index: int) -> dict[str, object]:
+        return {"stage": self.stages[index].name, "from_logits": index + 1}
+
+
+# -- the check -----------------------------------------------------------------------------------
+
+
+Progress = Callable[[int, int], None]
+
+
+def sanity_check(
+    model: nn.Module | LoadedModel | str,
+    images: ImageInput | Sequence[ImageInput],
+    *,
+    method: str = "gradcam",
+    layer: str | nn.Module | None = None,
+    mode: str = "cascading",
+    target: int | str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    by_stage: int | str = DEFAULT_BY_STAGE,
+    seed: int = 0,
+    batch_size: int | str = "auto",
+    device: str | torch.device | None = None,
+    preprocess: Preprocess | None = None,
+    labels: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> SanityResult:
+    """Randomise the model's stages from the logits down and measure how much each image's map
+    changes (module docstring; README "gradcam sanity DIR").
+
+    `model`, `layer`, `method`, `device`, `preprocess`, `labels`: as `Explainer` takes them
+    (`layer` None: the automatic choice). `images`: paths, PIL images or H×W×3 uint8 arrays
+    (one or a sequence); an image that cannot be read is skipped and listed in `skipped`.
+    `target`: the class to explain on every image (index or label); default each image's class
+    predicted by the trained model.
+    `mode`: 'cascading' or 'independent'. `threshold`, `by_stage` (1-based from the logits, or
+    a stage's name): the pass rule. `batch_size`: images per pass, or 'auto' (sized as
+    `gradcam explain` sizes it). `progress(done, total)`: after each batch of images.
+    The caller's model is never changed: everything runs on a deep copy.
+    """
+    check = _Check(
+        model,
+        method=method,
+        layer=layer,
+        mode=mode,
+        target=target,
+        threshold=threshold,
+        by_stage=by_stage,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        preprocess=preprocess,
+        labels=labels,
+    )
+    return check.run(images, progress)
+
+
+class _Check:
+    """A sanity check made ready: every option checked, the model copied, its stages found, so
+    that a bad value fails before any image (and before `run_sanity` takes the folder)."""
+
+    def __init__(
+        self,
+        model: nn.Module | LoadedModel | str,
+        *,
+        method: str = "gradcam",
+        layer: str | nn.Module | None = None,
+        mode: str = "cascading",
+        target: int | str | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        by_stage: int | str = DEFAULT_BY_STAGE,
+        seed: int = 0,
+        batch_size: int | str = "auto",
+        device: str | torch.device | None = None,
+        preprocess: Preprocess | None = None,
+        labels: Sequence[str] | None = None,
+    ):
+        from .batchsize import parse_batch_size
+        from .models import as_loaded_model
+
+        self.started = time.perf_counter()
+        self.mode = check_mode(mode)
+        self.threshold = check_threshold(threshold)
+        self.seed = seed
+        self.batch_size = parse_batch_size(batch_size)
+        self.loaded = as_loaded_model(model, preprocess=preprocess, labels=labels)
+        self.explainer = _explainer(_working_copy(self.loaded, device), layer, method)
+        self.stages = list(reversed(_stages_of(self.explainer)))  # from the logits down
+        self.by_stage = _stage_position(by_stage, list(reversed(self.stages)))
+        self.target = self.explainer.resolve_targets([target])[0] if target is not None else None
+
+    def run(self, images, progress: Progress | None = None) -> SanityResult:
+        """Measure every image (module docstring); unreadable ones are listed in `skipped`."""
+        from .batchsize import choose_batch_size
+        from .errors import ImageReadError
+        from .explainer import _as_photo, _is_one_image, _source_of
+
+        images = [images] if _is_one_image(images) else list(images)
+        if not images:
+            raise UsageError("images= is empty: give at least one image")
+        explainer = self.explainer
+        batch_size = choose_batch_size(
+            self.batch_size, explainer.probe.activation_bytes, len(images), explainer.device
+        )
+        measure = _Measure(explainer, self.loaded.model, self.stages, self.mode, self.seed)
+        records: list[ImageSanity] = []
+        skipped: list[tuple[str, str]] = []
+        done = 0
+        if progress is not None:
+            progress(0, len(images))
+        for chunk in _chunks(images, batch_size):
+            photos, sources = [], []
+            for number, image in enumerate(chunk, start=done):
+                source = _source_of(image) or f"image {number}"
+                try:
+                    photos.append(_as_photo(image))
+                except ImageReadError as exc:  # one unreadable file: listed, the rest measured
+                    skipped.append((source, str(exc).removeprefix(f"cannot read {source}: ")))
+                    continue
+                sources.append(source)
+            if photos:
+                keep = max(0, THUMBNAILS_KEPT - len(records))
+                records += measure.batch(photos, sources, self.target, keep)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(images))
+        if not records:
+            reasons = "; ".join(f"{source}: {why}" for source, why in skipped[:3])
+            raise UsageError(f"no image could be read ({reasons})")
+        return SanityResult(
+            model=self.loaded.describe(),
+            method=explainer.method.name,
+            layer=str(explainer.layers[0]),
+            mode=self.mode,
+            seed=self.seed,
+            input_size=tuple(self.loaded.preprocess.input_size),
+            stages=tuple(self.stages),
+            images=tuple(records),
+            threshold=self.threshold,
+            by_stage=self.by_stage,
+            skipped=tuple(skipped),
+            seconds=time.perf_counter() - self.started,
+            device=str(explainer.device),
+        )
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _working_copy(loaded: LoadedModel, device) -> LoadedModel:
+    """A deep copy of the model, on `device`, in eval mode: the one every step changes."""
+    from .explainer import _device_for
+
+    target = _device_for(loaded.model, device)
+    work = copy.deepcopy(loaded.model).to(target).eval()
+    for parameter in work.parameters():
+        parameter.requires_grad_(False)
+    return replace(loaded, model=work)
+
+
+def _explainer(work: LoadedModel, layer, method: str) -> Explainer:
+    from .explainer import Explainer
+
+    if isinstance(layer, str) and "," in layer or isinstance(layer, list | tuple):
+        raise UsageError(
+            f"layer={layer!r}: the sanity check compares one map per image; give one layer"
+        )
+    return Explainer(work, layer, method=method)
+
+
+def _stages_of(explainer: Explainer) -> list[Stage]:
+    import torch
+
+    h, w = explainer.loaded.preprocess.input_size
+    probe = torch.zeros(1, 3, h, w, device=explainer.device)
+    return find_stages(explainer.model, probe)
+
+
+class _Measure:
+    """One batch of photos through the trained model and every randomised one."""
+
+    def __init__(
+        self,
+        explainer: Explainer,
+        trained: nn.Module,
+        stages: Sequence[Stage],
+        mode: str,
+        seed: int,
+    ):
+        from .engine import _layer_refs, _Settings
+
+        self.explainer, self.stages, self.mode, self.seed = explainer, stages, mode, seed
+        model = explainer.model
+        self.settings = _Settings(
+            explainer.method,
+            _layer_refs(model, explainer.layers),
+            explainer.probe.outputs_probabilities,
+            False,
+        )
+        # The caller's weights, read (never written) to start each batch's cascade from: no
+        # third copy of the model.
+        self.trained = trained.state_dict()
+
+    def batch(
+        self, photos: list, sources: list[str], fixed: int | None, thumbnails: int
+    ) -> list[ImageSanity]:
+        import torch
+
+        explainer = self.explainer
+        arrays = [explainer.loaded.preprocess.to_array(photo) for photo in photos]
+        x = torch.from_numpy(np.stack(arrays)).to(explainer.device)
+        self._reset()
+        targets, original = self._maps(x, None if fixed is None else fixed)
+        randomized = []
+        for i, stage in enumerate(self.stages):
+            if self.mode == "cascading":
+                randomize_stage(explainer.model, stage, self.seed + i)
+                randomized.append(self._maps(x, targets)[1])
+            else:
+                with _restored(explainer.model, stage):
+                    randomize_stage(explainer.model, stage, self.seed + i)
+                    randomized.append(self._maps(x, targets)[1])
+        records = []
+        for b, source in enumerate(sources):
+            pairs = [_compare(original[b], maps[b]) for maps in randomized]
+            index = int(targets[b, 0])
+            keep = b < thumbnails
+            records.append(
+                ImageSanity(
+                    input=source,
+                    target=index,
+                    label=explainer.label(index),
+                    spearman=tuple(p[0] for p in pairs),
+                    ssim=tuple(p[1] for p in pairs),
+                    thumbnails=(
+                        tuple(_thumbnail(m[b]) for m in [original, *randomized]) if keep else ()
+                    ),
+                    picture=_picture(arrays[b], explainer.loaded.preprocess) if keep else None,
+                )
+            )
+        return records
+
+    def _reset(self) -> None:
+        """The trained weights back (a cascade leaves the model randomised)."""
+        import torch
+
+        with torch.no_grad():
+            for key, value in self.explainer.model.state_dict().items():
+                value.copy_(self.trained[key])
+
+    def _maps(self, x: torch.Tensor, targets) -> tuple[torch.Tensor, np.ndarray]:
+        """(targets [B, 1], maps [B, H, W] float64 at the input resolution)."""
+        import torch
+        import torch.nn.functional as F
+
+        from .engine import _explain_view
+        from .modelstate import frozen_eval
+
+        model = self.explainer.model
+        if isinstance(targets, int):
+            targets = torch.full((x.shape[0], 1), targets, device=x.device, dtype=torch.long)
+
+        def pick(scores: torch.Tensor) -> torch.Tensor:
+            return scores.topk(1, dim=1).indices if targets is None else targets
+
+        with frozen_eval(model), torch.enable_grad():
+            view = _explain_view(model, x, self.settings, pick)
+        maps = next(iter(view.maps.values()))[:, 0].detach().float()  # [B, h, w]
+        size = tuple(x.shape[2:])
+        if tuple(maps.shape[1:]) != size:
+            maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)
+            maps = maps[:, 0]
+        return view.targets, maps.cpu().double().numpy()
+
+
+def _thumbnail(values: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    scaled = Image.fromarray((unit_range(values) * 255).round().astype(np.uint8), "L")
+    return np.asarray(scaled.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR))
+
+
+def _picture(array: np.ndarray, preprocess) -> np.ndarray:
+    """The model's input as a picture (normalisation undone), THUMBNAIL_SIDE a side."""
+    from PIL import Image
+
+    mean = np.asarray(preprocess.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(preprocess.std, dtype=np.float32)[:, None, None]
+    pixels = np.clip((array * std + mean) * 255, 0, 255).round().astype(np.uint8)
+    picture = Image.fromarray(pixels.transpose(1, 2, 0), "RGB")
+    return np.asarray(picture.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS))
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def write_outputs(
+    result: SanityResult, out: str | os.PathLike = "gradcam_sanity", *, report: bool = False
+) -> dict[str, Path]:
+    """Write `out`/sanity.json and the figure `out`/sanity.png (and with `report` the page
+    `out`/sanity.html), atomically, holding `out`'s lock; returns their paths by kind."""
+    from .outlock import output_lock
+
+    with output_lock(Path(out)):
+        return _write_files(result, Path(out), report)
+
+
+def _write_files(result: SanityResult, out: Path, report: bool) -> dict[str, Path]:
+    """The files, the JSON last (a reader that finds it finds the figure too); the caller
+    holds `out`'s lock."""
+    import json
+
+    from .files import resolve_inside, write_bytes_atomic, write_text_atomic
+    from .pngwrite import png_bytes
+    from .sanityreport import FIGURE_NAME, PAGE_NAME, draw_figure, render_page
+
+    document = result.to_dict()
+    document["figure"] = FIGURE_NAME
+    document["page"] = PAGE_NAME if report else None
+    paths = {"json": out / SANITY_NAME, "figure": out / FIGURE_NAME}
+    figure = png_bytes(draw_figure(result), smooth=True)
+    write_bytes_atomic(resolve_inside(out, FIGURE_NAME), figure)
+    if report:
+        paths["page"] = out / PAGE_NAME
+        write_text_atomic(resolve_inside(out, PAGE_NAME), render_page(result, FIGURE_NAME))
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    write_text_atomic(resolve_inside(out, SANITY_NAME), text)
+    return paths
+
+
+def run_sanity(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    model: str | LoadedModel | nn.Module,
+    *,
+    out: str | os.PathLike = "gradcam_sanity",
+    report: bool = False,
+    pretrained: bool = True,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+    labels_file: str | os.PathLike | None = None,
+    input_size: int | None = None,
+    resize: str | None = None,
+    stdin=None,
+    on_note: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    **options,
+) -> tuple[SanityResult, dict[str, Path]]:
+    """What `gradcam sanity` does, as one call: find the images (files, folders, globs, '-' for
+    paths on `stdin`, as `gradcam explain` finds them), load the model when it is named by a
+    string (with the keywords of `load_model`), check with `options` as `sanity_check` takes
+    them, and write the files as `write_outputs` does, holding `out`'s lock for the whole run.
+    Inputs that cannot be found or read are listed in `result.skipped`. Every check that can
+    fail is made before the model is loaded or before any image, and nothing is written then.
+    `on_note(line)` hears the inputs skipped inside `out` and the layer chosen automatically."""
+    from .files import check_writable_dir
+    from .inputs import collect_inputs
+    from .job import refuse_when_nothing_exists
+    from .models import load_model
+    from .outlock import check_unlocked, output_lock
+
+    _refuse_building_options(
+        model,
+        pretrained=not pretrained,
+        weights=weights is not None,
+        num_classes=num_classes is not None,
+        labels_file=labels_file is not None,
+        input_size=input_size is not None,
+        resize=resize is not None,
+    )
+    check_mode(options.get("mode", "cascading"))
+    check_threshold(options.get("threshold", DEFAULT_THRESHOLD))
+    out = Path(out)
+    check_writable_dir(out)
+    check_unlocked(out)
+    args = [os.fspath(inputs)] if isinstance(inputs, str | os.PathLike) else inputs
+    items = collect_inputs(
+        [os.fspath(arg) for arg in args], stdin=stdin, out_dir=out, on_skip=on_note
+    )
+    refuse_when_nothing_exists(items)
+    missing = tuple((item.source, item.error or "") for item in items if item.error)
+    found = [item.path for item in items if not item.error]
+    if not found:
+        source, why = missing[0]
+        raise UsageError(f"none of the inputs can be read ({source}: {why})")
+    if isinstance(model, str):
+        model = load_model(
+            model,
+            pretrained=pretrained,
+            weights=weights,
+            num_classes=num_classes,
+            labels_file=labels_file,
+            input_size=input_size,
+            resize=resize,
+        )
+    check = _Check(model, **options)
+    if on_note is not None and check.explainer.layer_chosen_automatically:
+        layer = check.explainer.layers[0]
+        on_note(f"no layer= given: using '{layer}' (the last spatial layer the logits depend on)")
+    with output_lock(out):
+        result = check.run(found, progress)
+        result = replace(result, skipped=missing + result.skipped)
+        return result, _write_files(result, out, report)
+
+
+def _refuse_building_options(model: object, **given: bool) -> None:
+    """Options that build a model apply to a model named by a string, not to one built."""
+    names = [f"{name}=" for name, set_ in given.items() if set_]
+    if names and not isinstance(model, str):
+        raise UsageError(
+            f"{', '.join(names)} build a model named by a string, and this model is built "
+            'already: name the model instead ("torchvision:resnet50"), or pass them to '
+            "load_model() and give its result"
+        )
