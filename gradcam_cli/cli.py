@@ -149,6 +149,40 @@ InputSizeOpt = Annotated[
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
+# The gates of a comparison (`gradcam compare`, `gradcam explain --baseline`).
+MinCorrOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-corr",
+        metavar="R",
+        help="Gate: exit 1 when a pair's maps correlate less than R (Pearson, -1..1).",
+    ),
+]
+MaxShiftOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-shift",
+        metavar="PIXELS",
+        help="Gate: exit 1 when a map's peak moved more than PIXELS on the photo.",
+    ),
+]
+MaxEnergyMovedOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-energy-moved",
+        metavar="SHARE",
+        help="Gate: exit 1 when more than SHARE (0..1) of a map's energy moved (1 − the "
+        "histogram intersection of the maps scaled to sum 1).",
+    ),
+]
+MaxTop1ChangesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-top1-changes",
+        metavar="N",
+        help="Gate: exit 1 when more than N images changed their predicted class.",
+    ),
+]
 
 
 @contextmanager
@@ -452,6 +486,22 @@ def explain(
             "localization figure (hit, energy, iou; with --mask). One stderr line per failure.",
         ),
     ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline",
+            metavar="RUN",
+            help="After the run, compare it with the run in folder RUN (made with --save-raw) "
+            "as `gradcam compare RUN OUT` does: OUT/comparison.json (and comparison.html with "
+            "--report), and the gates --min-corr, --max-shift, --max-energy-moved, "
+            "--max-top1-changes. Implies --save-raw.",
+            file_okay=False,
+        ),
+    ] = None,
+    min_corr: MinCorrOpt = None,
+    max_shift: MaxShiftOpt = None,
+    max_energy_moved: MaxEnergyMovedOpt = None,
+    max_top1_changes: MaxTop1ChangesOpt = None,
     metric_steps: Annotated[
         int,
         typer.Option(
@@ -593,8 +643,16 @@ def explain(
     with _exit_codes(verbose), stop_signals() as stop, data_stdout() as stdout:
         if progress.on_terminal():  # checking the options imports torch: seconds of silence
             _log(f"loading {model}…")
+        from .compare import baseline_gates
         from .job import JobOptions, prepare_job
 
+        gates = baseline_gates(
+            baseline,
+            min_corr=min_corr,
+            max_shift=max_shift,
+            max_energy_moved=max_energy_moved,
+            max_top1_changes=max_top1_changes,
+        )
         options = JobOptions(
             out=out,
             pretrained=pretrained,
@@ -633,6 +691,7 @@ def explain(
             metrics=metrics or (),
             baselines=baselines or (),
             gates=gate or (),
+            baseline=baseline,
             metric_settings=_metric_settings(
                 steps=metric_steps,
                 deletion_substrate=deletion_substrate,
@@ -648,6 +707,8 @@ def explain(
         with progress.ProgressBar(len(job.items)) as bar:  # drawn on a terminal only
             report = job.run(on_status=bar.update)
         code = _finish(job, report, inputs, json_out, stop, stdout)
+        if baseline is not None and not (report.interrupted or report.write_error):
+            code = max(code, _compare_after_run(baseline, out, gates, page=report_page))
     raise typer.Exit(code)
 
 
@@ -1136,6 +1197,119 @@ def sanity(
         typer.echo(f"gradcam sanity: {result.verdict()}", err=True)
         code = EXIT_OK if result.passed and not result.skipped else EXIT_SOME_FAILED
     raise typer.Exit(code)
+
+
+@app.command(
+    cls=ReadableCommand,
+    short_help="Compare the maps of two runs (did the model change its mind?): a CI gate.",
+    epilog=examples_epilog("compare"),
+)
+def compare(
+    base: Annotated[
+        Path,
+        typer.Argument(
+            metavar="BASE",
+            show_default=False,
+            help="The --out folder of the run to compare with (made with --save-raw).",
+        ),
+    ],
+    new: Annotated[
+        Path,
+        typer.Argument(
+            metavar="NEW",
+            show_default=False,
+            help="The --out folder of the run compared (made with --save-raw).",
+        ),
+    ],
+    min_corr: MinCorrOpt = None,
+    max_shift: MaxShiftOpt = None,
+    max_energy_moved: MaxEnergyMovedOpt = None,
+    max_top1_changes: MaxTop1ChangesOpt = None,
+    allow_method_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-method-change",
+            help="Compare runs of different methods, method options or layers (how two "
+            "methods agree on one model), instead of refusing them.",
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="DIR",
+            help="Where comparison.json (and the page) go. Default: NEW.",
+            file_okay=False,
+        ),
+    ] = None,
+    report_page: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Also write OUT/comparison.html: base | new | difference for each pair, worst "
+            "first, filtered by gate result.",
+        ),
+    ] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Also print comparison.json to stdout (stdout then carries nothing else).",
+        ),
+    ] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Pair the explanations of two runs by input, layer and target class, and measure how the
+    maps moved: Pearson and Spearman correlation, the peak's shift on the photo, the energy
+    that moved; and the top-1 and probability changes. Writes OUT/comparison.json, one stderr
+    line per pair that fails a gate. No model is loaded.
+
+    Exit 0 when every gate passes (or none is set), 1 when a pair fails one (or an input
+    explained in BASE failed in NEW), 2 when the runs cannot be compared (another report
+    schema, no raw maps, no input in common, different methods or layers).
+    """
+    with _exit_codes(verbose), data_stdout() as stdout:
+        from .compare import CompareGates
+
+        gates = CompareGates(min_corr, max_shift, max_energy_moved, max_top1_changes)
+        comparison, paths = _compare(
+            base, new, out or new, gates, page=report_page, allow_method_change=allow_method_change
+        )
+        if json_out:
+            stdout.write(paths["comparison"].read_text(encoding="utf-8"))
+    raise typer.Exit(EXIT_OK if comparison.passed else EXIT_SOME_FAILED)
+
+
+def _compare(base: Path, new: Path, out: Path, gates, *, page: bool, allow_method_change=False):
+    """Compare run NEW with run BASE, write OUT/comparison.json (and the page) under OUT's
+    lock, and tell stderr; the comparison and the files written."""
+    from dataclasses import asdict
+
+    from .compare import compare_runs
+    from .files import check_writable_dir
+    from .outlock import output_lock
+
+    check_writable_dir(out)  # before any work: a read-only NEW asks for --out
+    comparison = compare_runs(base, new, allow_method_change=allow_method_change, **asdict(gates))
+    with output_lock(out):
+        paths = comparison.save(out, page=page)
+    for line in comparison.log_lines():
+        _note(line)
+    _log("; ".join(f"{kind}: {path}" for kind, path in paths.items()))
+    _log(f"compare: {comparison.verdict()}")
+    return comparison, paths
+
+
+def _compare_after_run(baseline: Path, out: Path, gates, *, page: bool) -> int:
+    """`explain --baseline`: compare the run just written with its baseline; the exit code. A
+    refusal now (no input in common, say) is exit 1, not 2: images were processed."""
+    try:
+        comparison, _ = _compare(baseline, out, out, gates, page=page)
+    except GradcamError as exc:
+        _log(f"error: cannot compare with --baseline {baseline}: {as_cli_flags(str(exc))}")
+        return EXIT_SOME_FAILED
+    return EXIT_OK if comparison.passed else EXIT_SOME_FAILED
 
 
 def main() -> None:

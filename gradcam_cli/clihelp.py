@@ -113,6 +113,17 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
             "each stage alone, and a page",
         ),
     ],
+    "compare": [
+        ("gradcam explain photos/ -m demo:shapes --save-raw -o runs/v1", "the run to keep"),
+        (
+            "gradcam explain photos/ -m demo:shapes --baseline runs/v1 --min-corr 0.8 -o runs/v2",
+            "a new run, compared with it in one step",
+        ),
+        (
+            "gradcam compare runs/v1 runs/v2 --min-corr 0.8 --max-top1-changes 2 --report",
+            "the gate alone, and a page",
+        ),
+    ],
 }
 
 

@@ -127,9 +127,16 @@ PARAMETER_FLAGS = {
     "road_noise": "--road-noise",
     "road_seed": "--metric-seed",
     "road_selection": "--road-selection",
+    "save_raw": "--save-raw",
+    "baseline": "--baseline",
+    "min_corr": "--min-corr",
+    "max_shift": "--max-shift",
+    "max_energy_moved": "--max-energy-moved",
+    "max_top1_changes": "--max-top1-changes",
+    "allow_method_change": "--allow-method-change",
 }
 _NEGATED_FLAGS = {"pretrained": "--no-pretrained"}  # name=False
-_BOOLEAN_FLAGS = {"eigen_smooth", "aug_smooth", "require_hit"}
+_BOOLEAN_FLAGS = {"eigen_smooth", "aug_smooth", "require_hit", "save_raw", "allow_method_change"}
 # Not inside a call's arguments ("make(num_classes=10) failed" quotes Python, not the CLI).
 _PARAMETER = re.compile(
     r"(?<!\()(?<!, )\b(" + "|".join(PARAMETER_FLAGS) + r")=(?:'([^']*)'|(\[[^\]]*\]|[^\s,;:()]+))?"

@@ -97,6 +97,9 @@ class JobOptions:
     baselines: str | Sequence[str] = ()
     metric_settings: MetricSettings | None = None  # None: the peers' defaults
     gates: str | Sequence[str] = ()
+    # A run to compare this one with afterwards (`compare.compare_runs`; `gradcam explain
+    # --baseline`): checked before the run, and it implies save_raw.
+    baseline: Path | None = None
     # Running.
     batch_size: int | str = "auto"  # "auto": batchsize.py picks it from the model and memory
     workers: int | str = "auto"
@@ -113,7 +116,7 @@ class JobOptions:
             object.__setattr__(self, name, value)
 
         put("out", Path(self.out))
-        for name in ("weights", "labels", "mask"):
+        for name in ("weights", "labels", "mask", "baseline"):
             if getattr(self, name) is not None:
                 put(name, Path(getattr(self, name)))
         for name in ("mean", "std"):
@@ -219,7 +222,7 @@ class JobOptions:
             classes=classes,
             topk=self.topk,
             batch_size=batch_size,
-            save_raw=self.save_raw,
+            save_raw=self.save_raw or self.baseline is not None,  # the comparison reads them
             masks=masks,
             gate=self.gate,
             workers=int(self.workers),
@@ -296,8 +299,14 @@ def prepare_job(
     )
     items = select_shard(found, options.share)
     refuse_when_nothing_exists(items)
+    if options.baseline is not None:  # the run to compare with: readable, with raw maps
+        from .compare import check_baseline, read_baseline
+
+        baseline = read_baseline(options.baseline, out=options.out, shard=options.share)
     explainer = _explainer(model, options)
     classes = tuple(explainer.resolve_targets(list(options.targets)))
+    if options.baseline is not None:  # ... and of the method and layers about to run
+        check_baseline(baseline, explainer)
     if options.topk > explainer.num_classes:
         raise UsageError(
             f"topk={options.topk} is more than the model's {explainer.num_classes} classes; "

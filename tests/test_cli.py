@@ -414,6 +414,8 @@ def test_preprocess_and_render_options_are_applied_and_recorded(run, tmp_path):
         "shard": None,
         "panel": False,
         "report": False,
+        "metrics": None,
+        "gate": None,
     }
     # alpha 0: inside the model's crop the overlay is the photo itself.
     photo = np.asarray(Image.open("photos/wide.jpg").convert("RGB"), dtype=int)

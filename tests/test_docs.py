@@ -27,7 +27,7 @@ def test_every_explain_option_is_documented_and_every_documented_option_exists()
     }
     section = README.split("### `gradcam explain")[1].split("### `gradcam layers")[0]
     table_rows = [line for line in section.splitlines() if line.startswith("| `")]
-    documented = {opt for row in table_rows for opt in re.findall(r"--[a-z-]+", row.split("|")[1])}
+    documented = {opt for row in table_rows for opt in re.findall(r"--[\w-]+", row.split("|")[1])}
     assert documented == cli_options - {"--help"}
 
 
