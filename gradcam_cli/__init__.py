@@ -32,17 +32,24 @@ _EXPORTS = {
     "localize": "localization",
     "read_mask": "localization",
     "Localization": "localization",
+    "RunStatus": "timing",
+    "MetricSettings": "faithfulness",
+    "sanity_check": "sanity",
+    "compare_runs": "compare",
 }
+
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
+    from .compare import compare_runs as compare_runs
     from .engine import BatchExplanation as BatchExplanation
     from .engine import explain_batch as explain_batch
     from .errors import GradcamError as GradcamError
     from .explainer import Explainer as Explainer
     from .explainer import ImageExplanation as ImageExplanation
     from .explainer import RenderOptions as RenderOptions
+    from .faithfulness import MetricSettings as MetricSettings
     from .job import Job as Job
     from .job import JobOptions as JobOptions
     from .job import prepare_job as prepare_job
@@ -55,6 +62,8 @@ if TYPE_CHECKING:
     from .models import load_model as load_model
     from .preprocess import Preprocess as Preprocess
     from .report import Report as Report
+    from .sanity import sanity_check as sanity_check
+    from .timing import RunStatus as RunStatus
 
 
 def __getattr__(name: str) -> Any:
