@@ -62,3 +62,14 @@ def test_gradcam_beats_random_and_center_on_deletion_and_insertion(bench, loaded
     for baseline in ("random", "center"):
         for metric in metrics:
             assert bench.beats(summary["gradcam"], summary[baseline], metric), means
+
+
+def test_the_model_reads_a_cam_shaped_hole_as_a_circle(bench, loaded):
+    """The README's caveat on deletion and average drop for this model: the image with
+    Grad-CAM's top 20% set to the mean colour, and the image times the map, are called
+    "circle" whatever the object."""
+    scenes = bench.heldout_scenes(6, loaded)
+    assert {s.labels[0] for s in scenes if len(s.labels) == 1} != {0}  # not only circles
+    seen = bench.perturbed_top_classes("gradcam", loaded, scenes, 32, (8, 8))
+    assert seen["deleted"]["circle"] == 1.0, seen
+    assert seen["masked"]["circle"] == 1.0, seen
