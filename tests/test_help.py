@@ -152,7 +152,7 @@ ALL_EXAMPLES = [
 def test_every_example_runs(example_files):
     """In one folder, in order: the report example reads the run an explain example wrote. A
     line shown on two pages (`gradcam --help` repeats explain's first) runs once."""
-    for line, command in dict((line, command) for command, line in ALL_EXAMPLES).items():
+    for line, command in {line: command for command, line in ALL_EXAMPLES}.items():
         code, output = run_example(line)
         assert code == 0, f"`{line}` (from `{command} --help`) exited {code}:\n{output}"
     assert re.search(r'"input": "photos/0.jpg"', (example_files / "preds.json").read_text())
