@@ -148,6 +148,27 @@ InputSizeOpt = Annotated[
         "PIXELS×PIXELS is cropped.",
     ),
 ]
+InputsArg = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="IMAGE|DIR|GLOB|-",
+        show_default=False,
+        help="Image files, folders (recursive), globs, or - to read paths from stdin.",
+    ),
+]
+LabelsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--labels", metavar="FILE", help="Class names, one per line, in class-index order."
+    ),
+]
+MethodOpt = Annotated[str, typer.Option(metavar="NAME", help=f"Method: {', '.join(METHODS)}.")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        metavar="DEVICE", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
+    ),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
 # The gates of a comparison (`gradcam compare`, `gradcam explain --baseline`).
 MinCorrOpt = Annotated[
@@ -262,14 +283,7 @@ def _log(message: str) -> None:
     epilog=examples_epilog("explain"),
 )
 def explain(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="IMAGE|DIR|GLOB|-",
-            show_default=False,
-            help="Image files, folders (recursive), globs, or - to read paths from stdin.",
-        ),
-    ],
+    inputs: InputsArg,
     model: ModelOpt,
     layer: Annotated[
         list[str] | None,
@@ -282,9 +296,7 @@ def explain(
             "module that runs several times. Default: the last spatial layer the logits depend on.",
         ),
     ] = None,
-    method: Annotated[
-        str, typer.Option(metavar="NAME", help=f"Method: {', '.join(METHODS)}.")
-    ] = "gradcam",
+    method: MethodOpt = "gradcam",
     aug_smooth: Annotated[
         bool,
         typer.Option(
@@ -338,14 +350,7 @@ def explain(
     pretrained: PretrainedOpt = True,
     weights: WeightsOpt = None,
     num_classes: NumClassesOpt = None,
-    labels: Annotated[
-        Path | None,
-        typer.Option(
-            "--labels",
-            metavar="FILE",
-            help="Class names, one per line, in class-index order.",
-        ),
-    ] = None,
+    labels: LabelsOpt = None,
     input_size: InputSizeOpt = None,
     resize: Annotated[
         str | None,
@@ -581,12 +586,7 @@ def explain(
             "image and the memory available (at most 64); predictions.json records the size used.",
         ),
     ] = "auto",
-    device: Annotated[
-        str,
-        typer.Option(
-            metavar="DEVICE", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
-        ),
-    ] = "auto",
+    device: DeviceOpt = "auto",
     workers: Annotated[
         str,
         typer.Option(
@@ -1017,18 +1017,9 @@ def report(
     epilog=examples_epilog("sanity"),
 )
 def sanity(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="IMAGE|DIR|GLOB|-",
-            show_default=False,
-            help="Image files, folders (recursive), globs, or - to read paths from stdin.",
-        ),
-    ],
+    inputs: InputsArg,
     model: ModelOpt,
-    method: Annotated[
-        str, typer.Option(metavar="NAME", help=f"Method: {', '.join(METHODS)}.")
-    ] = "gradcam",
+    method: MethodOpt = "gradcam",
     layer: Annotated[
         str | None,
         typer.Option(
@@ -1107,12 +1098,7 @@ def sanity(
     pretrained: PretrainedOpt = True,
     weights: WeightsOpt = None,
     num_classes: NumClassesOpt = None,
-    labels: Annotated[
-        Path | None,
-        typer.Option(
-            "--labels", metavar="FILE", help="Class names, one per line, in class-index order."
-        ),
-    ] = None,
+    labels: LabelsOpt = None,
     input_size: InputSizeOpt = None,
     resize: Annotated[
         str | None,
@@ -1132,12 +1118,7 @@ def sanity(
             help="Images per forward pass (auto: sized as for explain).",
         ),
     ] = "auto",
-    device: Annotated[
-        str,
-        typer.Option(
-            metavar="DEVICE", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
-        ),
-    ] = "auto",
+    device: DeviceOpt = "auto",
     verbose: VerboseOpt = False,
 ) -> None:
     """Model-parameter randomisation (Adebayo et al. 2018): re-initialise the model's stages
