@@ -25,9 +25,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 test: install  ## run the test suite (offline, CPU)
 	$(BIN)/python -m pytest
 
-lint: install  ## ruff check and ruff format --check
+lint: install  ## ruff check, ruff format --check and mypy
 	$(BIN)/ruff check gradcam_cli tests
 	$(BIN)/ruff format --check gradcam_cli tests
+	$(BIN)/mypy gradcam_cli
 
 demo: install  ## explain the sample scenes offline with the demo model; results in demo_out/
 	$(BIN)/gradcam explain sample_images/scenes --model demo:shapes \
