@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo demo-model demo-eval clean
+.PHONY: help install test lint docs demo demo-model demo-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -25,9 +25,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 test: install  ## run the test suite (offline, CPU)
 	$(BIN)/python -m pytest
 
-lint: install  ## ruff check and ruff format --check
-	$(BIN)/ruff check gradcam_cli tests
-	$(BIN)/ruff format --check gradcam_cli tests
+lint: install  ## ruff check, ruff format --check and mypy
+	$(BIN)/ruff check gradcam_cli tests docs/hooks
+	$(BIN)/ruff format --check gradcam_cli tests docs/hooks
+	$(BIN)/mypy gradcam_cli
+
+docs: install  ## build the documentation into site/; a broken link or anchor fails (--strict)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 demo: install  ## explain the sample scenes offline with the demo model; results in demo_out/
 	$(BIN)/gradcam explain sample_images/scenes --model demo:shapes \
@@ -42,4 +46,4 @@ demo-eval: install  ## the demo model's accuracy and localization on 300 held-ou
 	$(BIN)/python -m gradcam_cli.demo.evaluate --single 200 --pairs 100
 
 clean:  ## remove outputs and caches (keeps .venv)
-	rm -rf demo_out gradcam_out .pytest_cache .ruff_cache .mypy_cache
+	rm -rf demo_out gradcam_out site .pytest_cache .ruff_cache .mypy_cache

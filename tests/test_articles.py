@@ -1,5 +1,5 @@
-"""The five articles' worked examples, as README's "From the articles" gives them, run through
-the CLI on random-init weights of the same architectures (nothing is downloaded)."""
+"""The five articles' worked examples, as docs/articles.md ("From the articles") gives them, run
+through the CLI on random-init weights of the same architectures (nothing is downloaded)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from typer.testing import CliRunner
 from gradcam_cli.cli import app
 from gradcam_cli.panel import tile_height
 
-README = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-SECTION = README.split("## From the articles", 1)[1].split("\n## ", 1)[0]
-COMMANDS = re.findall(r"```bash\n(gradcam explain .*?)\n```", SECTION)
+PAGE = (Path(__file__).parents[1] / "docs" / "articles.md").read_text(encoding="utf-8")
+COMMANDS = re.findall(r"```bash\n(gradcam explain .*?)\n```", PAGE)
 
 # Article 001's network: a ResNet18 for STL-10's 10 classes, loaded from the user's own file.
 STL10_RESNET = """
@@ -136,7 +135,7 @@ def article_files(tmp_path_factory):
 
 
 def run_article(number: str, root: Path, monkeypatch) -> dict:
-    """Run the README's command for article `number` in `root`; its predictions.json."""
+    """Run the page's command for article `number` in `root`; its predictions.json."""
     [line] = [c for c in COMMANDS if f"runs/{number}" in c]
     args = shlex.split(line)[1:]
     if "--weights" not in args:  # a torchvision model named as the article names it
@@ -147,7 +146,7 @@ def run_article(number: str, root: Path, monkeypatch) -> dict:
     return json.loads((root / "runs" / number / "predictions.json").read_text())
 
 
-def test_the_readme_gives_one_command_per_article():
+def test_the_page_gives_one_command_per_article():
     assert [re.search(r"runs/(\d+)", c).group(1) for c in COMMANDS] == [
         "000",
         "001",
