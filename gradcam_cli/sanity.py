@@ -443,13 +443,14 @@ class _Check:
         if not records:
             reasons = "; ".join(f"{source}: {why}" for source, why in skipped[:3])
             raise UsageError(f"no image could be read ({reasons})")
+        height, width = self.loaded.preprocess.input_size
         return SanityResult(
             model=self.loaded.describe(),
             method=explainer.method.name,
             layer=str(explainer.layers[0]),
             mode=self.mode,
             seed=self.seed,
-            input_size=tuple(self.loaded.preprocess.input_size),
+            input_size=(height, width),
             stages=tuple(self.stages),
             images=tuple(records),
             threshold=self.threshold,
@@ -704,9 +705,9 @@ def run_sanity(
         model = load_model(
             model,
             pretrained=pretrained,
-            weights=weights,
+            weights=_file_name(weights),
             num_classes=num_classes,
-            labels_file=labels_file,
+            labels_file=_file_name(labels_file),
             input_size=input_size,
             resize=resize,
         )
@@ -718,6 +719,11 @@ def run_sanity(
         result = check.run(found, progress)
         result = replace(result, skipped=missing + result.skipped)
         return result, _write_files(result, out, report)
+
+
+def _file_name(path: str | os.PathLike | None) -> str | None:
+    """A path as load_model takes it (a str stays as given: its messages quote it)."""
+    return None if path is None else os.fspath(path)
 
 
 def _refuse_building_options(model: object, **given: bool) -> None:
