@@ -789,7 +789,7 @@ def _log_run_notes(report, batch_size: int) -> None:
 
 
 def _log_page(options: JobOptions) -> None:
-    from .htmlreport import PAGE_NAME
+    from .pages.run import PAGE_NAME
 
     out = options.out
     if options.report_page and options.shard is None:
@@ -1002,8 +1002,8 @@ def report(
     overlays on disk. No model is loaded. Exit 2 when there is no readable predictions.json.
     """
     with _exit_codes(verbose):
-        from .htmlreport import read_report, write_page
         from .outlock import output_lock
+        from .pages.run import read_report, write_page
 
         document = read_report(folder)  # exit 2 when there is none, before any lock or write
         with output_lock(folder):
@@ -1267,14 +1267,14 @@ def _compare(base: Path, new: Path, out: Path, gates, *, page: bool, allow_metho
     lock, and tell stderr; the comparison and the files written."""
     from dataclasses import asdict
 
-    from .compare import compare_runs
+    from .compare import compare_runs, save_comparison
     from .files import check_writable_dir
     from .outlock import output_lock
 
     check_writable_dir(out)  # before any work: a read-only NEW asks for --out
     comparison = compare_runs(base, new, allow_method_change=allow_method_change, **asdict(gates))
     with output_lock(out):
-        paths = comparison.save(out, page=page)
+        paths = save_comparison(comparison, out, page=page)
     for line in comparison.log_lines():
         _note(line)
     _log("; ".join(f"{kind}: {path}" for kind, path in paths.items()))

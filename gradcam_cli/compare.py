@@ -1,10 +1,10 @@
 """`gradcam compare BASE NEW`: did the model change its mind? Explanation drift between two runs.
 
-    from gradcam_cli.compare import compare_runs
+    from gradcam_cli.compare import compare_runs, save_comparison
 
     comparison = compare_runs("runs/v1", "runs/v2", min_corr=0.8, max_top1_changes=2)
     comparison.passed, comparison.pairs[0].pearson      # the worst pair first
-    comparison.save("runs/v2", page=True)                # comparison.json, comparison.html
+    save_comparison(comparison, "runs/v2", page=True)    # comparison.json, comparison.html
 
 Two runs of `gradcam explain --save-raw` over the same inputs (a golden set before and after a
 retraining, a quantisation, a torch upgrade, another preprocessing; or two methods on one model)
@@ -23,7 +23,7 @@ Pairing, by input, layer and target:
   looks at when it decides;
 - explanations left without a partner are listed in `unpaired`.
 
-Measures of a pair (`measure_maps`):
+Measures of a pair (`mapstats.measure_maps`):
 - both maps on one grid over the photo: each map covers the crop box its run's preprocessing
   cut from the photo (`Preprocess.crop_box`), so runs with different input sizes or resize
   modes are compared where they saw the same pixels. The grid spans both boxes, as fine as the
@@ -43,8 +43,6 @@ Measures of a pair (`measure_maps`):
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -53,278 +51,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .comparison import COMPARISON_NAME, CompareGates, Comparison, Pair, Side
 from .errors import UsageError
 from .files import resolve_inside, write_text_atomic
-from .mapstats import Spread, spearman
+from .mapstats import Box, measure_maps, rounded
 from .outlock import check_unlocked
 from .preprocess import Preprocess
-from .report import REPORT_NAME, SCHEMA_VERSION, SHARD_REPORT, library_versions, read_report_file
+from .report import REPORT_NAME, SCHEMA_VERSION, SHARD_REPORT, read_report_file
 
 if TYPE_CHECKING:
     from .explainer import Explainer
 
 __all__ = [
-    "COMPARISON_SCHEMA_VERSION",
-    "COMPARISON_NAME",
-    "CompareGates",
-    "MapMeasures",
-    "Side",
-    "Pair",
-    "Comparison",
     "compare_runs",
+    "save_comparison",
     "read_baseline",
     "check_baseline",
     "baseline_gates",
-    "measure_maps",
-    "common_grid",
-    "pearson",
-    "energy_moved",
 ]
-
-COMPARISON_SCHEMA_VERSION = 1
-COMPARISON_NAME = "comparison.json"
-MAX_GRID = 1024  # cells a side: a tiny box next to a huge one must not make a huge grid
-SUMMARY_MEASURES = ("pearson", "spearman", "peak_shift", "energy_moved", "probability_change")
-
-Box = tuple[float, float, float, float]
-Point = tuple[float, float]
-_UNIT_BOX: Box = (0.0, 0.0, 1.0, 1.0)  # the geometry is unknown: both maps cover one region
-
-
-# -- the gates --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CompareGates:
-    """What a comparison must meet to pass; None: not checked.
-
-    Per pair: `min_corr` (Pearson's), `max_shift` (photo pixels), `max_energy_moved` (0..1).
-    Over the run: `max_top1_changes`, the images whose predicted class may change.
-    """
-
-    min_corr: float | None = None
-    max_shift: float | None = None
-    max_energy_moved: float | None = None
-    max_top1_changes: int | None = None
-
-    def __post_init__(self) -> None:
-        _check_range("min_corr", self.min_corr, -1.0, 1.0, "a correlation")
-        _check_range("max_shift", self.max_shift, 0.0, math.inf, "photo pixels")
-        _check_range("max_energy_moved", self.max_energy_moved, 0.0, 1.0, "a share")
-        top1 = self.max_top1_changes
-        if top1 is not None and (isinstance(top1, bool) or not isinstance(top1, int) or top1 < 0):
-            raise UsageError(f"max_top1_changes= takes a count of images, 0 or more, got {top1}")
-
-    @property
-    def active(self) -> bool:
-        return any(value is not None for value in asdict(self).values())
-
-    def shortfalls(self, pair: Pair, top1_changes: int) -> list[str]:
-        """Why a pair fails the gates (empty when it passes). The top-1 rule is the run's: when
-        more images changed their prediction than it allows, each changed pair fails it."""
-        reasons = []
-        if self.min_corr is not None and not _at_least(pair.pearson, self.min_corr):
-            reasons.append(f"correlation {_shown(pair.pearson)} < {self.min_corr:g}")
-        if self.max_shift is not None and not _at_most(pair.peak_shift, self.max_shift):
-            reasons.append(f"peak moved {_shown(pair.peak_shift, ' px')} > {self.max_shift:g} px")
-        if self.max_energy_moved is not None and not _at_most(
-            pair.energy_moved, self.max_energy_moved
-        ):
-            reasons.append(f"energy moved {_shown(pair.energy_moved)} > {self.max_energy_moved:g}")
-        top1 = self.max_top1_changes
-        if top1 is not None and pair.top1_changed and top1_changes > top1:
-            reasons.append(
-                f"top-1 changed ({pair.base.top1['label']} → {pair.new.top1['label']}): "
-                f"{top1_changes} images changed, more than {top1}"
-            )
-        return reasons
-
-
-def baseline_gates(baseline: str | Path | None, **values: Any) -> CompareGates:
-    """The gates of `gradcam explain`'s baseline=, checked before the run; refused without a
-    baseline (they would gate nothing)."""
-    gates = CompareGates(**values)
-    if gates.active and baseline is None:
-        given = " and ".join(
-            f"{name}=" for name, value in asdict(gates).items() if value is not None
-        )
-        raise UsageError(f"{given} gate a comparison with a baseline run: add baseline=RUN")
-    return gates
-
-
-def _check_range(name: str, value: float | None, low: float, high: float, what: str) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        bounds = f"{low:g} to {high:g}" if math.isfinite(high) else f"{low:g} or more"
-        raise UsageError(f"{name}= takes {what}, {bounds}, got {value}")
-
-
-def _at_least(value: float | None, low: float) -> bool:
-    return value is not None and value >= low
-
-
-def _at_most(value: float | None, high: float) -> bool:
-    return value is not None and value <= high
-
-
-def _shown(value: float | None, unit: str = "") -> str:
-    return "none (a blank map)" if value is None else f"{value:.3g}{unit}"
-
-
-# -- the measures -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MapMeasures:
-    grid: tuple[int, ...]  # (h, w) of the grid the maps were compared on
-    pearson: float | None
-    spearman: float | None
-    energy_moved: float | None
-    peaks: tuple[Point | None, Point | None]  # on the photo, pixels (x, y); None: blank map
-    peak_shift: float | None  # photo pixels; None: a blank map, or the geometry is unknown
-
-
-def measure_maps(
-    base: np.ndarray, new: np.ndarray, base_box: Box | None = None, new_box: Box | None = None
-) -> MapMeasures:
-    """Compare two raw maps [h, w]; each covers its box (x0, y0, x1, y1) of the photo
-    (`Preprocess.crop_box`). Without boxes both are taken to cover one region, and the peak's
-    shift is not measured."""
-    base, new = _as_map(base), _as_map(new)
-    placed = base_box is not None and new_box is not None
-    base_frame = _as_box(base_box) if base_box is not None and placed else _UNIT_BOX
-    new_frame = _as_box(new_box) if new_box is not None and placed else _UNIT_BOX
-    a, b, _ = common_grid(base, new, base_frame, new_frame)
-    base_peak = _peak(base, base_frame) if placed else None
-    new_peak = _peak(new, new_frame) if placed else None
-    peaks = base_peak, new_peak
-    if base_frame == new_frame and base.shape == new.shape and np.array_equal(base, new):
-        return MapMeasures(a.shape, 1.0, 1.0, 0.0, peaks, 0.0)
-    shift = math.dist(base_peak, new_peak) if base_peak and new_peak else None
-    return MapMeasures(
-        grid=a.shape,
-        pearson=_finite(pearson(a, b)),
-        spearman=_finite(spearman(a, b)),
-        energy_moved=energy_moved(a, b),
-        peaks=peaks,
-        peak_shift=shift,
-    )
-
-
-def _as_map(values: np.ndarray) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 2 or array.size == 0:
-        raise ValueError(f"a raw map is a non-empty [h, w] array, got shape {array.shape}")
-    return np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def common_grid(
-    base: np.ndarray, new: np.ndarray, base_box: Box, new_box: Box
-) -> tuple[np.ndarray, np.ndarray, Box]:
-    """Both maps on one grid, and the box it covers: the union of their boxes, as many cells a
-    side as the finer map has over that extent. Maps of one box and size come back as they are."""
-    if base_box == new_box and base.shape == new.shape:
-        return base, new, base_box
-    frame = (
-        min(base_box[0], new_box[0]),
-        min(base_box[1], new_box[1]),
-        max(base_box[2], new_box[2]),
-        max(base_box[3], new_box[3]),
-    )
-    maps = ((base, base_box), (new, new_box))
-    rows, cols = (
-        _cells(_span(frame, axis), [(m.shape[1 - axis], _span(box, axis)) for m, box in maps])
-        for axis in (1, 0)
-    )
-    return (
-        _resampled(base, base_box, frame, (rows, cols)),
-        _resampled(new, new_box, frame, (rows, cols)),
-        frame,
-    )
-
-
-def _as_box(box: Sequence[float]) -> Box:
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return x0, y0, x1, y1
-
-
-def _span(box: Box, axis: int) -> tuple[float, float]:
-    """Where a box starts and ends along x (axis 0) or y (axis 1)."""
-    return box[axis], box[axis + 2]
-
-
-def _cells(extent: tuple[float, float], maps: list[tuple[int, tuple[float, float]]]) -> int:
-    """The grid's cells along one axis of `extent`: as dense as the denser map, whose n cells
-    span (start, end)."""
-    density = max(n / (end - start) for n, (start, end) in maps)
-    return int(min(MAX_GRID, max(1, round(density * (extent[1] - extent[0])))))
-
-
-def _resampled(values: np.ndarray, box: Box, frame: Box, shape: tuple[int, int]) -> np.ndarray:
-    if box == frame and values.shape == shape:  # on the grid already: exactly as it is
-        return values
-    rows = _axis_weights(shape[0], _span(frame, 1), values.shape[0], _span(box, 1))
-    cols = _axis_weights(shape[1], _span(frame, 0), values.shape[1], _span(box, 0))
-    return rows @ values @ cols.T  # separable: [H, h] @ [h, w] @ [w, W]
-
-
-def _axis_weights(
-    n_out: int, extent: tuple[float, float], n_cells: int, span: tuple[float, float]
-) -> np.ndarray:
-    """Bilinear weights [n_out, n_cells] from a map's cells spanning `span` to the grid's
-    cells spanning `extent`, sampled at cell centres (align_corners=False, edges clamped, as
-    torch's interpolate); grid cells whose centre is outside the map's span get 0."""
-    (out_start, out_end), (start, end) = extent, span
-    centres = out_start + (np.arange(n_out) + 0.5) * (out_end - out_start) / n_out
-    inside = (centres >= start) & (centres < end)
-    position = np.clip((centres - start) * n_cells / (end - start) - 0.5, 0.0, n_cells - 1)
-    low = np.floor(position).astype(np.int64)
-    high = np.minimum(low + 1, n_cells - 1)
-    frac = position - low
-    weights = np.zeros((n_out, n_cells))
-    rows = np.arange(n_out)
-    np.add.at(weights, (rows, low), 1.0 - frac)
-    np.add.at(weights, (rows, high), frac)
-    weights[~inside] = 0.0
-    return weights
-
-
-def _peak(values: np.ndarray, box: Box) -> Point | None:
-    """The centre of the map's highest cell on the photo; None for a map with nothing > 0."""
-    if not values.max() > 0.0:
-        return None
-    row, col = np.unravel_index(int(np.argmax(values)), values.shape)
-    x0, y0, x1, y1 = box
-    height, width = values.shape
-    return x0 + (col + 0.5) * (x1 - x0) / width, y0 + (row + 0.5) * (y1 - y0) / height
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson's correlation of two maps of one shape; NaN when either is constant."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    a, b = a - a.mean(), b - b.mean()
-    denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    if denominator == 0.0:
-        return math.nan
-    return min(1.0, max(-1.0, float((a * b).sum()) / denominator))
-
-
-def energy_moved(a: np.ndarray, b: np.ndarray) -> float:
-    """1 − the histogram intersection of two maps of one shape, each scaled to sum 1 (negative
-    values count as 0). A blank map against another: 1 (all of it moved); two blank maps: 0."""
-    p = np.clip(np.asarray(a, dtype=np.float64), 0.0, None)
-    q = np.clip(np.asarray(b, dtype=np.float64), 0.0, None)
-    p_total, q_total = float(p.sum()), float(q.sum())
-    if p_total <= 0.0 or q_total <= 0.0:
-        return 0.0 if p_total <= 0.0 and q_total <= 0.0 else 1.0
-    shared = float(np.minimum(p / p_total, q / q_total).sum())
-    return min(1.0, max(0.0, 1.0 - shared))
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 # -- the runs ---------------------------------------------------------------------------------
@@ -437,6 +181,18 @@ def _check_raw_maps(run: _Run) -> None:
         )
 
 
+def baseline_gates(baseline: str | Path | None, **values: Any) -> CompareGates:
+    """The gates of `gradcam explain`'s baseline=, checked before the run; refused without a
+    baseline (they would gate nothing)."""
+    gates = CompareGates(**values)
+    if gates.active and baseline is None:
+        given = " and ".join(
+            f"{name}=" for name, value in asdict(gates).items() if value is not None
+        )
+        raise UsageError(f"{given} gate a comparison with a baseline run: add baseline=RUN")
+    return gates
+
+
 def read_baseline(baseline: str | Path, *, out: str | Path, shard: object = None) -> _Run:
     """Before a run that will be compared with `baseline` (`gradcam explain --baseline RUN`),
     before its model loads: the baseline's report, refused now if `compare_runs` would refuse it
@@ -475,99 +231,7 @@ def check_baseline(base: _Run, explainer: Explainer) -> None:
     _check_comparable(base, planned, "this run", False, advice)
 
 
-# -- pairs ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Side:
-    """One run's half of a pair, as its report recorded it (paths relative to its folder)."""
-
-    target: Mapping  # {index, label, probability, score}
-    layer: str
-    raw: str
-    overlay: str | None
-    top1: Mapping  # the image's predicted class in this run: {index, label}
-    peak: Point | None  # the map's maximum on the photo, pixels (x, y)
-    box: Box | None = field(default=None, repr=False)  # the crop box the map covers
-    size: tuple[int, int] | None = field(default=None, repr=False)  # the photo's (W, H)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "target": dict(self.target),
-            "layer": self.layer,
-            "top1": dict(self.top1),
-            "peak": [round(v, 2) for v in self.peak] if self.peak is not None else None,
-            "raw": self.raw,
-            "overlay": self.overlay,
-        }
-
-
-@dataclass(frozen=True)
-class Pair:
-    input: str
-    match: str  # "class": the same class index; "top1": each run's predicted class
-    base: Side
-    new: Side
-    grid: tuple[int, ...]
-    pearson: float | None
-    spearman: float | None
-    peak_shift: float | None
-    energy_moved: float | None
-    probability_change: float | None  # the base target's probability: new − base
-    localization: dict[str, Any] | None  # with masks in both runs
-    gate: dict[str, Any] | None = None  # {passed, shortfalls} with gates, else None
-
-    @property
-    def layer(self) -> str:
-        return self.base.layer
-
-    @property
-    def top1_changed(self) -> bool:
-        return self.base.top1.get("index") != self.new.top1.get("index")
-
-    @property
-    def failed(self) -> bool:
-        return self.gate is not None and self.gate["passed"] is False
-
-    @property
-    def shortfalls(self) -> list[str]:
-        """Why the pair failed the gates; empty when it passed or had none."""
-        return list((self.gate or {}).get("shortfalls", []))
-
-    @property
-    def layers(self) -> str:
-        """'layer4', or 'layer3 → layer4' for a pair across layers (allow_method_change)."""
-        if self.base.layer == self.new.layer:
-            return self.base.layer
-        return f"{self.base.layer} → {self.new.layer}"
-
-    def where(self) -> str:
-        """'cat.jpg [tabby @ layer4]', 'cat.jpg [tabby → tiger cat @ layer4]'."""
-        labels = [self.base.target.get("label"), self.new.target.get("label")]
-        target = labels[0] if labels[0] == labels[1] else f"{labels[0]} → {labels[1]}"
-        return f"{self.input} [{target} @ {self.layers}]"
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "input": self.input,
-            "layer": self.layer,
-            "match": self.match,
-            "top1_changed": self.top1_changed,
-            "pearson": _rounded(self.pearson),
-            "spearman": _rounded(self.spearman),
-            "peak_shift": _rounded(self.peak_shift, 2),
-            "energy_moved": _rounded(self.energy_moved),
-            "probability_change": _rounded(self.probability_change),
-            "grid": list(self.grid),
-            "base": self.base.to_dict(),
-            "new": self.new.to_dict(),
-            "localization": self.localization,
-            "gate": self.gate,
-        }
-
-
-def _rounded(value: float | None, digits: int = 6) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(float(value), digits)
+# -- pairing ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -644,152 +308,6 @@ def _layer_key(base: _Run, new: _Run, allow: bool):
 # -- the comparison ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """Two runs compared: the pairs, worst first, and what could not be paired."""
-
-    base_dir: Path
-    new_dir: Path
-    base: dict[str, object]  # each run described: folder, model, method, layers, preprocess
-    new: dict[str, object]
-    gates: CompareGates
-    allow_method_change: bool
-    pairs: tuple[Pair, ...]
-    inputs_compared: int  # inputs explained in both runs
-    only_in_base: tuple[str, ...]
-    only_in_new: tuple[str, ...]
-    failed: tuple[dict, ...]  # inputs of both runs that failed in one or both: {input, base, new}
-    unpaired: tuple[dict, ...]  # explanations without a partner: {input, run, layer, target}
-    top1_changes: int  # inputs whose predicted class changed
-    seconds: float = 0.0
-
-    @property
-    def failures(self) -> list[Pair]:
-        return [pair for pair in self.pairs if pair.failed]
-
-    @property
-    def lost(self) -> list[dict]:
-        """Inputs explained in the base run that failed in the new one."""
-        return [f for f in self.failed if f["base"] is None and f["new"] is not None]
-
-    @property
-    def passed(self) -> bool:
-        """Every pair met the gates and, with gates, no input was lost."""
-        return not self.failures and not (self.gates.active and self.lost)
-
-    def summary(self) -> dict[str, object]:
-        return {
-            "pairs": len(self.pairs),
-            "inputs_compared": self.inputs_compared,
-            "only_in_base": len(self.only_in_base),
-            "only_in_new": len(self.only_in_new),
-            "failed_inputs": len(self.failed),
-            "unpaired": len(self.unpaired),
-            "top1_changes": self.top1_changes,
-            "gate_failures": len(self.failures) + (len(self.lost) if self.gates.active else 0),
-            "passed": self.passed,
-            "seconds": round(self.seconds, 3),
-            **{name: spread.to_dict() for name, spread in self.spreads().items()},
-        }
-
-    def spreads(self) -> dict[str, Spread]:
-        """Each measure's median and 5th and 95th percentiles over the pairs."""
-        return {
-            name: Spread.of([getattr(pair, name) for pair in self.pairs])
-            for name in SUMMARY_MEASURES
-        }
-
-    def to_dict(self, page: str | None = None) -> dict[str, object]:
-        return {
-            "schema_version": COMPARISON_SCHEMA_VERSION,
-            "base": self.base,
-            "new": self.new,
-            "gates": asdict(self.gates),
-            "allow_method_change": self.allow_method_change,
-            "summary": self.summary(),
-            "pairs": [pair.to_dict() for pair in self.pairs],
-            "only_in_base": list(self.only_in_base),
-            "only_in_new": list(self.only_in_new),
-            "failed": list(self.failed),
-            "unpaired": list(self.unpaired),
-            "versions": library_versions(),
-            "page": page,
-        }
-
-    def to_json(self, page: str | None = None) -> str:
-        text = json.dumps(self.to_dict(page), indent=2, ensure_ascii=False, allow_nan=False)
-        return text + "\n"
-
-    def save(self, out: str | Path, page: bool = False) -> dict[str, Path]:
-        """Write OUT/comparison.json, and with `page` OUT/comparison.html and its pictures
-        (OUT/comparison/); the paths written, by kind. The caller holds OUT's lock if needed."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        written = {"comparison": out / COMPARISON_NAME}
-        if page:
-            from .comparepage import write_comparison_page
-
-            written["page"] = write_comparison_page(self, out)
-        page_name = written["page"].name if page else None
-        write_text_atomic(written["comparison"], self.to_json(page_name))
-        return written
-
-    def log_lines(self) -> list[str]:
-        """What a person reads on stderr: each failing pair and lost input, what was not
-        paired, and the figures."""
-        lines = [f"gate failed: {p.where()}: {'; '.join(p.shortfalls)}" for p in self.failures]
-        for lost in self.lost:
-            failed = "gate failed: " if self.gates.active else ""
-            lines.append(
-                f"{failed}{lost['input']}: explained in the base run, failed in the new one: "
-                f"{lost['new']}"
-            )
-        if self.only_in_base or self.only_in_new:
-            lines.append(
-                f"{len(self.only_in_base)} input(s) only in the base run, {len(self.only_in_new)} "
-                f"only in the new one: not compared ({COMPARISON_NAME} lists them)"
-            )
-        if self.unpaired:
-            lines.append(
-                f"{len(self.unpaired)} explanation(s) without a partner of the same input, layer "
-                f"and target: not compared ({COMPARISON_NAME} lists them)"
-            )
-        lines.append(self.figures())
-        return lines
-
-    def figures(self) -> str:
-        """The measures in a line: medians, and the tail where it is bad."""
-        spreads = self.spreads()
-        return (
-            f"{len(self.pairs)} pairs over {self.inputs_compared} inputs: "
-            f"correlation {_spread_text(spreads['pearson'])}, rank correlation "
-            f"{_spread_text(spreads['spearman'])}, peak shift "
-            f"{_spread_text(spreads['peak_shift'], ' px', high=True)}, energy moved "
-            f"{_spread_text(spreads['energy_moved'], high=True)}; top-1 changed on "
-            f"{self.top1_changes} input(s)"
-        )
-
-    def verdict(self) -> str:
-        if not self.gates.active:
-            return "no gates set: measured only"
-        if self.passed:
-            return f"passed: {len(self.pairs)} pairs met the gates"
-        parts = [f"{len(self.failures)} of {len(self.pairs)} pairs failed the gates"]
-        if self.lost:
-            parts.append(
-                f"{len(self.lost)} input(s) explained in the base run failed in the new one"
-            )
-        return "failed: " + ", ".join(parts)
-
-
-def _spread_text(spread: Spread, unit: str = "", high: bool = False) -> str:
-    """'median 0.93 (5th percentile 0.61)'; for measures where high is bad, the 95th."""
-    tail, name = (spread.p95, "95th") if high else (spread.p5, "5th")
-    if spread.median is None or tail is None:
-        return "not measured"
-    return f"median {spread.median:.3g}{unit} ({name} percentile {tail:.3g}{unit})"
-
-
 def compare_runs(
     base: str | Path,
     new: str | Path,
@@ -842,6 +360,22 @@ def compare_runs(
         top1_changes=top1_changes,
         seconds=time.perf_counter() - started,
     )
+
+
+def save_comparison(comparison: Comparison, out: str | Path, page: bool = False) -> dict[str, Path]:
+    """Write OUT/comparison.json, and with `page` OUT/comparison.html and its pictures
+    (OUT/comparison/); the paths written, by kind. The JSON goes last: a reader that finds it
+    finds the page too. The caller holds OUT's lock if needed."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"comparison": out / COMPARISON_NAME}
+    if page:
+        from .pages.comparison import write_comparison_page
+
+        written["page"] = write_comparison_page(comparison, out)
+    page_name = written["page"].name if page else None
+    write_text_atomic(written["comparison"], comparison.to_json(page_name))
+    return written
 
 
 @dataclass
@@ -1003,8 +537,8 @@ def _localization_change(base: Mapping, new: Mapping) -> dict[str, Any] | None:
         return None  # a mask was missing or unreadable in one run
     return {
         "hit": {"base": before.get("hit"), "new": after.get("hit")},
-        "energy_change": _rounded(after["energy"] - before["energy"]),
-        "iou_change": _rounded((after.get("iou") or 0.0) - (before.get("iou") or 0.0)),
+        "energy_change": rounded(after["energy"] - before["energy"]),
+        "iou_change": rounded((after.get("iou") or 0.0) - (before.get("iou") or 0.0)),
     }
 
 

@@ -35,12 +35,13 @@ from .files import (
     write_npy_atomic,
     write_text_atomic,
 )
-from .htmlreport import save_thumbnail, write_page
 from .inputs import InputItem, output_keys
 from .localization import Gate, MaskSource, localization_record, localize, read_mask
 from .methods import METHODS
 from .oom import BatchSplitter
 from .outlock import output_lock
+from .pages.run import write_page
+from .pages.thumbnails import save_thumbnail
 from .panel import Pictures, caption_fields, save_panel
 from .pipeline import BoundedWriter, Decoded, decode_batches
 from .pngwrite import png_bytes
@@ -104,7 +105,7 @@ class RunOptions:
     shard: tuple[int, int] | None = None  # (K, N) of --shard K/N: names the report
     resume: bool = False  # --resume: take over the finished images of the report in out_dir
     panel: bool = False  # --panel: one figure per explanation (panel.py)
-    report: bool = False  # --report: thumbnails, then OUT/index.html (htmlreport.py)
+    report: bool = False  # --report: thumbnails, then OUT/index.html (pages/run.py)
     decode: str = "auto"  # --decode: JPEGs on the model's device (devicedecode), cpu, or auto
     metrics: MetricOptions | None = None  # --metrics/--baselines: faithfulness (faithrun.py)
     gates: tuple[GateRule, ...] = ()  # --gate: rules over the metrics and the localization

@@ -14,7 +14,7 @@ import pytest
 from conftest import HOSTILE_NAME, HOSTILE_STEM, one_explanation_report
 from PIL import Image
 
-from gradcam_cli.htmlreport import write_page
+from gradcam_cli.pages.run import write_page
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

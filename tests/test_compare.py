@@ -14,24 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 from test_browser import browser, loaded_images, open_page  # noqa: F401 (a fixture)
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
-from gradcam_cli.compare import (
-    COMPARISON_NAME,
-    CompareGates,
-    common_grid,
-    compare_runs,
-    energy_moved,
-    measure_maps,
-    pearson,
-)
-from gradcam_cli.comparepage import COMPARISON_PAGE
+from gradcam_cli.compare import compare_runs
+from gradcam_cli.comparison import COMPARISON_NAME, CompareGates
 from gradcam_cli.errors import UsageError
-from gradcam_cli.mapstats import spearman
-from gradcam_cli.preprocess import Preprocess
+from gradcam_cli.pages.comparison import COMPARISON_PAGE
 
 SAMPLES = Path(__file__).parents[1] / "sample_images"
 SCENES = ["circle", "square", "star", "triangle", "two_circle_star", "two_square_triangle"]
@@ -88,58 +78,7 @@ def perturbed_weights(work):
     return path
 
 
-# -- the measures -----------------------------------------------------------------------------
-
-
-def test_pearson_and_spearman_agree_with_scipy_on_maps_with_ties():
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        a = np.maximum(rng.normal(size=(7, 9)), 0.0)  # after a ReLU: many tied zeros
-        b = np.maximum(a + rng.normal(scale=0.7, size=a.shape), 0.0)
-        assert pearson(a, b) == pytest.approx(stats.pearsonr(a.ravel(), b.ravel())[0], abs=1e-12)
-        assert spearman(a, b) == pytest.approx(stats.spearmanr(a.ravel(), b.ravel())[0], abs=1e-12)
-    assert math.isnan(pearson(np.zeros((3, 3)), rng.random((3, 3))))  # a blank map: no ranking
-
-
-def test_maps_of_different_sizes_meet_on_the_finer_grid_as_torch_resamples():
-    rng = np.random.default_rng(1)
-    coarse, fine = rng.random((7, 7)), rng.random((14, 10))
-    box = (0.0, 0.0, 224.0, 224.0)
-    a, b, frame = common_grid(coarse, fine, box, box)
-    expected = torch.nn.functional.interpolate(
-        torch.from_numpy(coarse)[None, None], size=(14, 10), mode="bilinear", align_corners=False
-    )[0, 0].numpy()
-    assert frame == box and b is fine
-    np.testing.assert_allclose(a, expected, atol=1e-12)
-
-
-def test_maps_are_compared_where_each_run_saw_the_photo():
-    """Crop and squash of one 200×100 photo: the crop map covers the centre 100×100 only, so on
-    the common grid it is 0 over the sides that only the squash map covers."""
-    crop = Preprocess(input_size=(8, 8), resize_shorter=8).crop_box(200, 100)
-    squash = Preprocess(input_size=(8, 8), resize_shorter=8, resize_mode="squash").crop_box(
-        200, 100
-    )
-    assert crop == (50.0, 0.0, 150.0, 100.0) and squash == (0.0, 0.0, 200.0, 100.0)
-    a, b, frame = common_grid(np.ones((8, 8)), np.ones((8, 8)), crop, squash)
-    assert frame == squash and a.shape == b.shape == (8, 16)  # the crop map's density, wider
-    assert (a[:, 4:12] == 1).all() and (a[:, :4] == 0).all() and (a[:, 12:] == 0).all()
-    assert (b == 1).all()
-    assert energy_moved(a, b) == pytest.approx(0.5)  # half of the squash map's energy is beside
-
-
-def test_the_peak_shift_is_measured_in_photo_pixels_through_each_crop_box():
-    base, new = np.zeros((4, 4)), np.zeros((4, 4))
-    base[0, 0], new[3, 3] = 1.0, 1.0
-    box = (50.0, 0.0, 150.0, 100.0)  # 100×100 photo pixels: a cell is 25 pixels wide
-    measured = measure_maps(base, new, box, box)
-    assert measured.peaks == ((62.5, 12.5), (137.5, 87.5))
-    assert measured.peak_shift == pytest.approx(math.hypot(75, 75))
-    assert measured.energy_moved == 1.0 and measured.pearson == pytest.approx(-1 / 15)
-    same = measure_maps(base, base.copy(), box, box)
-    assert (same.pearson, same.spearman, same.peak_shift, same.energy_moved) == (1.0, 1.0, 0, 0)
-    blank = measure_maps(np.zeros((4, 4)), new, box, box)
-    assert blank.pearson is None and blank.peak_shift is None and blank.energy_moved == 1.0
+# -- the gates --------------------------------------------------------------------------------
 
 
 def test_gate_values_are_checked_when_made():

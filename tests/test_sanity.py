@@ -5,31 +5,28 @@ codes."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.stats import spearmanr
 from torch import nn
 from torchvision.models import resnet18
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
 from gradcam_cli.demo.model import PREPROCESS
-from gradcam_cli.mapstats import spearman, ssim
 from gradcam_cli.models import load_model
+from gradcam_cli.pages.sanity import draw_figure, render_page
 from gradcam_cli.sanity import (
     find_stages,
-    ordinal,
     randomize_stage,
     run_sanity,
     sanity_check,
     write_outputs,
 )
-from gradcam_cli.sanityreport import draw_figure, render_page
+from gradcam_cli.sanityresult import ordinal
 
 SCENES = Path(__file__).resolve().parents[1] / "sample_images" / "scenes"
 # One scene per class of demo:shapes.
@@ -37,73 +34,7 @@ ONE_OBJECT = [SCENES / f"{name}.png" for name in ("circle", "square", "triangle"
 runner = CliRunner()
 
 
-# -- the measures ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda rng: (rng.random((16, 16)), rng.random((16, 16))),
-        # ReLU'd maps: many tied zeros, as Grad-CAM's are
-        lambda rng: (np.maximum(rng.normal(size=(20, 12)), 0), np.maximum(rng.normal(size=240), 0)),
-        # few distinct values: ties everywhere
-        lambda rng: (rng.integers(0, 4, 300), rng.integers(0, 3, 300)),
-        lambda rng: (np.arange(50.0), -(np.arange(50.0) ** 3)),
-    ],
-)
-def test_spearman_equals_scipy(make):
-    a, b = make(np.random.default_rng(7))
-    expected = spearmanr(np.ravel(a), np.ravel(b)).statistic
-    assert spearman(a, b) == pytest.approx(expected, abs=1e-12)
-
-
-def test_spearman_of_a_constant_map_is_undefined_as_in_scipy():
-    with pytest.warns(Warning):
-        assert math.isnan(spearmanr(np.zeros(9), np.arange(9.0)).statistic)
-    assert math.isnan(spearman(np.zeros(9), np.arange(9.0)))
-
-
-GAUSSIAN_SIGMA, GAUSSIAN_RADIUS = 1.5, 5  # int(3.5 σ + 0.5): scikit-image's 11×11 window
-
-
-def ssim_by_definition(x: np.ndarray, y: np.ndarray, data_range: float = 1.0) -> float:
-    """Wang et al. 2004, eq. 13, pixel by pixel: Gaussian-weighted μ, σ², σxy over each 11×11
-    window that lies inside the image, averaged over those windows (population statistics)."""
-    offsets = np.arange(-GAUSSIAN_RADIUS, GAUSSIAN_RADIUS + 1)
-    w = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * GAUSSIAN_SIGMA**2))
-    w /= w.sum()
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    r = GAUSSIAN_RADIUS
-    values = []
-    for i in range(r, x.shape[0] - r):
-        for j in range(r, x.shape[1] - r):
-            px, py = (
-                x[i - r : i + r + 1, j - r : j + r + 1],
-                y[i - r : i + r + 1, j - r : j + r + 1],
-            )
-            mx, my = (w * px).sum(), (w * py).sum()
-            vx, vy = (w * (px - mx) ** 2).sum(), (w * (py - my) ** 2).sum()
-            cxy = (w * (px - mx) * (py - my)).sum()
-            values.append(
-                ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-            )
-    return float(np.mean(values))
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_ssim_equals_the_formula_computed_directly(seed):
-    rng = np.random.default_rng(seed)
-    x = rng.random((18, 23))
-    y = np.clip(0.6 * x + 0.4 * rng.random((18, 23)), 0, 1)  # related, not equal
-    assert ssim(x, y) == pytest.approx(ssim_by_definition(x, y), abs=1e-10)
-    assert ssim(x, y, data_range=2.0) == pytest.approx(ssim_by_definition(x, y, 2.0), abs=1e-10)
-
-
-def test_ssim_of_a_map_with_itself_is_one_and_of_unrelated_maps_near_zero():
-    rng = np.random.default_rng(3)
-    x = rng.random((40, 40))
-    assert ssim(x, x) == pytest.approx(1.0, abs=1e-12)
-    assert abs(ssim(x, rng.random((40, 40)))) < 0.1
+# -- the result ----------------------------------------------------------------------------------
 
 
 def test_ordinals():

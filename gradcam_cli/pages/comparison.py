@@ -5,8 +5,8 @@ two maps (each min-max scaled, as the overlays draw them), placed on the photo's
 three line up. The pictures are written into OUT/comparison/ (thumbnails of the runs' overlays,
 the difference, as JPEGs), so the page and that folder are all a CI artifact needs; the links
 to the full-size overlays and raw maps are relative to the runs' folders and work while they
-keep their places. Self-contained like the run's page (`htmlreport`), whose style, filters and
-viewer it shares: inline CSS and JS, no network, percent-encoded relative links.
+keep their places. Self-contained like every page (`document`); it shares the run's page's
+style, filters and viewer.
 """
 
 from __future__ import annotations
@@ -21,11 +21,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .compare import Box, Comparison, Pair, common_grid
-from .errors import UsageError
-from .files import resolve_inside, write_image_atomic, write_text_atomic
-from .htmlreport import _CSS, _JS, _VIEWER, THUMBNAIL_SIZE, _select, _text, _url
-from .render import colormap_lut, heatmap_image, normalize_map, place_map
+from ..comparison import COMPARISON_NAME, Comparison, Pair
+from ..errors import UsageError
+from ..files import resolve_inside, write_image_atomic, write_text_atomic
+from ..mapstats import UNIT_BOX, Box, common_grid
+from ..render import colormap_lut, heatmap_image, normalize_map, place_map
+from .document import (
+    breakable,
+    definitions,
+    escaped,
+    filter_bar,
+    fixed,
+    page_document,
+    select,
+    summary_list,
+    url,
+)
+from .thumbnails import THUMBNAIL_SIZE, UNREADABLE, read_shrunk
 
 __all__ = ["COMPARISON_PAGE", "PICTURES", "write_comparison_page", "render_comparison_page"]
 
@@ -33,7 +45,6 @@ COMPARISON_PAGE = "comparison.html"
 PICTURES = "comparison"  # OUT/comparison/: the cards' pictures
 DIFFERENCE_COLORMAP = "magma"  # sequential: dark where the maps agree, bright where they differ
 _BACKGROUND = (242, 242, 242)  # outside the maps' boxes, as the cards' empty picture frames
-_UNIT_BOX: Box = (0.0, 0.0, 1.0, 1.0)
 _LEFT_OUT_SHOWN = 20  # rows of the "not compared" table shown unfolded
 
 
@@ -70,12 +81,9 @@ def _overlay_thumbnail(run_dir: Path, overlay: str | None, out: Path, name: str)
         return None
     path = f"{PICTURES}/{name}"
     try:
-        with Image.open(resolve_inside(run_dir, overlay)) as picture:
-            picture.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            small = picture.convert("RGB")
-    except (OSError, ValueError, UsageError, Image.DecompressionBombError):
+        small = read_shrunk(resolve_inside(run_dir, overlay))
+    except (*UNREADABLE, UsageError):
         return None
-    small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
     write_image_atomic(resolve_inside(out, path), small, "jpg")
     return path
 
@@ -105,7 +113,7 @@ def difference_picture(pair: Pair, base_map: np.ndarray, new_map: np.ndarray) ->
 def _geometry(pair: Pair) -> tuple[Box, Box, tuple[int, int] | None]:
     """Each map's crop box and the photo's size; without them, one unit box for both."""
     if pair.base.box is None or pair.new.box is None or pair.new.size is None:
-        return _UNIT_BOX, _UNIT_BOX, None
+        return UNIT_BOX, UNIT_BOX, None
     return pair.base.box, pair.new.box, pair.new.size
 
 
@@ -202,7 +210,7 @@ def _target_text(base: Mapping, new: Mapping, match: str) -> str:
 
 
 def _number(value: object, missing: str = "none (a blank map)") -> str:
-    return f"{value:.3f}" if isinstance(value, int | float) else missing
+    return fixed(value, missing=missing)
 
 
 def _signed(value: object) -> str:
@@ -214,32 +222,20 @@ def _signed(value: object) -> str:
 
 def render_comparison_page(comparison: Comparison, cards: list[_Card]) -> str:
     base, new = comparison.base["run"], comparison.new["run"]
-    title = f"gradcam compare: {base} → {new}"
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_text(title)}</title>",
-        f"<style>{_CSS}{_MORE_CSS}</style>",
-        "</head>",
-        "<body>",
-        "<header>",
-        f"<h1>{_text(title)}</h1>",
-        _summary(comparison),
-        "</header>",
+    body = [
         _left_out(comparison),
         _filters(cards),
         '<main id="grid">',
         *(_card_html(card) for card in cards),
         "</main>",
-        _VIEWER,
-        f"<script>{_JS}</script>",
-        "</body>",
-        "</html>",
     ]
-    return "\n".join(parts) + "\n"
+    return page_document(
+        f"gradcam compare: {base} → {new}",
+        [_summary(comparison)],
+        body,
+        styles=["comparison.css"],
+        interactive=True,
+    )
 
 
 def _run_text(run: Mapping) -> str:
@@ -262,9 +258,7 @@ def _summary(comparison: Comparison) -> str:
         ("gates", ", ".join(f"{name} {value:g}" for name, value in gates.items()) or "none"),
         ("verdict", comparison.verdict()),
     ]
-    items = "".join(f"<dt>{_text(term)}</dt><dd>{_text(text)}</dd>" for term, text in rows)
-    link = f'<p><a href="{_url("comparison.json")}">comparison.json</a></p>'
-    return f'<dl class="summary">{items}</dl>{link}'
+    return summary_list(rows, COMPARISON_NAME)
 
 
 def _left_out(comparison: Comparison) -> str:
@@ -284,7 +278,9 @@ def _left_out(comparison: Comparison) -> str:
     ]
     if not rows:
         return ""
-    body = "".join(f"<tr><td>{_text(what)}</td><td>{_text(why)}</td></tr>" for what, why in rows)
+    body = "".join(
+        f"<tr><td>{escaped(what)}</td><td>{escaped(why)}</td></tr>" for what, why in rows
+    )
     shown = " open" if len(rows) <= _LEFT_OUT_SHOWN else ""  # a long list starts folded
     return (
         f'<section id="errors"><details{shown}><summary><h2>{len(rows)} not compared</h2>'
@@ -299,27 +295,22 @@ def _filters(cards: list[_Card]) -> str:
     selects = []
     statuses = Counter(_status(pair) for pair in pairs)
     if "measured" not in statuses:
-        selects.append(
-            _select("status", "gate", {s: statuses.get(s, 0) for s in ("failed", "passed")})
-        )
+        gate = {s: statuses.get(s, 0) for s in ("failed", "passed")}
+        selects.append(select("status", "gate", gate, ordered=False))
     selects.append(
-        _select("top1", "top-1", Counter("changed" if p.top1_changed else "kept" for p in pairs))
+        select("top1", "top-1", Counter("changed" if p.top1_changed else "kept" for p in pairs))
     )
     layers = Counter(pair.layer for pair in pairs)
     if len(layers) > 1:
-        selects.append(_select("layer", "layer", layers))
-    return (
-        '<nav id="filters" hidden>'
-        + "".join(selects)
-        + f'<span id="shown">{len(cards)} of {len(cards)} shown</span></nav>'
-    )
+        selects.append(select("layer", "layer", layers))
+    return filter_bar(selects, len(cards))
 
 
 def _card_html(card: _Card) -> str:
     pair = card.pair
     status = _status(pair)
     data = " ".join(
-        f'data-{key}="{_text(value)}"'
+        f'data-{key}="{escaped(value)}"'
         for key, value in (
             ("status", status),
             ("top1", "changed" if pair.top1_changed else "kept"),
@@ -327,13 +318,13 @@ def _card_html(card: _Card) -> str:
             ("input", pair.input),
         )
     )
-    name = _text(pair.input).replace("/", "/<wbr>")
-    badge = f'<span class="badge">{_text(status)}</span>' if pair.gate is not None else ""
+    name = breakable(pair.input)
+    badge = f'<span class="badge">{escaped(status)}</span>' if pair.gate is not None else ""
     rank = f'<span class="rank">#{card.rank}</span>'
-    head = f'<h2 title="{_text(pair.input)}">{rank} {name}</h2>{badge}'
-    lines = "".join(f"<dt>{_text(t)}</dt><dd>{_text(x)}</dd>" for t, x in _lines(pair))
+    head = f'<h2 title="{escaped(pair.input)}">{rank} {name}</h2>{badge}'
+    lines = definitions(_lines(pair))
     links = " ".join(
-        f'<a href="{_url(path)}">{_text(kind)}</a>' for kind, path in card.links.items()
+        f'<a href="{url(path)}">{escaped(kind)}</a>' for kind, path in card.links.items()
     )
     css = {"failed": "gate-failed", "passed": "ok", "measured": "measured"}[status]
     return (
@@ -347,27 +338,13 @@ def _pictures(card: _Card) -> str:
     figures = []
     for caption, path in card.pictures.items():
         image = (
-            f'<img src="{_url(path)}" alt="{_text(caption)}" loading="lazy">'
+            f'<img src="{url(path)}" alt="{escaped(caption)}" loading="lazy">'
             if path
             else '<span class="missing">no overlay on disk</span>'
         )
-        figures.append(f"<figure>{image}<figcaption>{_text(caption)}</figcaption></figure>")
+        figures.append(f"<figure>{image}<figcaption>{escaped(caption)}</figcaption></figure>")
     base, new = card.links.get("base overlay"), card.links.get("new overlay")
     if base and new:
-        opens = f'class="trio open" href="{_url(base)}" data-panel="{_url(new)}"'
+        opens = f'class="trio open" href="{url(base)}" data-panel="{url(new)}"'
         return f"<a {opens}>{''.join(figures)}</a>"
     return f'<div class="trio">{"".join(figures)}</div>'
-
-
-_MORE_CSS = """
-#grid { grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); }
-.trio { display: grid; grid-template-columns: repeat(3, 1fr); gap: .3rem; color: inherit;
-  text-decoration: none; }
-.trio figure { margin: 0; background: #f2f2f2; text-align: center; }
-.trio img { width: 100%; height: 160px; object-fit: contain; display: block; }
-.trio figcaption { font-size: .8rem; color: #666; }
-.rank { color: #666; font-weight: normal; }
-.card.measured { border-top-color: #888; }
-#errors summary { cursor: pointer; }
-#errors summary h2 { display: inline; }
-"""

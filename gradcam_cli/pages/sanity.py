@@ -3,7 +3,7 @@
 The figure is drawn with Pillow, like the panels (no pyplot): the median of each measure per
 stage, from the trained model on the left to the stem on the right, a band from the 5th to the
 95th percentile over the images, the threshold, and the stage the pass rule looks at. The page
-is one self-contained file (inline CSS, the thumbnails as data: URLs, the figure linked
+is self-contained like every page (`document`; the thumbnails as data: URLs, the figure linked
 relatively): the table of the figures, the figure, and for each of the first images its map
 before and after each randomisation.
 """
@@ -11,16 +11,15 @@ before and after each randomisation.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import unicodedata
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-if TYPE_CHECKING:
-    from .sanity import SanityResult
+from ..render import colormap_lut
+from ..sanityresult import SanityResult
+from .document import errors_section, escaped, fixed, page_document, summary_list
 
 __all__ = ["FIGURE_NAME", "PAGE_NAME", "draw_figure", "render_page"]
 
@@ -72,7 +71,7 @@ def draw_figure(result: SanityResult) -> Image.Image:
         _line(draw, [(x, y_at(median)) for x, median, _, _ in points], MEASURE_COLOURS[name])
     draw.rectangle((x0, y0, x1, y1), outline=INK, width=s)
     for i, label in enumerate(labels):
-        _vertical_text(canvas, _drawable(label), font, x_at(i), y1 + 8 * s)
+        _verticaltext(canvas, _drawable(label), font, x_at(i), y1 + 8 * s)
     draw = ImageDraw.Draw(canvas)
     _legend(draw, small, result.mode, x1 + 18 * s, y0)
     return canvas.resize((canvas.width // s, canvas.height // s), Image.Resampling.LANCZOS)
@@ -173,7 +172,7 @@ def _line(draw, points, colour) -> None:
         draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
 
 
-def _vertical_text(canvas: Image.Image, text: str, font, x: float, y: float) -> None:
+def _verticaltext(canvas: Image.Image, text: str, font, x: float, y: float) -> None:
     """`text` read bottom to top, its end at (x, y): stage names under their points."""
     width = int(font.getlength(text)) + 4
     left, top, right, bottom = font.getbbox("Hgjy")
@@ -215,34 +214,16 @@ def _legend(draw, font, mode: str, x: float, y: float) -> None:
 
 def render_page(result: SanityResult, figure: str = FIGURE_NAME) -> str:
     """sanity.html as text: the verdict, the table, the figure, the maps of the first images."""
-    from .htmlreport import _CSS
-    from .render import colormap_lut
-
-    lut = colormap_lut("jet")
-    title = f"gradcam sanity: {result.method} on {result.model.get('name', '?')}"
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_text(title)}</title>",
-        f"<style>{_CSS}{_SANITY_CSS}</style>",
-        "</head>",
-        "<body>",
-        "<header>",
-        f"<h1>{_text(title)}</h1>",
-        f'<p class="verdict {"pass" if result.passed else "fail"}">{_text(result.verdict())}</p>',
-        _summary(result),
-        "</header>",
+    verdict = "pass" if result.passed else "fail"
+    header = [f'<p class="verdict {verdict}">{escaped(result.verdict())}</p>', _summary(result)]
+    body = [
         _table(result),
-        f'<p><img class="figure" src="{_text(figure)}" alt="correlation against stage"></p>',
-        _skipped(result),
-        _maps(result, lut),
-        "</body>",
-        "</html>",
+        f'<p><img class="figure" src="{escaped(figure)}" alt="correlation against stage"></p>',
+        errors_section(f"{len(result.skipped)} input(s) skipped", result.skipped),
+        _maps(result, colormap_lut("jet")),
     ]
-    return "\n".join(part for part in parts if part) + "\n"
+    title = f"gradcam sanity: {result.method} on {result.model.get('name', '?')}"
+    return page_document(title, header, body, styles=["sanity.css"])
 
 
 def _summary(result: SanityResult) -> str:
@@ -262,8 +243,7 @@ def _summary(result: SanityResult) -> str:
         ),
         ("time", f"{result.seconds:.1f} s on {result.device}"),
     ]
-    items = "".join(f"<dt>{_text(term)}</dt><dd>{_text(text)}</dd>" for term, text in rows)
-    return f'<dl class="summary">{items}</dl>'
+    return summary_list(rows)
 
 
 def _table(result: SanityResult) -> str:
@@ -280,12 +260,12 @@ def _table(result: SanityResult) -> str:
             name for name, on in (("by", i == result.by_stage), ("below", below)) if on
         )
         rows.append(
-            f'<tr class="{classes}"><td>{row.from_logits}</td><td>{_text(row.stage.name)}</td>'
+            f'<tr class="{classes}"><td>{row.from_logits}</td><td>{escaped(row.stage.name)}</td>'
             f'<td class="n">{row.stage.parameters:,}</td>'
-            f'<td class="n">{_fixed(row.spearman.median)}</td>'
-            f'<td class="n">{_fixed(row.spearman.p5)} – {_fixed(row.spearman.p95)}</td>'
-            f'<td class="n">{_fixed(row.ssim.median)}</td>'
-            f'<td class="n">{_fixed(row.ssim.p5)} – {_fixed(row.ssim.p95)}</td></tr>'
+            f'<td class="n">{fixed(row.spearman.median)}</td>'
+            f'<td class="n">{fixed(row.spearman.p5)} – {fixed(row.spearman.p95)}</td>'
+            f'<td class="n">{fixed(row.ssim.median)}</td>'
+            f'<td class="n">{fixed(row.ssim.p5)} – {fixed(row.ssim.p95)}</td></tr>'
         )
     return (
         '<section><h2>Per stage, from the logits down</h2><table class="stages">'
@@ -293,30 +273,17 @@ def _table(result: SanityResult) -> str:
     )
 
 
-def _skipped(result: SanityResult) -> str:
-    if not result.skipped:
-        return ""
-    rows = "".join(
-        f"<tr><td>{_text(source)}</td><td>{_text(why)}</td></tr>" for source, why in result.skipped
-    )
-    return (
-        f'<section id="errors"><h2>{len(result.skipped)} input(s) skipped</h2><table>'
-        f"<thead><tr><th>input</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>"
-        "</section>"
-    )
-
-
 def _maps(result: SanityResult, lut: np.ndarray) -> str:
     shown = [image for image in result.images if image.thumbnails]
     if not shown:
         return ""
-    heads = "".join(f"<th>{_text(stage.name)}</th>" for stage in result.stages)
+    heads = "".join(f"<th>{escaped(stage.name)}</th>" for stage in result.stages)
     rows = []
     for image in shown:
         photo = _img(image.picture, f"{image.input} as the model saw it")
         cells = [
-            f'<td><span class="name">{_text(image.input)}</span>{photo}'
-            f"<small>{_text(image.label)}</small></td>",
+            f'<td><span class="name">{escaped(image.input)}</span>{photo}'
+            f"<small>{escaped(image.label)}</small></td>",
             f"<td>{_img(_coloured(image.thumbnails[0], lut), 'trained map')}</td>",
         ]
         for stage, thumb, rho in zip(
@@ -324,7 +291,7 @@ def _maps(result: SanityResult, lut: np.ndarray) -> str:
         ):
             alt = f"map after randomising {stage.name}"
             cells.append(
-                f"<td>{_img(_coloured(thumb, lut), alt)}<small>ρ {_fixed(rho, 2)}</small></td>"
+                f"<td>{_img(_coloured(thumb, lut), alt)}<small>ρ {fixed(rho, 2)}</small></td>"
             )
         rows.append(f"<tr>{''.join(cells)}</tr>")
     more = len(result.images) - len(shown)
@@ -348,32 +315,6 @@ def _img(pixels: np.ndarray | None, alt: str) -> str:
     Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB").save(buffer, "JPEG", quality=85)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     h, w = pixels.shape[:2]
-    return f'<img src="data:image/jpeg;base64,{data}" width="{w}" height="{h}" alt="{_text(alt)}">'
-
-
-def _text(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fixed(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-_SANITY_CSS = """
-.verdict { font-weight: 600; }
-.verdict.pass { color: var(--ok); }
-.verdict.fail { color: var(--error); }
-h2 { font-size: 1.1rem; margin: 1.2rem 0 .4rem; }
-table.stages, table.maps { border-collapse: collapse; }
-table.stages td, table.stages th { border: 1px solid #ddd; padding: .2rem .6rem; }
-table.stages td.n { text-align: right; font-variant-numeric: tabular-nums; }
-table.stages tr.below td { background: #eef7ee; }
-table.stages tr.by td { font-weight: 600; }
-img.figure { max-width: 100%; height: auto; }
-.scroll { overflow-x: auto; }
-table.maps th { font-size: .75rem; font-weight: normal; color: #666; max-width: 72px;
-  overflow-wrap: anywhere; vertical-align: bottom; }
-table.maps td { padding: 2px; text-align: center; vertical-align: top; }
-table.maps td small, table.maps td .name { display: block; font-size: .75rem; color: #444; }
-table.maps td .name { max-width: 96px; overflow-wrap: anywhere; }
-"""
+    return (
+        f'<img src="data:image/jpeg;base64,{data}" width="{w}" height="{h}" alt="{escaped(alt)}">'
+    )

@@ -1,5 +1,7 @@
-"""--report and `gradcam report OUT`: the page's structure, its links, escaping, regeneration
-without torch, exit codes, atomic writing."""
+"""The pages (`gradcam_cli.pages`): the run's page of --report and `gradcam report OUT` (its
+structure, links, escaping, regeneration without torch, exit codes, atomic writing), and the
+skeleton and assets every page is made of. The comparison and sanity pages are checked with
+their commands (test_compare.py, test_sanity.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ from typer.testing import CliRunner
 
 from gradcam_cli import files
 from gradcam_cli.cli import app
-from gradcam_cli.htmlreport import THUMBNAIL_SIZE, thumbnail_path, write_page
+from gradcam_cli.pages import document
+from gradcam_cli.pages.document import asset, page_document
+from gradcam_cli.pages.run import write_page
+from gradcam_cli.pages.thumbnails import THUMBNAIL_SIZE, thumbnail_path
 
 SCENES = Path(__file__).parents[1] / "sample_images" / "scenes"
 
@@ -329,3 +334,48 @@ def test_shards_write_thumbnails_and_the_merged_report_gets_the_page(tmp_path):
     _, page = read_page(out)
     assert len(page.cards) == 6
     assert_every_link_is_a_file_inside(out, page)
+
+
+# -- the skeleton and its assets (document.py) -----------------------------------------------
+
+ASSETS = Path(document.__file__).parent / "assets"
+PAGES = Path(document.__file__).parent
+
+
+def test_a_page_inlines_the_base_style_then_its_own_and_leaves_out_empty_parts():
+    text = page_document(
+        "a <b> & c", ['<p class="verdict">v</p>'], ["<main></main>", ""], styles=["sanity.css"]
+    )
+    page = Page(text)
+    tags = [tag for tag, _ in page.tags]
+    assert text.startswith("<!DOCTYPE html>\n") and text.endswith("</html>\n")
+    assert text.count("<title>a &lt;b&gt; &amp; c</title>") == 1
+    assert '<h1>a &lt;b&gt; &amp; c</h1>\n<p class="verdict">v</p>\n</header>' in text
+    style = text.split("<style>")[1].split("</style>")[0]
+    assert style == f"\n{asset('report.css')}\n{asset('sanity.css')}"
+    assert "script" not in tags and "dialog" not in tags  # nothing to drive: no script
+    assert "\n\n" not in text
+
+
+def test_an_interactive_page_ends_with_the_viewer_and_the_script():
+    text = page_document("t", [], ["<main></main>"], interactive=True)
+    tail = text.split("<main></main>\n")[1]
+    assert tail.startswith('<dialog id="viewer">')
+    assert f"<script>\n{asset('report.js')}</script>\n</body>" in tail
+    assert [tag for tag, _ in Page(text).tags].count("script") == 1
+
+
+def test_every_asset_is_read_from_the_package_and_used_by_a_page():
+    names = sorted(path.name for path in ASSETS.iterdir())
+    assert names == ["comparison.css", "report.css", "report.js", "sanity.css", "viewer.html"]
+    code = "".join(path.read_text(encoding="utf-8") for path in PAGES.glob("*.py"))
+    for name in names:
+        assert asset(name) == (ASSETS / name).read_text(encoding="utf-8")
+        assert f'"{name}"' in code, f"{name} is shipped but no page uses it"
+
+
+def test_the_script_sets_text_and_attributes_never_markup():
+    script = asset("report.js")
+    for writes_markup in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
+        assert writes_markup not in script
+    assert "textContent" in script
