@@ -965,8 +965,8 @@ def merge(
     some failed, 2 when shares are missing or come from different runs.
     """
     with _exit_codes(verbose), data_stdout() as stdout:
-        from .merge import merge_shards
         from .outlock import output_lock
+        from .report import merge_shards
 
         # No share may still be writing (a missing folder: merge_shards says so, nothing made).
         with output_lock(folder) if folder.is_dir() else contextlib.nullcontext():
@@ -1003,9 +1003,10 @@ def report(
     """
     with _exit_codes(verbose):
         from .outlock import output_lock
-        from .pages.run import read_report, write_page
+        from .pages.run import write_page
+        from .report import read_run_report
 
-        document = read_report(folder)  # exit 2 when there is none, before any lock or write
+        document = read_run_report(folder)  # exit 2 when there is none, before any lock or write
         with output_lock(folder):
             page = write_page(folder, document)
         _log(f"page: {page}")

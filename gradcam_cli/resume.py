@@ -3,8 +3,9 @@
 While a run goes on, its report is written every so often (atomically, `summary.in_progress`
 true), so that a crash, a SIGKILL or a power cut loses only the last few seconds of work.
 `--resume` reads the report back (a finished, interrupted or checkpointed one), refuses it if it
-comes from another configuration, and takes over every `ok` record whose files are all still
-there: those images are neither decoded nor explained again. Torch-free.
+comes from another configuration (`report.samerun`: only the speed options may change), and
+takes over every `ok` record whose files are all still there: those images are neither decoded
+nor explained again. Torch-free.
 """
 
 from __future__ import annotations
@@ -13,18 +14,19 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError
 from .files import resolve_inside
 from .inputs import InputItem
-from .report import SAME_RUN_KEYS, ImageResult, read_report_file
+from .report import ImageResult, option_differences, read_report_file, run_differences
 
 __all__ = [
     "CHECKPOINT_SECONDS",
     "Checkpoints",
     "Ledger",
+    "previous_report",
     "reusable_results",
-    "check_same_configuration",
 ]
 
 # At least this long between two checkpoints, and at least 20 times what the last one took to
@@ -32,33 +34,24 @@ __all__ = [
 CHECKPOINT_SECONDS = 10.0
 _CHECKPOINT_COST_FACTOR = 20.0
 
-# Options that change how fast a run goes, not what it writes; every other option must match.
-_SPEED_OPTIONS = frozenset({"batch_size", "workers"})
 # The keys of an explanation record that name files; a record is reused only if all exist.
 ARTIFACT_KEYS = ("overlay", "heatmap", "raw", "guided", "panel", "mask")
 
 
-def read_report(path: Path) -> dict:
+def previous_report(path: Path, current: Mapping[str, object]) -> dict[str, Any]:
+    """The report at `path` that `current` (this run's report, so far) continues; UsageError
+    when it cannot be read, or was written by another configuration (naming what differs)."""
     try:
-        return read_report_file(path)
+        previous = read_report_file(path)
     except UsageError as exc:
         raise UsageError(f"--resume: {exc}; delete it to start over") from None
-
-
-def check_same_configuration(previous: Mapping, current: Mapping, path: Path) -> None:
-    """UsageError naming what differs when `previous` was written by another configuration."""
-    differs = [key for key in SAME_RUN_KEYS if previous.get(key) != current.get(key)]
-    old, new = previous.get("options") or {}, current.get("options") or {}
-    differs += [
-        f"--{key.replace('_', '-')}"
-        for key in sorted(set(old) | set(new))
-        if key not in _SPEED_OPTIONS and old.get(key) != new.get(key)
-    ]
+    differs = run_differences(previous, current) + option_differences(previous, current)
     if differs:
         raise UsageError(
             f"--resume: {path} comes from another configuration (different "
             f"{', '.join(differs)}); run with the same options, or use another --out"
         )
+    return previous
 
 
 def reusable_results(

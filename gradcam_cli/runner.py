@@ -55,13 +55,7 @@ from .report import (
     gate_record,
     shard_report_name,
 )
-from .resume import (
-    Checkpoints,
-    Ledger,
-    check_same_configuration,
-    read_report,
-    reusable_results,
-)
+from .resume import Checkpoints, Ledger, previous_report, reusable_results
 from .signals import stop_requested
 from .timing import RunStatus, StageTimes, seconds_writing, writing
 
@@ -323,8 +317,7 @@ def _previous_results(
     """--resume: the finished results of the report already in --out (none if there is none)."""
     if not report_path.is_file():
         return {}
-    previous = read_report(report_path)
-    check_same_configuration(previous, report.to_dict(), report_path)
+    previous = previous_report(report_path, report.to_dict())
     return reusable_results(previous, items, options.out_dir)
 
 

@@ -17,7 +17,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
-from gradcam_cli.explainer import Explainer
 from gradcam_cli.signals import Terminated
 
 GRADCAM = str(Path(sys.executable).with_name("gradcam"))
@@ -215,81 +214,11 @@ def test_after_a_sigkill_the_last_checkpoint_is_whole_and_resume_uses_it(workspa
     assert final["summary"]["resumed"] >= done and final["summary"]["in_progress"] is False
 
 
-# -- in-process: what --resume recomputes, and what it refuses ----------------------------------
+# -- in-process: a stop before the first image --------------------------------------------------
 
 
 def explain(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
-
-
-def with_options(args: list[str], change: list[str]) -> list[str]:
-    """`args` with an option's value replaced (`-b 5`), or a flag added (`--no-heatmap`)."""
-    args = list(args)
-    if len(change) == 2 and change[0] in args:
-        args[args.index(change[0]) + 1] = change[1]
-        return args
-    return [*args, *change]
-
-
-def test_resume_explains_exactly_the_missing_failed_and_deleted_images(workspace, monkeypatch):
-    monkeypatch.chdir(workspace)
-    assert explain(*command()).exit_code == 0
-    first = strict_report(workspace / "out")
-    # Another run left: one image missing from the report, one failed, one with a file deleted.
-    first["results"] = [r for r in first["results"] if r["input"] != "photos/img03.png"]
-    failed = next(r for r in first["results"] if r["input"] == "photos/img05.png")
-    failed.update(status="error", error="cannot write its outputs: no space left on device")
-    (workspace / "out" / first["results"][7]["explanations"][0]["heatmap"]).unlink()
-    (workspace / "out" / "predictions.json").write_text(json.dumps(first))
-    seen = []
-    real = Explainer.explain
-
-    def recording(self, images, **kwargs):
-        seen.extend(image.size for image in images)
-        return real(self, images, **kwargs)
-
-    monkeypatch.setattr(Explainer, "explain", recording)
-    result = explain(*command("--resume"))
-    assert result.exit_code == 0, result.output
-    sizes = {f"photos/img{i:02d}.png": (32, 24 + i % 5) for i in range(IMAGES)}
-    redone = ["photos/img03.png", "photos/img05.png", first["results"][7]["input"]]
-    assert sorted(seen) == sorted(sizes[name] for name in redone)
-    final = strict_report(workspace / "out")
-    assert inputs_of(final) == ALL_INPUTS and final["summary"]["resumed"] == IMAGES - 3
-
-
-@pytest.mark.parametrize(
-    ("change", "named"),
-    [
-        (["--method", "layercam"], "method"),
-        (["--topk", "2"], "--topk"),
-        (["--colormap", "viridis"], "--colormap"),
-        (["--no-heatmap"], "--heatmap"),
-        (["--input-size", "40"], "preprocess"),
-    ],
-)
-def test_resume_refuses_a_report_from_another_configuration(workspace, monkeypatch, change, named):
-    monkeypatch.chdir(workspace)
-    assert explain(*command()).exit_code == 0
-    report = (workspace / "out" / "predictions.json").read_bytes()
-    result = explain(*with_options(command("--resume"), change))
-    assert result.exit_code == 2
-    [line] = result.stderr.strip().splitlines()
-    assert line.startswith("gradcam: error: --resume:") and "another configuration" in line
-    assert named in line
-    assert (workspace / "out" / "predictions.json").read_bytes() == report
-
-
-def test_resume_may_change_batch_size_and_workers_and_needs_no_previous_report(
-    workspace, monkeypatch
-):
-    monkeypatch.chdir(workspace)
-    result = explain(*command("--resume"))  # nothing to resume: a normal run
-    assert result.exit_code == 0 and "resumed" not in result.stderr
-    result = explain(*with_options(command("--resume"), ["-b", "5"]))
-    assert result.exit_code == 0, result.output
-    assert f"resumed: {IMAGES} image(s)" in result.stderr
-    assert strict_report(workspace / "out")["options"]["batch_size"] == 5
 
 
 @pytest.mark.parametrize(("stop", "code"), [(KeyboardInterrupt, 130), (Terminated, 143)])
@@ -306,26 +235,3 @@ def test_a_stop_before_any_image_exits_with_its_signal_code_and_one_line(
     result = explain(*command())
     assert result.exit_code == code
     assert result.stderr == "gradcam: interrupted\n"  # not click's "Aborted!" and exit 1
-
-
-@pytest.mark.parametrize(("option", "key"), [("--panel", "panel"), ("--save-raw", "raw")])
-def test_resume_redoes_an_image_whose_optional_file_is_gone(workspace, monkeypatch, option, key):
-    """Every file a record names counts, not only overlay and heatmap: a missing panel or raw
-    map makes --resume explain that image again."""
-    monkeypatch.chdir(workspace)
-    assert explain(*command(option)).exit_code == 0
-    first = strict_report(workspace / "out")
-    lost = first["results"][4]
-    (workspace / "out" / lost["explanations"][0][key]).unlink()
-    seen = []
-    real = Explainer.explain
-
-    def recording(self, images, **kwargs):
-        seen.extend(images)
-        return real(self, images, **kwargs)
-
-    monkeypatch.setattr(Explainer, "explain", recording)
-    result = explain(*command(option, "--resume"))
-    assert result.exit_code == 0, result.output
-    assert len(seen) == 1 and strict_report(workspace / "out")["summary"]["resumed"] == IMAGES - 1
-    assert (workspace / "out" / lost["explanations"][0][key]).is_file()

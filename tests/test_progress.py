@@ -26,7 +26,6 @@ import gradcam_cli.runner as runner
 import gradcam_cli.timing as timing
 from gradcam_cli.cli import app
 from gradcam_cli.job import run_job
-from gradcam_cli.merge import _summary
 from gradcam_cli.progress import pace_note
 from gradcam_cli.runner import RunOptions
 from gradcam_cli.timing import RunStatus, slowest_stage
@@ -315,21 +314,3 @@ def test_without_rich_the_line_is_a_counter_that_other_lines_clear(monkeypatch):
     assert progress.active() is None
     assert screen(stream.getvalue()) == ["gradcam: warning: a line above the counter"]
     assert "2/4 images, 2.0 images/s, ETA 0:01, 1 error" in stream.getvalue()
-
-
-def test_merged_shares_add_their_stages_up_and_decide_again():
-    def share(seconds, stages):
-        return {"summary": {
-            "images": 2, "ok": 2, "errors": 0, "seconds": seconds, "interrupted": False,
-            "localization": None, "resumed": 0, "in_progress": False,
-            "batch_size_reduced_to": None, "stages": {**stages, "slowest": None},
-        }}  # fmt: skip
-
-    one = share(2.0, figures(decode=1, model=0.5, render=0.2, write=1.5, waited_output=1.2))
-    two = share(1.5, figures(decode=1, model=0.4, render=0.3, write=1.0, waited_output=1.0))
-    merged = _summary([one, two], [])["stages"]
-    assert merged == {
-        "decode": 2.0, "model": 0.9, "metrics": 0.0, "render": 0.5, "write": 2.5,
-        "waited": {"decode": 0.0, "output": 2.2}, "slowest": "write",
-    }  # fmt: skip
-    assert _summary([{"summary": {**one["summary"], "stages": None}}], [])["stages"] is None

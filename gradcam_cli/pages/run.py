@@ -28,7 +28,7 @@ from ..captions import (
 )
 from ..errors import UsageError
 from ..files import resolve_inside, write_text_atomic
-from ..report import REPORT_NAME, SHARD_REPORT, read_report_file
+from ..report import REPORT_NAME
 from .document import (
     breakable,
     definitions,
@@ -43,31 +43,9 @@ from .document import (
 )
 from .thumbnails import UNREADABLE, read_shrunk, save_thumbnail, thumbnail_path
 
-__all__ = ["PAGE_NAME", "read_report", "write_page", "render_page"]
+__all__ = ["PAGE_NAME", "write_page", "render_page"]
 
 PAGE_NAME = "index.html"
-
-
-# -- reading ---------------------------------------------------------------------------------
-
-
-def read_report(out_dir: str | Path) -> dict:
-    """OUT/predictions.json as a dict; UsageError (exit 2) when there is none to read."""
-    out_dir = Path(out_dir)
-    path = out_dir / REPORT_NAME
-    if not out_dir.is_dir():
-        raise UsageError(f"{out_dir} is not a folder; give the --out folder of a gradcam run")
-    if not path.is_file():
-        shares = [p.name for p in out_dir.iterdir() if SHARD_REPORT.fullmatch(p.name)]
-        if shares:
-            raise UsageError(
-                f"no {REPORT_NAME} in {out_dir}, only the shares of a --shard run: "
-                f"run `gradcam merge {out_dir}` first, then `gradcam report {out_dir}`"
-            )
-        raise UsageError(
-            f"no {REPORT_NAME} in {out_dir}: run `gradcam explain ... --out {out_dir}` first"
-        )
-    return read_report_file(path)
 
 
 # -- the page --------------------------------------------------------------------------------
