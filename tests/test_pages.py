@@ -352,7 +352,7 @@ def test_a_page_inlines_the_base_style_then_its_own_and_leaves_out_empty_parts()
     assert text.count("<title>a &lt;b&gt; &amp; c</title>") == 1
     assert '<h1>a &lt;b&gt; &amp; c</h1>\n<p class="verdict">v</p>\n</header>' in text
     style = text.split("<style>")[1].split("</style>")[0]
-    assert style == f"\n{asset('report.css')}\n{asset('sanity.css')}"
+    assert style == f"\n{asset('report.css')}{asset('sanity.css')}"
     assert "script" not in tags and "dialog" not in tags  # nothing to drive: no script
     assert "\n\n" not in text
 

@@ -51,7 +51,8 @@ def page_document(
     """A whole page as text: the title as <title> and <h1>, then `header` in the <header>,
     `body`, and with `interactive` the viewer and the script that drive the filters
     (nav#filters) and open a card's `a.open` link in the viewer. Empty parts are left out."""
-    sheets = "".join(f"\n{asset(name)}" for name in (BASE_STYLE, *styles))
+    # Each sheet ends with its newline; no blank line between them.
+    sheets = "\n" + "".join(asset(name) for name in (BASE_STYLE, *styles))
     script = [asset(VIEWER).rstrip("\n"), f"<script>\n{asset(SCRIPT)}</script>"]
     parts = [
         "<!DOCTYPE html>",
