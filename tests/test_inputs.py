@@ -539,6 +539,41 @@ def test_a_glob_skips_out_and_report_folders_too(tmp_path, monkeypatch):
     assert collect_inputs(["old/*.png", "s1.png"]) == collect_inputs(["s1.png"])
 
 
+def a_comparison_out(folder: Path, n: int = 2) -> Path:
+    """A folder as `gradcam compare --report --out FOLDER` leaves it: the page's thumbnails
+    in comparison/, comparison.json (its first key and its "pairs" list as compare writes)."""
+    for i in range(n):
+        make_image(folder / "comparison" / f"scene{i}.base.jpg")
+    comparison = (
+        '{\n  "schema_version": 1,\n  "base": "runs/a",\n  "new": "runs/b",\n  "pairs": []\n}'
+    )
+    (folder / "comparison.json").write_text(comparison, encoding="utf-8")
+    (folder / "comparison.html").write_text("<!doctype html>", encoding="utf-8")
+    return folder
+
+
+def test_a_comparisons_thumbnails_are_skipped_like_another_runs_output(tmp_path, monkeypatch):
+    make_image(tmp_path / "photo.png")
+    a_comparison_out(tmp_path / "cmp", n=3)
+    # A user's own comparison.json: not a gradcam comparison, the folder's images are theirs.
+    make_image(tmp_path / "mine" / "cat.png")
+    (tmp_path / "mine" / "comparison.json").write_text('{"pairs": 2}', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    skipped: list[str] = []
+    assert keys(collect_inputs(["."], on_skip=skipped.append)) == ["mine/cat", "photo"]
+    assert skipped == [
+        "skipped 3 files in folders holding a gradcam comparison (./cmp); "
+        "name a file explicitly to explain it"
+    ]
+    skipped.clear()
+    a_run_out(tmp_path / "run", n=1)
+    assert keys(collect_inputs(["**/*.*"], on_skip=skipped.append)) == ["cat", "photo"]
+    assert skipped == [
+        "skipped 4 files in folders holding another run's report or a gradcam comparison "
+        "(cmp, run); name a file explicitly to explain it"
+    ]
+
+
 def test_a_file_named_explicitly_is_explained_even_inside_out(tmp_path):
     out = a_run_out(tmp_path / "gradcam_out", n=1)
     overlay = out / "scene0.0-circle.features.overlay.png"

@@ -72,8 +72,9 @@ def collect_inputs(
     it could block for ever), becomes an item with `error` set. UsageError when nothing is left.
 
     Folders and globs never take a run's own outputs: files inside `out_dir`, and files under
-    a folder holding a gradcam report (another run's output), are skipped, and `on_skip` is
-    called once with a line saying how many; a file named explicitly is still taken.
+    a folder holding a gradcam report (another run's output) or comparison.json (a `gradcam
+    compare` output, its thumbnails), are skipped, and `on_skip` is called once with a line
+    saying how many; a file named explicitly is still taken.
     """
     skips = Skips(out_dir)
     found = _unique_files(_expand_args(args, stdin, skips))

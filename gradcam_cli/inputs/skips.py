@@ -1,6 +1,7 @@
 """Which folders a search for inputs leaves out: --out, and other runs' outputs.
 
-A run's overlays are images too; explaining them again would be a mistake nobody meant.
+A run's overlays are images too (and so are a comparison's thumbnails); explaining them again
+would be a mistake nobody meant.
 """
 
 from __future__ import annotations
@@ -10,14 +11,19 @@ import os
 import re
 from pathlib import Path
 
+from ..compare import COMPARISON_NAME
 from ..report import REPORT_NAME, SHARD_REPORT
 from .filekinds import is_image_name, open_regular
 
 # A report's head is read to tell it from a user's file of the same name: a gradcam report
-# starts with "schema_version" and has a "results" list.
+# starts with "schema_version" and has a "results" list; a comparison, a "pairs" list.
 _REPORT_HEAD_BYTES = 1 << 20
 _REPORT_START = re.compile(rb'\A\s*\{\s*"schema_version"\s*:\s*\d+\s*,')
-_REPORT_RESULTS = re.compile(rb'"results"\s*:\s*\[')
+_REPORT_LISTS = {
+    "results": re.compile(rb'"results"\s*:\s*\['),
+    "pairs": re.compile(rb'"pairs"\s*:\s*\['),
+}
+_HELD = {"report": "another run's report", "comparison": "a gradcam comparison"}
 _SHOWN_FOLDERS = 3
 
 
@@ -26,7 +32,7 @@ class Skips:
 
     --out is recognised by device and inode (and by its resolved path for folders named
     inside it), so './out', 'out' and a symlink to it are the same folder; another run's
-    output by the report it holds.
+    output by the report it holds, a `gradcam compare` output by its comparison.json.
     """
 
     def __init__(self, out_dir: Path | None):
@@ -36,6 +42,7 @@ class Skips:
         self.in_out = 0
         self.in_reports = 0
         self.report_folders: list[str] = []
+        self.held: set[str] = set()  # "report", "comparison": what the skipped folders held
         self._verdicts: dict[str, str | None] = {}
 
     def skip_folder(
@@ -91,8 +98,10 @@ class Skips:
             except OSError:
                 return None
         for entry in entries:
-            if _is_report_name(entry.name) and _is_report(entry.path):
+            if _is_report_name(entry.name) and _is_gradcam_json(entry.path, "results"):
                 return "report"
+            if entry.name == COMPARISON_NAME and _is_gradcam_json(entry.path, "pairs"):
+                return "comparison"
         return None
 
     def _count(self, verdict: str, folder: str, files: int) -> None:
@@ -100,6 +109,7 @@ class Skips:
             self.in_out += files
         else:
             self.in_reports += files
+            self.held.add(verdict)
             if folder not in self.report_folders:
                 self.report_folders.append(folder)
 
@@ -114,7 +124,8 @@ class Skips:
             more = len(self.report_folders) - _SHOWN_FOLDERS
             shown += f" and {more} more" if more > 0 else ""
             count = self.in_reports if parts else _files(self.in_reports)
-            parts.append(f"{count} in folders holding another run's report ({shown})")
+            held = " or ".join(noun for verdict, noun in _HELD.items() if verdict in self.held)
+            parts.append(f"{count} in folders holding {held} ({shown})")
         if not parts:
             return None
         return f"skipped {' and '.join(parts)}; name a file explicitly to explain it"
@@ -152,8 +163,9 @@ def _is_report_name(name: str) -> bool:
     return name == REPORT_NAME or SHARD_REPORT.fullmatch(name) is not None
 
 
-def _is_report(path: str) -> bool:
-    """Whether `path` is a gradcam report: read whole when small, by its head otherwise."""
+def _is_gradcam_json(path: str, list_key: str) -> bool:
+    """Whether `path` is a gradcam report (`list_key` "results") or comparison ("pairs"): read
+    whole when small, by its head otherwise."""
     try:
         with open_regular(Path(path)) as handle:
             head = handle.read(_REPORT_HEAD_BYTES + 1)
@@ -167,6 +179,6 @@ def _is_report(path: str) -> bool:
         return (
             isinstance(document, dict)
             and isinstance(document.get("schema_version"), int)
-            and isinstance(document.get("results"), list)
+            and isinstance(document.get(list_key), list)
         )
-    return bool(_REPORT_START.match(head) and _REPORT_RESULTS.search(head))
+    return bool(_REPORT_START.match(head) and _REPORT_LISTS[list_key].search(head))
