@@ -19,6 +19,7 @@ MISSING = "no such file or directory"
 
 
 def is_image_name(name: str) -> bool:
+    """Whether a folder search takes `name`: by its extension, in any case."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 

@@ -19,6 +19,7 @@ def output_keys(names: Sequence[str]) -> list[str]:
 
 
 def key_from_parts(parts: tuple[str, ...]) -> str:
+    """A key from path components below the searched folder, each made safe ('_' if none)."""
     return "/".join(_safe_component(part) for part in parts) or "_"
 
 
