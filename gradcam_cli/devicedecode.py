@@ -113,7 +113,7 @@ def _read_jpeg(item: InputItem, preprocess: Preprocess) -> tuple[torch.Tensor, t
     if item.error is not None or item.path is None:
         return None
     try:
-        with open_regular(item.path) as handle:  # never a FIFO or a device: see inputs.py
+        with open_regular(item.path) as handle:  # never a FIFO or a device: see inputs/filekinds.py
             head = handle.read(len(_SOI))
             if head != _SOI:
                 return None

@@ -1,12 +1,17 @@
-"""Finding inputs (files, folders, globs, stdin) and decoding them the way a viewer shows them."""
+"""Finding inputs (files, folders, globs, stdin), decoding them the way a viewer shows them,
+and sharing them out between processes (--shard)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
+import subprocess
 import sys
 import unicodedata
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +20,15 @@ from PIL import Image
 from special_files import bound_socket, iccp_bomb, png_with_chunk, tiff_with_samples
 
 from gradcam_cli.errors import ImageReadError, UsageError
-from gradcam_cli.inputs import IMAGE_EXTENSIONS, InputItem, collect_inputs, load_image
+from gradcam_cli.inputs import (
+    IMAGE_EXTENSIONS,
+    InputItem,
+    collect_inputs,
+    load_image,
+    parse_shard,
+    select_shard,
+    shard_of,
+)
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -526,6 +539,41 @@ def test_a_glob_skips_out_and_report_folders_too(tmp_path, monkeypatch):
     assert collect_inputs(["old/*.png", "s1.png"]) == collect_inputs(["s1.png"])
 
 
+def a_comparison_out(folder: Path, n: int = 2) -> Path:
+    """A folder as `gradcam compare --report --out FOLDER` leaves it: the page's thumbnails
+    in comparison/, comparison.json (its first key and its "pairs" list as compare writes)."""
+    for i in range(n):
+        make_image(folder / "comparison" / f"scene{i}.base.jpg")
+    comparison = (
+        '{\n  "schema_version": 1,\n  "base": "runs/a",\n  "new": "runs/b",\n  "pairs": []\n}'
+    )
+    (folder / "comparison.json").write_text(comparison, encoding="utf-8")
+    (folder / "comparison.html").write_text("<!doctype html>", encoding="utf-8")
+    return folder
+
+
+def test_a_comparisons_thumbnails_are_skipped_like_another_runs_output(tmp_path, monkeypatch):
+    make_image(tmp_path / "photo.png")
+    a_comparison_out(tmp_path / "cmp", n=3)
+    # A user's own comparison.json: not a gradcam comparison, the folder's images are theirs.
+    make_image(tmp_path / "mine" / "cat.png")
+    (tmp_path / "mine" / "comparison.json").write_text('{"pairs": 2}', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    skipped: list[str] = []
+    assert keys(collect_inputs(["."], on_skip=skipped.append)) == ["mine/cat", "photo"]
+    assert skipped == [
+        "skipped 3 files in folders holding a gradcam comparison (./cmp); "
+        "name a file explicitly to explain it"
+    ]
+    skipped.clear()
+    a_run_out(tmp_path / "run", n=1)
+    assert keys(collect_inputs(["**/*.*"], on_skip=skipped.append)) == ["cat", "photo"]
+    assert skipped == [
+        "skipped 4 files in folders holding another run's report or a gradcam comparison "
+        "(cmp, run); name a file explicitly to explain it"
+    ]
+
+
 def test_a_file_named_explicitly_is_explained_even_inside_out(tmp_path):
     out = a_run_out(tmp_path / "gradcam_out", n=1)
     overlay = out / "scene0.0-circle.features.overlay.png"
@@ -666,3 +714,99 @@ def test_the_tiff_recipe_decodes_with_three_channels(tmp_path):
     for samples, grey in ((1, True), (2, True), (3, False), (5, False)):
         (tmp_path / "ok.tif").write_bytes(tiff_with_samples(samples, grey, width=6, height=4))
         assert load_image(tmp_path / "ok.tif").size == (6, 4), samples
+
+
+# -- sharding ------------------------------------------------------------------------------
+
+# Shard numbers from the documented rule (blake2b, 8 bytes, big-endian, mod N, plus 1), pinned:
+# shards written by one version must be merged, resumed and re-run by the next.
+PINNED_SHARDS = {  # key: shard of 2, of 3, of 8
+    "cat": (2, 1, 8),
+    "a/cat": (2, 3, 8),
+    "caf\u00e9": (2, 1, 4),
+    "scene0": (1, 3, 3),
+    "scene2": (1, 2, 1),
+    "p1": (2, 3, 2),
+}
+MANY_KEYS = [f"img{i:05d}" for i in range(10_000)]
+
+
+def inputs_named(tmp_path: Path, names: list[str]) -> list[InputItem]:
+    for name in names:
+        make_image(tmp_path / name)
+    return collect_inputs([str(tmp_path)])
+
+
+@pytest.mark.parametrize(("key", "expected"), PINNED_SHARDS.items())
+def test_shard_numbers_follow_the_documented_rule(key, expected):
+    assert tuple(shard_of(key, n) for n in (2, 3, 8)) == expected
+    digest = int(hashlib.blake2b(key.encode("utf-8"), digest_size=8).hexdigest(), 16)
+    assert tuple(digest % n + 1 for n in (2, 3, 8)) == expected
+
+
+def test_shard_numbers_are_the_same_in_every_process():
+    # Python's own hash() of a str changes from process to process: shards must not use it.
+    script = (
+        "import json, sys; from gradcam_cli.inputs import shard_of; "
+        "print(json.dumps({k: [shard_of(k, n) for n in (2, 3, 8)] for k in sys.argv[1:]}))"
+    )
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run(
+            [sys.executable, "-c", script, *PINNED_SHARDS],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        assert json.loads(run.stdout) == {k: list(v) for k, v in PINNED_SHARDS.items()}, seed
+
+
+def test_every_input_lands_in_exactly_one_shard_in_any_listing_order(tmp_path):
+    items = inputs_named(tmp_path, [f"p{i}.png" for i in range(12)])
+    shares = [select_shard(items, (k, 3)) for k in (1, 2, 3)]
+    assert sorted(item.key for share in shares for item in share) == sorted(keys(items))
+    assert all(share for share in shares)  # 12 inputs: each of 3 shards has some
+    assert all(shard_of(item.key, 3) == k for k, share in enumerate(shares, 1) for item in share)
+    assert [keys(share) for share in shares] == [
+        [key for key in keys(items) if shard_of(key, 3) == k] for k in (1, 2, 3)
+    ]  # each share keeps the listing's order
+    backwards = list(reversed(items))
+    assert select_shard(backwards, (2, 3)) == list(reversed(shares[1]))
+    assert select_shard(items, None) == items
+
+
+def test_adding_inputs_moves_none_of_the_others(tmp_path):
+    before = inputs_named(tmp_path / "a", [f"p{i}.png" for i in range(8)])
+    after = inputs_named(tmp_path / "b", [f"p{i}.png" for i in range(20)])
+    for k in (1, 2, 3):
+        old = set(keys(select_shard(before, (k, 3))))
+        assert old == set(keys(select_shard(after, (k, 3)))) & set(keys(before)), k
+
+
+def test_shards_are_balanced_within_ten_percent_over_many_names():
+    counts = Counter(shard_of(key, 8) for key in MANY_KEYS)
+    assert sorted(counts) == list(range(1, 9))
+    expected = len(MANY_KEYS) / 8
+    assert all(abs(count - expected) <= 0.1 * expected for count in counts.values()), counts
+
+
+def test_another_shard_count_reassigns_as_documented():
+    # Doubling N splits each shard in two: shard K of 4 becomes K or K + 4 of 8.
+    for key in MANY_KEYS:
+        assert shard_of(key, 8) in (shard_of(key, 4), shard_of(key, 4) + 4), key
+    # Any other change moves most inputs: from 3 shards to 4, about three in four.
+    kept = sum(shard_of(key, 3) == shard_of(key, 4) for key in MANY_KEYS) / len(MANY_KEYS)
+    assert 0.2 <= kept <= 0.3, kept
+    assert all(shard_of(key, 1) == 1 for key in MANY_KEYS)
+
+
+@pytest.mark.parametrize("text", ["0/3", "4/3", "1", "a/b", "1/0"])
+def test_bad_shard_specs_are_usage_errors(text):
+    with pytest.raises(UsageError, match="^shard="):
+        parse_shard(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("2/8", (2, 8)), (" 1 / 1 ", (1, 1))])
+def test_shard_specs_are_read_as_k_of_n(text, expected):
+    assert parse_shard(text) == expected

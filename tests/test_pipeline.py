@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 
 from gradcam_cli import pipeline
 from gradcam_cli.cli import app
-from gradcam_cli.errors import UsageError
 from gradcam_cli.explainer import Explainer
-from gradcam_cli.inputs import collect_inputs, parse_shard, select_shard, shard_of
+from gradcam_cli.inputs import collect_inputs
 from gradcam_cli.models import load_model
 from gradcam_cli.preprocess import Preprocess
 
@@ -116,24 +115,6 @@ def test_workers_must_be_a_count(tmp_path):
 
 
 # -- sharding ------------------------------------------------------------------------------------
-
-
-def test_shards_split_the_inputs_without_overlap_and_in_any_listing_order(photos):
-    items = collect_inputs([str(photos)])
-    shares = [select_shard(items, (k, 3)) for k in (1, 2, 3)]
-    keys = [sorted(i.key for i in share) for share in shares]
-    assert sorted(k for share in keys for k in share) == sorted(i.key for i in items)
-    assert sum(map(len, keys)) == len(items)
-    reversed_items = list(reversed(items))
-    assert sorted(i.key for i in select_shard(reversed_items, (2, 3))) == keys[1]
-    assert all(shard_of(i.key, 3) == shard_of(i.key, 3) for i in items)
-    assert select_shard(items, None) == items
-
-
-@pytest.mark.parametrize("text", ["0/3", "4/3", "1", "a/b", "1/0"])
-def test_bad_shard_specs_are_usage_errors(text):
-    with pytest.raises(UsageError, match="^shard="):
-        parse_shard(text)
 
 
 def test_each_shard_writes_its_own_report(tmp_path):
