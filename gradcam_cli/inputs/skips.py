@@ -6,23 +6,13 @@ would be a mistake nobody meant.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from pathlib import Path
 
 from ..compare import COMPARISON_NAME
-from ..report import REPORT_NAME, SHARD_REPORT
+from ..report import REPORT_HEAD_BYTES, is_report_head, is_report_name
 from .filekinds import is_image_name, open_regular
 
-# A report's head is read to tell it from a user's file of the same name: a gradcam report
-# starts with "schema_version" and has a "results" list; a comparison, a "pairs" list.
-_REPORT_HEAD_BYTES = 1 << 20
-_REPORT_START = re.compile(rb'\A\s*\{\s*"schema_version"\s*:\s*\d+\s*,')
-_REPORT_LISTS = {
-    "results": re.compile(rb'"results"\s*:\s*\['),
-    "pairs": re.compile(rb'"pairs"\s*:\s*\['),
-}
 _HELD = {"report": "another run's report", "comparison": "a gradcam comparison"}
 _SHOWN_FOLDERS = 3
 
@@ -98,7 +88,7 @@ class Skips:
             except OSError:
                 return None
         for entry in entries:
-            if _is_report_name(entry.name) and _is_gradcam_json(entry.path, "results"):
+            if is_report_name(entry.name) and _is_gradcam_json(entry.path, "results"):
                 return "report"
             if entry.name == COMPARISON_NAME and _is_gradcam_json(entry.path, "pairs"):
                 return "comparison"
@@ -159,26 +149,12 @@ def _count_images(folder: str) -> int:
     return count
 
 
-def _is_report_name(name: str) -> bool:
-    return name == REPORT_NAME or SHARD_REPORT.fullmatch(name) is not None
-
-
 def _is_gradcam_json(path: str, list_key: str) -> bool:
     """Whether `path` is a gradcam report (`list_key` "results") or comparison ("pairs"): read
     whole when small, by its head otherwise."""
     try:
         with open_regular(Path(path)) as handle:
-            head = handle.read(_REPORT_HEAD_BYTES + 1)
+            head = handle.read(REPORT_HEAD_BYTES + 1)
     except OSError:
         return False
-    if len(head) <= _REPORT_HEAD_BYTES:
-        try:
-            document = json.loads(head)
-        except ValueError:
-            return False
-        return (
-            isinstance(document, dict)
-            and isinstance(document.get("schema_version"), int)
-            and isinstance(document.get(list_key), list)
-        )
-    return bool(_REPORT_START.match(head) and _REPORT_LISTS[list_key].search(head))
+    return is_report_head(head, list_key)

@@ -31,7 +31,11 @@ __all__ = [
 # one, only its start is matched (the images of a folder are not read to find reports).
 REPORT_HEAD_BYTES = 1 << 20
 _REPORT_START = re.compile(rb'\A\s*\{\s*"schema_version"\s*:\s*\d+\s*,')
-_REPORT_RESULTS = re.compile(rb'"results"\s*:\s*\[')
+# The list a gradcam document holds: a run's report its "results", a comparison its "pairs".
+_DOCUMENT_LISTS = {
+    "results": re.compile(rb'"results"\s*:\s*\['),
+    "pairs": re.compile(rb'"pairs"\s*:\s*\['),
+}
 
 
 def report_text(document: Mapping[str, object]) -> str:
@@ -75,9 +79,10 @@ def read_run_report(out_dir: str | Path) -> dict[str, Any]:
     return read_report_file(path)
 
 
-def is_report_head(head: bytes) -> bool:
-    """Whether a file is a gradcam report, from its first REPORT_HEAD_BYTES + 1 bytes (or all of
-    it, when shorter): parsed whole when that is all of it, by how it starts otherwise."""
+def is_report_head(head: bytes, list_key: str = "results") -> bool:
+    """Whether a file is a gradcam report (`list_key` "results"; "pairs": a comparison), from
+    its first REPORT_HEAD_BYTES + 1 bytes (or all of it, when shorter): parsed whole when that
+    is all of it, by how it starts otherwise."""
     if len(head) <= REPORT_HEAD_BYTES:
         try:
             document = json.loads(head)
@@ -86,6 +91,6 @@ def is_report_head(head: bytes) -> bool:
         return (
             isinstance(document, dict)
             and isinstance(document.get("schema_version"), int)
-            and isinstance(document.get("results"), list)
+            and isinstance(document.get(list_key), list)
         )
-    return bool(_REPORT_START.match(head) and _REPORT_RESULTS.search(head))
+    return bool(_REPORT_START.match(head) and _DOCUMENT_LISTS[list_key].search(head))
