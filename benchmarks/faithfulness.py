@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -179,11 +180,16 @@ def measure_source(
     cam_size: tuple[int, int] | None = None,
     done: dict[tuple, dict] | None = None,
     on_row=None,
+    same_maps: dict[tuple, dict] | None = None,
 ) -> list[dict]:
     """One row per map: source, seed, objects, target and the metrics' values.
 
     `done`: rows already measured, by (source, seed, target); they are reused, not re-measured.
     `on_row`: called with each newly measured row (the checkpoint's writer).
+    `same_maps`: rows by (seed, target, the map's bytes digest), shared between sources: a map
+    equal bit for bit to one measured before (guided-gradcam's and gradcam's here) has the same
+    values, since `measure` is deterministic (ROAD's noise is seeded), so its row is copied
+    ("same_map_as", no "seconds": it cost nothing) instead of measured again.
     """
     metrics = check_metrics(metrics)
     model = loaded.model.eval()
@@ -191,10 +197,21 @@ def measure_source(
     done = done or {}
     settings = MetricSettings()
     rows = []
+    same_maps = {} if same_maps is None else same_maps
     for scene, target, saliency in source_maps(source, loaded, scenes, batch_size, cam_size):
         key = (source, scene.seed, target)
+        same_key = (scene.seed, target, map_digest(saliency))
         if key in done and all(name in done[key] for name in metrics):
             rows.append(done[key])
+            same_maps.setdefault(same_key, done[key])
+            continue
+        same = same_maps.get(same_key)
+        if same is not None and all(name in same for name in metrics):
+            row = {name: value for name, value in same.items() if name not in ("seconds", "load")}
+            row.update(source=source, same_map_as=same.get("same_map_as", same["source"]))
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
             continue
         began = time.perf_counter()
         found = measure(model, scene.image, saliency, target, metrics, settings, batch_size)
@@ -208,9 +225,17 @@ def measure_source(
             "load": os.getloadavg()[0],  # the machine's, as this map was measured
         }
         rows.append(row)
+        same_maps[same_key] = row
         if on_row is not None:
             on_row(row)
     return rows
+
+
+def map_digest(saliency: torch.Tensor) -> str:
+    """The map's exact bytes, hashed: equal digests, equal maps (dtype and shape included)."""
+    array = saliency.detach().cpu().contiguous().numpy()
+    head = f"{array.dtype}{array.shape}".encode()
+    return hashlib.blake2b(head + array.tobytes(), digest_size=16).hexdigest()
 
 
 def perturbed_top_classes(
@@ -460,8 +485,18 @@ def provenance_lines(result: dict) -> list[str]:
         f"one map's six metrics took a median of {cost['median_seconds_per_map']:.1f} s, "
         f"{cost['total_seconds'] / 3600:.1f} h for all (most of it ROAD's imputation); "
         f"{load_text}. Other agents shared the 2-core machine: that changes the times, not the "
-        "values.",
+        f"values.{_copied_text(cost)}",
     ]
+
+
+def _copied_text(cost: dict) -> str:
+    copied = cost.get("copied_maps", 0)
+    if not copied:
+        return ""
+    return (
+        f" {copied} maps equal bit for bit to another row's map (same scene and target) were not "
+        "measured again: their values are that row's (`same_map_as` in the JSON)."
+    )
 
 
 def measuring_cost(rows: Iterable[dict]) -> dict:
@@ -470,6 +505,7 @@ def measuring_cost(rows: Iterable[dict]) -> dict:
     seconds = [row["seconds"] for row in rows if "seconds" in row]
     loads = [row["load"] for row in rows if "load" in row]
     return {
+        "copied_maps": sum("same_map_as" in row for row in rows),
         "median_seconds_per_map": statistics.median(seconds) if seconds else 0.0,
         "total_seconds": sum(seconds),
         "load_average": {"median": statistics.median(loads), "min": min(loads), "max": max(loads)}
@@ -586,11 +622,11 @@ def main(argv: list[str] | None = None) -> None:
     cam_size = cam_resolution(loaded)
     done = read_checkpoint(args.checkpoint)
     write = checkpoint_writer(args.checkpoint)
-    rows_by_source, seconds = {}, {}
+    rows_by_source, seconds, same_maps = {}, {}, {}
     for source in sources:
         began = time.perf_counter()
         rows_by_source[source] = measure_source(
-            source, loaded, scenes, METRIC_NAMES, args.batch_size, cam_size, done, write
+            source, loaded, scenes, METRIC_NAMES, args.batch_size, cam_size, done, write, same_maps
         )
         seconds[source] = time.perf_counter() - began
         print(f"{source}: {seconds[source]:.0f} s", file=sys.stderr, flush=True)

@@ -64,6 +64,24 @@ def test_gradcam_beats_random_and_center_on_deletion_and_insertion(bench, loaded
             assert bench.beats(summary["gradcam"], summary[baseline], metric), means
 
 
+def test_a_map_equal_to_one_measured_before_is_copied_with_the_same_values(bench, loaded):
+    """guided-gradcam's map is gradcam's bit for bit on this model: measured once, and the copy
+    equals what measuring it again gives."""
+    scenes = bench.heldout_scenes(2, loaded)
+    metrics = ("deletion_auc", "road_morf")
+    same_maps: dict = {}
+    first = bench.measure_source("gradcam", loaded, scenes, metrics, same_maps=same_maps)
+    copied = bench.measure_source("guided-gradcam", loaded, scenes, metrics, same_maps=same_maps)
+    measured = bench.measure_source("guided-gradcam", loaded, scenes, metrics)
+    assert [row["same_map_as"] for row in copied] == ["gradcam"] * len(first)
+    assert all("seconds" not in row and row["source"] == "guided-gradcam" for row in copied)
+    for copy, fresh in zip(copied, measured, strict=True):
+        assert {m: copy[m] for m in metrics} == {m: fresh[m] for m in metrics}
+    assert bench.measuring_cost([*first, *copied])["copied_maps"] == len(copied)
+    other = bench.measure_source("eigencam", loaded, scenes, metrics, same_maps=same_maps)
+    assert not any("same_map_as" in row for row in other)  # another map: measured
+
+
 def test_the_model_reads_a_cam_shaped_hole_as_a_circle(bench, loaded):
     """The README's caveat on deletion and average drop for this model: the image with
     Grad-CAM's top 20% set to the mean colour, and the image times the map, are called
