@@ -68,7 +68,7 @@ from gradcam_cli.faithfulness import (
     random_map,
 )
 from gradcam_cli.methods import METHODS
-from gradcam_cli.models import LoadedModel, load_model
+from gradcam_cli.sources import LoadedModel, load_model
 
 RESULTS = Path(__file__).parent / "results" / "faithfulness_demo"
 BASELINES = ("random", "center", "edges")

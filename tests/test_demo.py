@@ -22,7 +22,7 @@ from gradcam_cli.demo.samples import sample_scenes
 from gradcam_cli.demo.scenes import CLASSES, make_scene
 from gradcam_cli.demo.train import scene_batch, train
 from gradcam_cli.explainer import Explainer
-from gradcam_cli.models import load_model, read_state_dict
+from gradcam_cli.sources import load_model, read_state_dict
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_images"
 

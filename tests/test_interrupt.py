@@ -296,12 +296,12 @@ def test_resume_may_change_batch_size_and_workers_and_needs_no_previous_report(
 def test_a_stop_before_any_image_exits_with_its_signal_code_and_one_line(
     workspace, monkeypatch, stop, code
 ):
-    import gradcam_cli.models
+    import gradcam_cli.sources
 
     def interrupted(*args, **kwargs):
         raise stop
 
-    monkeypatch.setattr(gradcam_cli.models, "load_model", interrupted)
+    monkeypatch.setattr(gradcam_cli.sources, "load_model", interrupted)
     monkeypatch.chdir(workspace)
     result = explain(*command())
     assert result.exit_code == code

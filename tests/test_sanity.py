@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 from gradcam_cli.cli import app
 from gradcam_cli.demo.model import PREPROCESS
 from gradcam_cli.mapstats import spearman, ssim
-from gradcam_cli.models import load_model
 from gradcam_cli.sanity import (
     find_stages,
     ordinal,
@@ -30,6 +29,7 @@ from gradcam_cli.sanity import (
     write_outputs,
 )
 from gradcam_cli.sanityreport import draw_figure, render_page
+from gradcam_cli.sources import load_model
 
 SCENES = Path(__file__).resolve().parents[1] / "sample_images" / "scenes"
 # One scene per class of demo:shapes.

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..explainer import Explainer
-from ..models import load_model
+from ..sources import load_model
 from .scenes import CLASSES, HELDOUT_SEED_BASE, make_scene
 
 __all__ = ["Figures", "evaluate", "single_object_seeds", "two_object_seeds", "main"]
