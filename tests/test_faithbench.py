@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradcam_cli.demo.evaluate import single_object_seeds, two_object_seeds
+from gradcam_cli.demo.scenes import single_object_seeds, two_object_seeds
 from gradcam_cli.sources import load_model
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "faithfulness.py"

@@ -22,6 +22,8 @@ __all__ = [
     "TRAIN_SEED_BASE",
     "HELDOUT_SEED_BASE",
     "SAMPLE_SEED_BASE",
+    "single_object_seeds",
+    "two_object_seeds",
 ]
 
 CLASSES = ("circle", "square", "triangle", "star")
@@ -30,6 +32,17 @@ SUPERSAMPLE = 2
 TRAIN_SEED_BASE = 0
 HELDOUT_SEED_BASE = 1_000_000
 SAMPLE_SEED_BASE = 2_000_000
+
+
+def single_object_seeds(count: int) -> range:
+    """The first `count` held-out single-object scenes (`make_scene(seed, objects=1)`)."""
+    return range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + count)
+
+
+def two_object_seeds(count: int) -> range:
+    """The first `count` held-out two-object scenes, a range apart from the single ones."""
+    start = HELDOUT_SEED_BASE + 500_000
+    return range(start, start + count)
 
 
 @dataclass(frozen=True)
