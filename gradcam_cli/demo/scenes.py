@@ -174,7 +174,8 @@ def _clutter(rng: np.random.Generator, canvas: Image.Image, big: int) -> None:
 
 
 def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(0, 256, size=3))
+    red, green, blue = (int(v) for v in rng.integers(0, 256, size=3))
+    return red, green, blue
 
 
 def _object_colour(rng, canvas: Image.Image, mask: Image.Image) -> tuple[int, int, int]:
@@ -184,4 +185,5 @@ def _object_colour(rng, canvas: Image.Image, mask: Image.Image) -> tuple[int, in
         colour = rng.integers(0, 256, size=3)
         if np.abs(colour - under).sum() > 150:
             break
-    return tuple(int(v) for v in colour)
+    red, green, blue = (int(v) for v in colour)
+    return red, green, blue
