@@ -43,7 +43,7 @@ demo-model: install  ## retrain the demo model (about 5 min on 2 cores), redraw 
 	$(BIN)/python -m gradcam_cli.demo.samples sample_images
 
 demo-eval: install  ## the demo model's accuracy and localization on 300 held-out scenes
-	$(BIN)/python -m gradcam_cli.demo.evaluate --single 200 --pairs 100
+	$(BIN)/python benchmarks/demo_eval.py --single 200 --pairs 100
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf demo_out gradcam_out site .pytest_cache .ruff_cache .mypy_cache

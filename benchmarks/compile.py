@@ -24,7 +24,7 @@ import torch
 
 from gradcam_cli.explainer import Explainer
 from gradcam_cli.layers import resolve_layer
-from gradcam_cli.models import load_model
+from gradcam_cli.sources import load_model
 
 
 def compiled_around(model: torch.nn.Module, layer: str, mode: str) -> list[str]:

@@ -4,7 +4,7 @@
                                                 [--batch-size 32] [--threads 1]
                                                 [--checkpoint PATH] [--out PATH_STEM]
 
-Scenes: the held-out scenes of `gradcam_cli.demo.evaluate` (seeds the model never trained on),
+Scenes: the held-out scenes of `benchmarks/demo_eval.py` (seeds the model never trained on),
 two thirds single-object and one third two-object, as `make demo-eval` takes them: 300 is its
 200 + 100. Targets: every object's true class, so a single-object scene gives one map and a
 two-object scene two, one per object (400 maps for 300 scenes). The true classes, not the
@@ -56,8 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gradcam_cli.demo.evaluate import single_object_seeds, two_object_seeds
-from gradcam_cli.demo.scenes import CLASSES, make_scene
+from gradcam_cli.demo.scenes import CLASSES, make_scene, single_object_seeds, two_object_seeds
 from gradcam_cli.explainer import Explainer
 from gradcam_cli.faithfulness import (
     METRIC_NAMES,
@@ -69,7 +68,7 @@ from gradcam_cli.faithfulness import (
     random_map,
 )
 from gradcam_cli.methods import METHODS
-from gradcam_cli.models import LoadedModel, load_model
+from gradcam_cli.sources import LoadedModel, load_model
 
 RESULTS = Path(__file__).parent / "results" / "faithfulness_demo"
 BASELINES = ("random", "center", "edges")

@@ -35,7 +35,7 @@ from compare import machine  # noqa: E402
 
 from gradcam_cli.explainer import Explainer  # noqa: E402
 from gradcam_cli.faithfulness import MetricSettings, measure  # noqa: E402
-from gradcam_cli.models import load_model  # noqa: E402
+from gradcam_cli.sources import load_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "faithfulness_cost.md"
 PHOTOS = Path(__file__).resolve().parent.parent / "sample_images" / "photos"

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "models",
-    "LoadedModel": "models",
+    "load_model": "sources",
+    "LoadedModel": "sources",
     "Explainer": "explainer",
     "run_job": "job",
     "prepare_job": "job",
@@ -58,11 +58,11 @@ if TYPE_CHECKING:
     from .localization import localize as localize
     from .localization import read_mask as read_mask
     from .methods import METHODS as METHODS
-    from .models import LoadedModel as LoadedModel
-    from .models import load_model as load_model
     from .preprocess import Preprocess as Preprocess
     from .report import Report as Report
     from .sanity import sanity_check as sanity_check
+    from .sources import LoadedModel as LoadedModel
+    from .sources import load_model as load_model
     from .timing import RunStatus as RunStatus
 
 

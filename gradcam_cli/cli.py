@@ -879,7 +879,7 @@ def layers(
     # The user's model may print while it is built and probed: the table alone is stdout.
     with _exit_codes(verbose), stop_signals(), data_stdout() as stdout:
         from .layers import layer_table, probe_layers
-        from .models import check_input_size, check_num_classes, load_model
+        from .sources import check_input_size, check_num_classes, load_model
 
         check_input_size(input_size)
         check_num_classes(num_classes)
@@ -932,7 +932,7 @@ def models(
     """List the model names --model accepts, with their library: the demo model, timm, and
     torchvision's image classifiers. Exit 1 when nothing matches."""
     with _exit_codes(verbose), data_stdout() as stdout:
-        from .models import list_model_names, no_model_matches
+        from .sources import list_model_names, no_model_matches
 
         names = list_model_names(pattern, pretrained=pretrained)
         for name in names:

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from .explainer import Explainer, RenderOptions
     from .faithfulness import GateRule, MetricSettings
     from .faithrun import MetricOptions
-    from .models import LoadedModel
     from .report import Report
     from .runner import RunOptions
+    from .sources import LoadedModel
 
 __all__ = ["JobOptions", "Job", "RunStatus", "prepare_job", "run_job"]
 
@@ -134,10 +134,10 @@ class JobOptions:
         """The checks of `gradcam explain`, in its order; the messages name its options."""
         from .files import check_image_format
         from .methods import check_method_options
-        from .models import check_input_size, check_num_classes
         from .pipeline import check_decode, parse_workers
         from .preprocess import check_resize
         from .render import check_alpha, check_interpolation, check_normalization, colormap_lut
+        from .sources import check_input_size, check_num_classes
 
         check_method_options(self.method, eigen_smooth=self.eigen_smooth)
         check_interpolation(self.interpolation)
@@ -406,11 +406,11 @@ def _check_model_options(model: str | LoadedModel | nn.Module, options: JobOptio
 
 def _explainer(model: str | LoadedModel | nn.Module, options: JobOptions) -> Explainer:
     """Load the model (when named) and build the explainer: the heavy part, done last."""
-    from . import models
+    from . import sources
     from .explainer import Explainer
 
     if isinstance(model, str):
-        model = models.load_model(
+        model = sources.load_model(
             model,
             pretrained=options.pretrained,
             weights=options.weights,

@@ -73,8 +73,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .explainer import Explainer, ImageInput
-    from .models import LoadedModel
     from .preprocess import Preprocess
+    from .sources import LoadedModel
 
 __all__ = [
     "MODES",
@@ -392,7 +392,7 @@ class _Check:
         labels: Sequence[str] | None = None,
     ):
         from .batchsize import parse_batch_size
-        from .models import as_loaded_model
+        from .sources import as_loaded_model
 
         self.started = time.perf_counter()
         self.mode = check_mode(mode)
@@ -674,8 +674,8 @@ def run_sanity(
     from .files import check_writable_dir
     from .inputs import collect_inputs
     from .job import refuse_when_nothing_exists
-    from .models import load_model
     from .outlock import check_unlocked, output_lock
+    from .sources import load_model
 
     _refuse_building_options(
         model,

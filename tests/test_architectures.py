@@ -21,7 +21,7 @@ from torch import nn
 from gradcam_cli.engine import explain_batch
 from gradcam_cli.explainer import Explainer
 from gradcam_cli.layers import resolve_layer
-from gradcam_cli.models import load_model
+from gradcam_cli.sources import load_model
 
 slow = pytest.mark.slow
 

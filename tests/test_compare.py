@@ -67,7 +67,7 @@ def perturbed_weights(work):
     """The demo model with its last stage's conv weights perturbed: seeded noise of one
     standard deviation of the weights."""
     from gradcam_cli.demo.model import WEIGHTS_PATH
-    from gradcam_cli.models import read_state_dict
+    from gradcam_cli.sources import read_state_dict
 
     state = read_state_dict(WEIGHTS_PATH)
     weight = state["features.19.weight"]  # the last conv (features.20 is its batch norm)

@@ -20,11 +20,11 @@ from gradcam_cli.errors import UsageError
 from gradcam_cli.explainer import Explainer, RenderOptions
 from gradcam_cli.files import EncodedJpeg, write_image_atomic
 from gradcam_cli.inputs import InputItem, collect_inputs
-from gradcam_cli.models import load_model
 from gradcam_cli.pipeline import Decoded, _decode_batch, decode_batches
 from gradcam_cli.preprocess import Preprocess
 from gradcam_cli.render import colormap_lut, overlay_image, place_map
 from gradcam_cli.runner import RunOptions, run_explain
+from gradcam_cli.sources import load_model
 
 # torchvision says its decoders are deprecated (0.29); Python hides that outside tests.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradcam_cli.demo.evaluate import single_object_seeds, two_object_seeds
-from gradcam_cli.models import load_model
+from gradcam_cli.demo.scenes import single_object_seeds, two_object_seeds
+from gradcam_cli.sources import load_model
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "faithfulness.py"
 SCENES = 9  # 6 single-object + 3 two-object: 12 maps a source

@@ -292,7 +292,7 @@ def test_a_folder_of_hostile_files_fails_each_bad_one_and_explains_the_good_as_a
 def tiny_explainer() -> Explainer:
     from torch import nn
 
-    from gradcam_cli.models import LoadedModel, custom_preprocess
+    from gradcam_cli.sources import LoadedModel, custom_preprocess
 
     torch.manual_seed(0)
     model = nn.Sequential(

@@ -225,12 +225,12 @@ def explain(*args: str):
 def test_a_stop_before_any_image_exits_with_its_signal_code_and_one_line(
     workspace, monkeypatch, stop, code
 ):
-    import gradcam_cli.models
+    import gradcam_cli.sources
 
     def interrupted(*args, **kwargs):
         raise stop
 
-    monkeypatch.setattr(gradcam_cli.models, "load_model", interrupted)
+    monkeypatch.setattr(gradcam_cli.sources, "load_model", interrupted)
     monkeypatch.chdir(workspace)
     result = explain(*command())
     assert result.exit_code == code

@@ -110,12 +110,12 @@ def test_a_prepared_job_has_written_nothing_and_knows_its_share(tmp_path):
 def test_a_bad_option_fails_the_same_way_from_python_and_from_the_shell(
     tmp_path, monkeypatch, options, flags
 ):
-    import gradcam_cli.models
+    import gradcam_cli.sources
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded for a job refused by its options")
 
-    monkeypatch.setattr(gradcam_cli.models, "load_model", no_loading)
+    monkeypatch.setattr(gradcam_cli.sources, "load_model", no_loading)
     out = tmp_path / "out"
     with pytest.raises(UsageError) as raised:
         JobOptions(out=out, **options)
@@ -139,12 +139,12 @@ def test_keywords_override_an_options_object_and_are_checked_too():
 
 
 def test_a_refused_job_creates_nothing_and_loads_no_model(tmp_path, monkeypatch):
-    import gradcam_cli.models
+    import gradcam_cli.sources
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded for a refused job")
 
-    monkeypatch.setattr(gradcam_cli.models, "load_model", no_loading)
+    monkeypatch.setattr(gradcam_cli.sources, "load_model", no_loading)
     out = tmp_path / "out"
     with pytest.raises(UsageError, match="no such file or directory: 'nope.jpg'"):
         run_job(["nope.jpg"], "demo:shapes", out=out)
@@ -160,7 +160,7 @@ def test_a_refused_job_creates_nothing_and_loads_no_model(tmp_path, monkeypatch)
 
 
 def test_a_model_already_loaded_refuses_the_options_that_build_one(tmp_path):
-    from gradcam_cli.models import load_model
+    from gradcam_cli.sources import load_model
 
     loaded = load_model("demo:shapes")
     with pytest.raises(UsageError, match="^input_size= build a model named by a string"):

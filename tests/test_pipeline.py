@@ -17,8 +17,8 @@ from gradcam_cli import pipeline
 from gradcam_cli.cli import app
 from gradcam_cli.explainer import Explainer
 from gradcam_cli.inputs import collect_inputs
-from gradcam_cli.models import load_model
 from gradcam_cli.preprocess import Preprocess
+from gradcam_cli.sources import load_model
 
 SCENES = Path(__file__).resolve().parents[1] / "sample_images" / "scenes"
 

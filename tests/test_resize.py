@@ -15,10 +15,10 @@ from gradcam_cli.devicedecode import DeviceDecoder
 from gradcam_cli.errors import UsageError, as_cli_flags
 from gradcam_cli.inputs import collect_inputs
 from gradcam_cli.job import JobOptions, run_job
-from gradcam_cli.models import custom_preprocess, load_model, override_preprocess
 from gradcam_cli.pipeline import _decode_batch
 from gradcam_cli.preprocess import Preprocess
 from gradcam_cli.render import colormap_lut
+from gradcam_cli.sources import custom_preprocess, load_model, override_preprocess
 
 # torchvision says its decoders are deprecated (0.29); Python hides that outside tests.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -232,12 +232,12 @@ def test_a_timm_config_is_followed_exactly(crop_mode, resize):
     import timm
     from timm.data import create_transform, resolve_data_config
 
-    from gradcam_cli.models import _timm_preprocess
+    from gradcam_cli.sources.timm import timm_preprocess
 
     model = timm.create_model(
         "test_resnet", pretrained=False, pretrained_cfg_overlay={"crop_mode": crop_mode}
     )
-    preprocess = _timm_preprocess(model)
+    preprocess = timm_preprocess(model)
     assert preprocess.resize == resize and preprocess.resize_shorter > min(preprocess.input_size)
     image = photo(*PHOTO)
     expected = create_transform(**resolve_data_config({}, model=model))(image).numpy()

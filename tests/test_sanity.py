@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
 from gradcam_cli.demo.model import PREPROCESS
-from gradcam_cli.models import load_model
 from gradcam_cli.pages.sanity import draw_figure, render_page
 from gradcam_cli.sanity import (
     find_stages,
@@ -27,6 +26,7 @@ from gradcam_cli.sanity import (
     write_outputs,
 )
 from gradcam_cli.sanityresult import ordinal
+from gradcam_cli.sources import load_model
 
 SCENES = Path(__file__).resolve().parents[1] / "sample_images" / "scenes"
 # One scene per class of demo:shapes.

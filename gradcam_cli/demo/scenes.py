@@ -22,6 +22,8 @@ __all__ = [
     "TRAIN_SEED_BASE",
     "HELDOUT_SEED_BASE",
     "SAMPLE_SEED_BASE",
+    "single_object_seeds",
+    "two_object_seeds",
 ]
 
 CLASSES = ("circle", "square", "triangle", "star")
@@ -30,6 +32,17 @@ SUPERSAMPLE = 2
 TRAIN_SEED_BASE = 0
 HELDOUT_SEED_BASE = 1_000_000
 SAMPLE_SEED_BASE = 2_000_000
+
+
+def single_object_seeds(count: int) -> range:
+    """The first `count` held-out single-object scenes (`make_scene(seed, objects=1)`)."""
+    return range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + count)
+
+
+def two_object_seeds(count: int) -> range:
+    """The first `count` held-out two-object scenes, a range apart from the single ones."""
+    start = HELDOUT_SEED_BASE + 500_000
+    return range(start, start + count)
 
 
 @dataclass(frozen=True)
@@ -161,7 +174,8 @@ def _clutter(rng: np.random.Generator, canvas: Image.Image, big: int) -> None:
 
 
 def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(0, 256, size=3))
+    red, green, blue = (int(v) for v in rng.integers(0, 256, size=3))
+    return red, green, blue
 
 
 def _object_colour(rng, canvas: Image.Image, mask: Image.Image) -> tuple[int, int, int]:
@@ -171,4 +185,5 @@ def _object_colour(rng, canvas: Image.Image, mask: Image.Image) -> tuple[int, in
         colour = rng.integers(0, 256, size=3)
         if np.abs(colour - under).sum() > 150:
             break
-    return tuple(int(v) for v in colour)
+    red, green, blue = (int(v) for v in colour)
+    return red, green, blue

@@ -87,7 +87,7 @@ def train(
     x, y = data
     scenes = len(x)
     # channels-last runs this small CNN 1.7× faster on a CPU (measured on 2 cores).
-    model = ShapesNet().to(device, memory_format=torch.channels_last)
+    model = ShapesNet().to(device).to(memory_format=torch.channels_last)
     steps_per_epoch = scenes // batch_size
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -115,7 +115,7 @@ def train(
             f"train top-1 on a true class {right / (steps_per_epoch * batch_size):.3f} "
             f"({time.perf_counter() - started:.0f} s)"
         )
-    return model.eval().to("cpu", memory_format=torch.contiguous_format)
+    return model.eval().to("cpu").to(memory_format=torch.contiguous_format)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

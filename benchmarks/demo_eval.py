@@ -1,6 +1,6 @@
 """How well `demo:shapes` classifies, and how well its Grad-CAM maps land on the objects.
 
-    python -m gradcam_cli.demo.evaluate [--single 200] [--pairs 100] [--method gradcam]
+    .venv/bin/python benchmarks/demo_eval.py [--single 200] [--pairs 100] [--method gradcam]
 
 On held-out scenes (seeds the model never trained on):
 
@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..explainer import Explainer
-from ..models import load_model
-from .scenes import CLASSES, HELDOUT_SEED_BASE, make_scene
+from gradcam_cli.demo.scenes import CLASSES, make_scene, single_object_seeds, two_object_seeds
+from gradcam_cli.explainer import Explainer
+from gradcam_cli.sources import load_model
 
-__all__ = ["Figures", "evaluate", "single_object_seeds", "two_object_seeds", "main"]
+__all__ = ["Figures", "evaluate", "main"]
 
 BATCH = 32
 
@@ -44,15 +44,6 @@ class Figures:
     mean_iou: float
     discriminative_rate: float  # both maps of a pair on their own object
     discriminative_maps: float  # the same, counted per map
-
-
-def single_object_seeds(count: int) -> range:
-    return range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + count)
-
-
-def two_object_seeds(count: int) -> range:
-    start = HELDOUT_SEED_BASE + 500_000
-    return range(start, start + count)
 
 
 def _chunks(seeds: Iterable[int], size: int) -> Iterable[list[int]]:

@@ -1,0 +1,114 @@
+"""torchvision: `torchvision:NAME`, and the second library a bare `NAME` is looked up in. Only
+its image classifiers: its detection, segmentation, video and optical-flow models are refused by
+kind. Preprocessing and labels come from the weights enum's transforms and metadata.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UnknownModelError, UsageError
+from ..preprocess import Preprocess
+from .checkpoint import download_failed
+from .registry import Source, register_source
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torchvision.models import WeightsEnum
+
+__all__ = ["TorchvisionSource"]
+
+# Random-init builds of these default to auxiliary heads and a warning; eval needs neither.
+AUX_HEADS = ("inception_v3", "googlenet")
+
+
+@register_source
+class TorchvisionSource(Source):
+    prefix = "torchvision"
+    order = 2
+    bare = True
+
+    def has(self, name: str) -> bool:
+        return name in _classifiers()
+
+    def names(self, pretrained: bool = False) -> list[str]:
+        from torchvision.models import get_model_weights
+
+        names = sorted(_classifiers())
+        return [name for name in names if not pretrained or list(get_model_weights(name))]
+
+    def refusal(self, name: str) -> UnknownModelError | None:
+        from torchvision.models import list_models
+
+        if name not in list_models():
+            return None
+        return UnknownModelError(
+            f"'{name}' is a torchvision detection, segmentation, video or optical-flow model; "
+            "gradcam explains image classifiers. List them with `gradcam models PATTERN`"
+        )
+
+    def build(
+        self, name: str, *, pretrained: bool, num_classes: int | None, input_size: int | None
+    ) -> tuple[nn.Module, str]:
+        from torchvision.models import get_model
+
+        kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+        enum = _weights_enum(name)
+        if not pretrained:
+            if name in AUX_HEADS:
+                kwargs.update(aux_logits=False, init_weights=True)
+            return get_model(name, weights=None, **kwargs), "random"
+        if enum is None:
+            raise UsageError(
+                f"torchvision has no pretrained weights for '{name}'; "
+                "pass pretrained=False or weights=PATH"
+            )
+        classes = len(enum.meta["categories"])
+        if num_classes is not None and num_classes != classes:
+            raise UsageError(
+                f"num_classes={num_classes} does not fit torchvision's pretrained '{name}' "
+                f"({classes} classes); add weights=PATH or pretrained=False"
+            )
+        try:
+            model = get_model(name, weights=enum, **kwargs)
+        except Exception as exc:  # urllib errors, hash mismatch, ...
+            raise download_failed(name, exc) from exc
+        return model, f"pretrained:{enum}"
+
+    def preprocess(self, model: nn.Module, name: str) -> Preprocess:
+        enum = _weights_enum(name)
+        if enum is None:
+            return Preprocess()
+        t = enum.transforms()
+        crop = t.crop_size[0]
+        interpolation = getattr(t.interpolation, "value", "bilinear")
+        return Preprocess(
+            input_size=(crop, crop),
+            resize_shorter=t.resize_size[0],
+            mean=tuple(t.mean),
+            std=tuple(t.std),
+            interpolation=interpolation if interpolation in ("bilinear", "bicubic") else "bilinear",
+        )
+
+    def labels(self, model: nn.Module, name: str) -> list[str] | None:
+        enum = _weights_enum(name)
+        return list(enum.meta["categories"]) if enum is not None else None
+
+
+def _classifiers() -> list[str]:
+    """torchvision's image classifiers: not its detection, segmentation, video, optical-flow
+    or quantized models, which live in sub-modules of torchvision.models."""
+    import torchvision
+    from torchvision.models import list_models
+
+    return list_models(module=torchvision.models)
+
+
+def _weights_enum(name: str) -> WeightsEnum | None:
+    """The architecture's default pretrained weights (None: it has none)."""
+    from torchvision.models import get_model_weights
+
+    try:
+        return get_model_weights(name).DEFAULT
+    except (ValueError, AttributeError, KeyError):
+        return None
