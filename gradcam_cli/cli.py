@@ -3,7 +3,7 @@
 torch is imported inside the commands, never at module level, so `gradcam --help` stays fast.
 Exit codes: 0 every input explained; 1 some inputs failed; 2 usage or configuration error found
 before any image was processed; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)
-(README "Exit codes").
+(docs/unattended.md, "Exit codes").
 """
 
 from __future__ import annotations
@@ -467,7 +467,7 @@ def explain(
             "insertion (AUC of the target's probability as pixels are removed/revealed in the "
             "map's order), drop (average drop and increase in confidence on the image times "
             "the map), road (ROAD MoRF/LeRF: noisy linear imputation), or all. Costs the "
-            'model on each map\'s perturbed copies (README "Faithfulness").',
+            "model on each map's perturbed copies (docs/faithfulness.md).",
         ),
     ] = None,
     baselines: Annotated[

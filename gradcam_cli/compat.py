@@ -18,7 +18,7 @@ name and `category`, computed vectorised), or any callable that maps one image's
 (its logits, 1-D) to a number, as pytorch-grad-cam's other targets do. Each is explained
 exactly: the engine differentiates the target's own value, softmax included.
 
-Where it differs from pytorch-grad-cam (README "Checked against the peers" says why):
+Where it differs from pytorch-grad-cam (docs/methods.md, "Checked against the peers", says why):
 - The model's mode: pytorch-grad-cam's constructor calls `model.eval()` and computes in
   whatever mode the model is in at the call. Here each call runs in eval mode, with parameters
   frozen, and then restores every module's mode, `requires_grad` and hook; `.grad` is never

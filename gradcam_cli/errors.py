@@ -28,7 +28,7 @@ __all__ = [
     "running_user_code",
 ]
 
-# Exit codes are a public contract (README "Exit codes").
+# Exit codes are a public contract (docs/unattended.md, "Exit codes").
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2

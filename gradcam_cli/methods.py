@@ -1,9 +1,9 @@
 """CAM methods: each a few lines over what the engine hands it for one layer (a `LayerView`).
 
-The registry is the one list of method names: the CLI's `--method` choices, its help text and
-the README's method table all come from `METHODS`. This module does not import torch at module
-level (methods only call tensor methods, or import torch inside a function), so `gradcam --help`
-can list the methods without paying for torch.
+The registry is the one list of method names: the CLI's `--method` choices, its help text and the
+method table in docs/methods.md all come from `METHODS`. This module does not import torch at module
+level (methods only call tensor methods, or import torch inside a function), so `gradcam --help` can
+list the methods without paying for torch.
 
 Notation in the formulas: A is the target layer's output [B, C, h, w], y the target class's score
 (the logit), g = ∂y/∂A (from the head only: see engine.py), Z = h·w.
@@ -97,7 +97,7 @@ class CamMethod:
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    formula: ClassVar[str]  # one line, for the README's table
+    formula: ClassVar[str]  # one line, for docs/methods.md's table
     needs_gradients: ClassVar[bool] = True  # g = ∂y/∂A through the head
     uses_head: ClassVar[bool] = False  # re-runs the head (only) on modified activations
     needs_full_forwards: ClassVar[bool] = False  # runs the whole model on modified images
@@ -502,7 +502,7 @@ def cost_note(cls: type[CamMethod]) -> str:
 
 
 def methods_table() -> str:
-    """The README's method table, from the registry (tests/test_docs.py keeps them equal)."""
+    """docs/methods.md's method table, from the registry (tests/test_docs.py keeps them equal)."""
     lines = ["| method | map | cost beyond one forward |", "|---|---|---|"]
     for name, cls in METHODS.items():
         lines.append(f"| `{name}` | {cls.formula} | {cost_note(cls)} |")

@@ -11,7 +11,7 @@ explain are gone does not explain them (guided backpropagation is the paper's ex
     result.passed, result.summary[1].spearman.median    # the 2nd stage from the logits
     write_outputs(result, "runs/sanity", report=True)   # sanity.json, .png, .html
 
-Choices, each documented in the README ("gradcam sanity DIR"):
+Choices, each documented in docs/sanity.md:
 
 - Stages (`find_stages`): the model's direct children that own parameters, in the order a forward
   pass first calls them; while there are fewer than MIN_STAGES, the largest of them (by
@@ -342,7 +342,7 @@ def sanity_check(
     progress: Progress | None = None,
 ) -> SanityResult:
     """Randomise the model's stages from the logits down and measure how much each image's map
-    changes (module docstring; README "gradcam sanity DIR").
+    changes (module docstring; docs/sanity.md).
 
     `model`, `layer`, `method`, `device`, `preprocess`, `labels`: as `Explainer` takes them
     (`layer` None: the automatic choice). `images`: paths, PIL images or H×W×3 uint8 arrays

@@ -1,9 +1,9 @@
 """gradcam_cli.compat returns what pytorch-grad-cam returns, on the same model and input.
 
 pytorch-grad-cam is a test-only dependency. Its maps are compared as returned (scaled, resized,
-layers aggregated), correlation ≥ 0.9999, with the two documented differences of definition
-aligned on its side (README "Peer differences"): the sign of a principal component (an SVD's
-sign is arbitrary; ours correlates with the channel sum) and Score-CAM's mask upsampling
+layers aggregated), correlation ≥ 0.9999, with the two documented differences of definition aligned
+on its side (docs/methods.md, "Checked against the peers"): the sign of a principal component (an
+SVD's sign is arbitrary; ours correlates with the channel sum) and Score-CAM's mask upsampling
 (half-pixel centres). Ablation-CAM on a ViT is not compared: pytorch-grad-cam ablates the class
 token too.
 """

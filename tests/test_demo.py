@@ -1,7 +1,7 @@
 """The embedded demo: scenes and masks, the shipped model, its localization, and the gate.
 
-The thresholds are issue 3's acceptance figures, asserted on the held-out scenes the README's
-figures come from; `benchmarks/demo_eval.py` (`make demo-eval`) prints them all.
+The thresholds are issue 3's acceptance figures, asserted on the held-out scenes that docs/demo-
+model.md's figures come from; `benchmarks/demo_eval.py` (`make demo-eval`) prints them all.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def test_a_map_equal_to_one_measured_before_is_copied_with_the_same_values(bench
 
 
 def test_the_model_reads_a_cam_shaped_hole_as_a_circle(bench, loaded):
-    """The README's caveat on deletion and average drop for this model: the image with
+    """docs/faithfulness.md's caveat on deletion and average drop for this model: the image with
     Grad-CAM's top 20% set to the mean colour, and the image times the map, are called
     "circle" whatever the object."""
     scenes = bench.heldout_scenes(6, loaded)

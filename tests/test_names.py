@@ -73,7 +73,7 @@ def test_a_pattern_with_a_prefix_keeps_to_that_library():
 
 
 def test_a_pattern_without_a_prefix_still_matches_the_bare_names():
-    # The README's 'resnet*' / 'convnext*' form: matched against the name after the prefix.
+    # docs/models.md's 'resnet*' / 'convnext*' form: matched against the name after the prefix.
     lines = listed("resnet18*")
     assert lines == ["timm:resnet18", "timm:resnet18d", "torchvision:resnet18"]
     assert "torchvision:convnext_tiny" in listed("convnext*")

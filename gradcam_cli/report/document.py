@@ -1,6 +1,6 @@
 """The versioned report of a run: its records → a dict → `predictions.json` and `--json` stdout.
 
-Keys named in the README are a public interface: they change only with a SCHEMA_VERSION bump.
+Keys named in docs/json.md are a public interface: they change only with a SCHEMA_VERSION bump.
 Artifact paths are relative to the output folder, so the folder can be moved or archived whole.
 """
 
