@@ -52,7 +52,8 @@ from torch import nn
 from . import methods
 from .engine import explain_batch
 from .errors import LayerError, TargetError, UnknownLayerError, UsageError
-from .layers import LayerRef, extract_logits, module_paths, resolve_layer
+from .layers import LayerRef, module_paths, resolve_layer
+from .logits import extract_logits
 from .modelstate import removing
 
 __all__ = [

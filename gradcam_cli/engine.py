@@ -28,8 +28,9 @@ from torch import nn
 from .allocator import tune_allocator
 from .errors import LayerError, TargetError, first_line
 from .guided import guided_relus
-from .layers import LayerRef, extract_logits, resolve_layer
+from .layers import LayerRef, resolve_layer
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
+from .logits import class_probabilities, class_scores, extract_logits
 from .methods import CamMethod, LayerView, get_method
 from .modelstate import frozen_eval, removing
 
@@ -38,8 +39,6 @@ __all__ = [
     "HeadOnlyFallbackWarning",
     "AUG_VIEWS",
     "explain_batch",
-    "class_scores",
-    "class_probabilities",
 ]
 
 # --aug-smooth: every (horizontal flip, scale) pair; (False, 1.0) is the image itself.
@@ -126,23 +125,6 @@ class _Capture:
                 f"layer '{self.ref}' was not called during the forward pass "
                 f"(it ran {self.calls} times); choose another layer"
             )
-
-
-def class_scores(outputs: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
-    """Per-class scores. A single-output model gets two classes, negative and positive:
-    [-z, z] for a logit z (article 004), [1 - p, p] for a model that ends in a sigmoid."""
-    if outputs.shape[1] != 1:
-        return outputs
-    negative = 1 - outputs if probabilities else -outputs
-    return torch.cat([negative, outputs], dim=1)
-
-
-def class_probabilities(outputs: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
-    """Softmax over logits; sigmoid of a single logit (not softmax(2z)); probabilities as is."""
-    scores = class_scores(outputs, probabilities)
-    if probabilities:
-        return scores
-    return torch.sigmoid(scores) if outputs.shape[1] == 1 else scores.softmax(dim=1)
 
 
 def _choose_targets(scores: torch.Tensor, classes: Sequence[int] | None, topk: int) -> torch.Tensor:

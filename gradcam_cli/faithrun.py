@@ -82,8 +82,7 @@ def model_predict(explainer: Explainer, score: str) -> Callable[[torch.Tensor], 
     logit's sigmoid, a probability model's outputs); with 'logit', the run's class scores."""
     import torch
 
-    from .engine import class_probabilities, class_scores
-    from .layers import extract_logits
+    from .logits import class_probabilities, class_scores, extract_logits
     from .modelstate import frozen_eval
 
     outputs_probabilities = explainer.probe.outputs_probabilities

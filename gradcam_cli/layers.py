@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import LayerError, UnknownLayerError, UsageError, did_you_mean, running_user_code
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
+from .logits import extract_logits
 from .modelstate import frozen_eval, removing
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "resolve_layer",
     "module_paths",
     "probe_layers",
-    "extract_logits",
     "layer_table",
 ]
 
@@ -125,34 +125,6 @@ def _unknown_layer_message(
         f"unknown layer '{path}': {where} has no child '{part}' (its children: {shown})."
         f"{hint} See all layers with `gradcam layers MODEL`."
     )
-
-
-def extract_logits(output: object) -> torch.Tensor:
-    """The [B, num_classes] logits of a model output: a tensor, `.logits`, a dict or a tuple."""
-    if isinstance(output, torch.Tensor):
-        logits = output
-    elif hasattr(output, "logits") and isinstance(output.logits, torch.Tensor):
-        logits = output.logits
-    elif isinstance(output, dict) and output:
-        logits = output.get("logits", next(iter(output.values())))
-        return extract_logits(logits)
-    elif isinstance(output, list | tuple) and output:
-        return extract_logits(output[0])
-    else:
-        raise LayerError(
-            f"the model returned {type(output).__name__}, not logits; "
-            "wrap it so that forward returns a [batch, classes] tensor"
-        )
-    if logits.dim() > 2 and all(size == 1 for size in logits.shape[2:]):
-        logits = logits.flatten(1)  # a 1×1 conv head: [B, C, 1, 1]
-    if logits.dim() == 1:
-        logits = logits.unsqueeze(1)  # one logit per image
-    if logits.dim() != 2:
-        raise LayerError(
-            f"the model's output has shape {list(logits.shape)}, not "
-            "[batch, classes]; gradcam explains image classifiers"
-        )
-    return logits
 
 
 # -- the probe: one forward and backward at the model's input size -----------------------------
