@@ -420,7 +420,7 @@ def _layer_refs(model: nn.Module, target_layers: list[nn.Module | str]) -> list[
                 f"target_layers[{i}] is the model itself; pass one of its layers, e.g. "
                 "target_layers=[model.layer4]"
             )
-        refs.append(LayerRef(name))
+        refs.append(resolve_layer(model, name))
     return refs
 
 
