@@ -286,9 +286,7 @@ def _gradients(
         )
         for capture, grad in zip(captures, grads, strict=True):
             per_layer[str(capture.ref)].append(
-                torch.zeros_like(capture.activations())
-                if grad is None
-                else capture.to_map(grad)
+                torch.zeros_like(capture.activations()) if grad is None else capture.to_map(grad)
             )
     return per_layer
 

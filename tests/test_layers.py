@@ -48,7 +48,7 @@ def test_the_module_a_ref_carries_is_the_one_hooked_even_when_names_repeat():
 @pytest.mark.parametrize(
     ("path", "error", "message"),
     [
-        ("layer5", UnknownLayerError, r"the model has no child 'layer5'.*Did you mean one of 'layer4'"),
+        ("layer5", UnknownLayerError, r"no child 'layer5'.*Did you mean one of 'layer4'"),
         ("layer4.7", UnknownLayerError, r"layer4 has no child '7' \(its children: 0, 1\)"),
         ("fc.weight", UnknownLayerError, "fc has no sub-modules"),
         ("", UnknownLayerError, "names no layer"),
