@@ -37,14 +37,20 @@ from .errors import (
     did_you_mean,
     running_user_code,
 )
-from .guided import guided_picture
 from .inputs import decode_image
 from .layers import LayerRef, Probe, module_paths, parse_layers, probe_layers, resolve_layer
 from .localization import Localization, localize
 from .methods import check_method_options
 from .models import LoadedModel, as_loaded_model
 from .preprocess import Preprocess
-from .render import colormap_lut, heatmap_image, normalize_map, overlay_image, place_map
+from .render import (
+    colormap_lut,
+    guided_picture,
+    heatmap_image,
+    normalize_map,
+    overlay_image,
+    place_map,
+)
 from .report import Prediction, TargetRef
 
 __all__ = ["Explainer", "ImageExplanation", "RenderOptions", "resolve_device"]
