@@ -18,10 +18,12 @@ import tempfile
 from pathlib import Path
 
 from gradcam_cli.demo.scenes import make_scene
-from gradcam_cli.explainer import Explainer, RenderOptions
+from gradcam_cli.explainer import Explainer
+from gradcam_cli.explanation import RenderOptions
 from gradcam_cli.inputs import collect_inputs
+from gradcam_cli.outputs import RunOptions
 from gradcam_cli.pipeline import default_write_threads
-from gradcam_cli.runner import RunOptions, run_explain
+from gradcam_cli.runner import run_explain
 from gradcam_cli.sources import load_model
 
 RESULTS = Path(__file__).parent / "results"

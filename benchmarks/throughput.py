@@ -43,10 +43,12 @@ from compare import machine  # noqa: E402
 
 from gradcam_cli.allocator import tune_allocator  # noqa: E402
 from gradcam_cli.devicedecode import DeviceDecoder  # noqa: E402
-from gradcam_cli.explainer import Explainer, RenderOptions  # noqa: E402
+from gradcam_cli.explainer import Explainer  # noqa: E402
+from gradcam_cli.explanation import RenderOptions  # noqa: E402
 from gradcam_cli.inputs import InputItem, collect_inputs, load_image  # noqa: E402
+from gradcam_cli.outputs import RunOptions  # noqa: E402
 from gradcam_cli.pipeline import default_write_threads, parse_workers  # noqa: E402
-from gradcam_cli.runner import RunOptions, run_explain  # noqa: E402
+from gradcam_cli.runner import run_explain  # noqa: E402
 from gradcam_cli.sources import load_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

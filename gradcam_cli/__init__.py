@@ -22,8 +22,8 @@ _EXPORTS = {
     "JobOptions": "job",
     "Job": "job",
     "Report": "report",
-    "ImageExplanation": "explainer",
-    "RenderOptions": "explainer",
+    "ImageExplanation": "explanation",
+    "RenderOptions": "explanation",
     "explain_batch": "engine",
     "BatchExplanation": "engine",
     "Preprocess": "preprocess",
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     from .engine import explain_batch as explain_batch
     from .errors import GradcamError as GradcamError
     from .explainer import Explainer as Explainer
-    from .explainer import ImageExplanation as ImageExplanation
-    from .explainer import RenderOptions as RenderOptions
+    from .explanation import ImageExplanation as ImageExplanation
+    from .explanation import RenderOptions as RenderOptions
     from .faithfulness import MetricSettings as MetricSettings
     from .job import Job as Job
     from .job import JobOptions as JobOptions

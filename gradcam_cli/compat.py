@@ -52,7 +52,8 @@ from torch import nn
 from . import methods
 from .engine import explain_batch
 from .errors import LayerError, TargetError, UnknownLayerError, UsageError
-from .layers import LayerRef, extract_logits, module_paths, resolve_layer
+from .layers import LayerRef, module_paths, resolve_layer
+from .logits import extract_logits
 from .modelstate import removing
 
 __all__ = [
@@ -419,7 +420,7 @@ def _layer_refs(model: nn.Module, target_layers: list[nn.Module | str]) -> list[
                 f"target_layers[{i}] is the model itself; pass one of its layers, e.g. "
                 "target_layers=[model.layer4]"
             )
-        refs.append(LayerRef(name))
+        refs.append(resolve_layer(model, name))
     return refs
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-from .explainer import ImageExplanation, RenderOptions
+from .explanation import ImageExplanation, RenderOptions
 from .files import JPEG_QUALITY, EncodedJpeg
 from .render import _axis_weights, check_alpha, colormap_lut, heatmap_image, normalize_map
 

@@ -28,8 +28,9 @@ from torch import nn
 from .allocator import tune_allocator
 from .errors import LayerError, TargetError, first_line
 from .guided import guided_relus
-from .layers import LayerRef, extract_logits, resolve_layer
+from .layers import LayerRef, resolve_layer
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
+from .logits import class_probabilities, class_scores, extract_logits
 from .methods import CamMethod, LayerView, get_method
 from .modelstate import frozen_eval, removing
 
@@ -38,8 +39,6 @@ __all__ = [
     "HeadOnlyFallbackWarning",
     "AUG_VIEWS",
     "explain_batch",
-    "class_scores",
-    "class_probabilities",
 ]
 
 # --aug-smooth: every (horizontal flip, scale) pair; (False, 1.0) is the image itself.
@@ -72,10 +71,10 @@ class _Capture:
     batch's input size.
     """
 
-    def __init__(self, ref: LayerRef, images: torch.Tensor, prefix: int | None):
+    def __init__(self, ref: LayerRef, images: torch.Tensor):
         self.ref = ref
-        self.batch, self.input_size = images.shape[0], tuple(images.shape[2:])
-        self.prefix = prefix  # prefix tokens, as the model declares them
+        self.batch, self.input_size = images.shape[0], (images.shape[2], images.shape[3])
+        self.prefix = declared_prefix_tokens(ref.path)  # prefix tokens, as the model declares
         self.calls = 0
         self.handle: torch.Tensor | None = None  # the tensor gradients are taken against
         self.layout: Layout | None = None
@@ -109,10 +108,20 @@ class _Capture:
         self.handle = output if output.requires_grad else output.detach().requires_grad_(True)
         return self.handle.clone()
 
+    def output(self) -> torch.Tensor:
+        """The tensor gradients are taken against (after check_calls, which makes sure the
+        hook fired and so that it and `layout` are set)."""
+        assert self.handle is not None and self.layout is not None
+        return self.handle
+
+    def to_map(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The output, or its gradient, as a map [B, C, h, w] (after check_calls)."""
+        assert self.layout is not None
+        return self.layout.to_map(tensor)
+
     def activations(self) -> torch.Tensor:
         """A as a map [B, C, h, w], detached (after check_calls)."""
-        assert self.handle is not None and self.layout is not None
-        return self.layout.to_map(self.handle.detach())
+        return self.to_map(self.output().detach())
 
     def check_calls(self) -> None:
         if self.ref.call is None and self.calls > 1:
@@ -126,23 +135,6 @@ class _Capture:
                 f"layer '{self.ref}' was not called during the forward pass "
                 f"(it ran {self.calls} times); choose another layer"
             )
-
-
-def class_scores(outputs: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
-    """Per-class scores. A single-output model gets two classes, negative and positive:
-    [-z, z] for a logit z (article 004), [1 - p, p] for a model that ends in a sigmoid."""
-    if outputs.shape[1] != 1:
-        return outputs
-    negative = 1 - outputs if probabilities else -outputs
-    return torch.cat([negative, outputs], dim=1)
-
-
-def class_probabilities(outputs: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
-    """Softmax over logits; sigmoid of a single logit (not softmax(2z)); probabilities as is."""
-    scores = class_scores(outputs, probabilities)
-    if probabilities:
-        return scores
-    return torch.sigmoid(scores) if outputs.shape[1] == 1 else scores.softmax(dim=1)
 
 
 def _choose_targets(scores: torch.Tensor, classes: Sequence[int] | None, topk: int) -> torch.Tensor:
@@ -239,14 +231,11 @@ def _explain_view(
 ) -> _ViewResult:
     """One forward with the captures, the head-only gradients, then the method's maps."""
     method = settings.method
-    captures = [
-        _Capture(ref, images, declared_prefix_tokens(model, ref.name)) for ref in settings.layers
-    ]
-    modules = dict(model.named_modules())
+    captures = [_Capture(ref, images) for ref in settings.layers]
     handles: list = []
     with removing(handles):
-        for capture in captures:
-            handles.append(modules[capture.ref.name].register_forward_hook(capture))
+        for capture in captures:  # the modules resolve_layer found: no search by name
+            handles.append(capture.ref.module.register_forward_hook(capture))
         logits = extract_logits(model(images))
         for capture in captures:
             capture.check_calls()
@@ -287,19 +276,17 @@ def _gradients(
 ) -> dict[str, list[torch.Tensor]]:
     """Per layer, per target rank: ∂(summed selected scores)/∂A as a map [B, C, h, w], through
     the head only."""
-    handles = [c.handle for c in captures]
+    outputs = [c.output() for c in captures]
     per_layer: dict[str, list[torch.Tensor]] = {str(c.ref): [] for c in captures}
     ranks = targets.shape[1]
     for rank in range(ranks):
         selected = scores.gather(1, targets[:, rank : rank + 1]).sum()
         grads = torch.autograd.grad(
-            selected, handles, retain_graph=rank < ranks - 1, allow_unused=True
+            selected, outputs, retain_graph=rank < ranks - 1, allow_unused=True
         )
         for capture, grad in zip(captures, grads, strict=True):
             per_layer[str(capture.ref)].append(
-                torch.zeros_like(capture.activations())
-                if grad is None
-                else capture.layout.to_map(grad)
+                torch.zeros_like(capture.activations()) if grad is None else capture.to_map(grad)
             )
     return per_layer
 
@@ -372,10 +359,10 @@ class _HeadRunner:
         scores: torch.Tensor,
         settings: _Settings,
     ):
-        assert capture.handle is not None and capture.layout is not None
+        assert capture.layout is not None
         self.model, self.ref, self.images = model, capture.ref, images
-        self.module = dict(model.named_modules())[capture.ref.name]
-        self.layout, self.outputs = capture.layout, capture.handle.detach()
+        self.module = capture.ref.module
+        self.layout, self.outputs = capture.layout, capture.output().detach()
         self.scores = scores
         self.outputs_probabilities = settings.outputs_probabilities
         self.method_name = settings.method.name

@@ -7,21 +7,20 @@
     [result] = explainer.explain([Image.open("cat.jpg").convert("RGB")])
     result.predictions[0].label, result.overlay(result.targets[0])   # a PIL image
 
-The CLI's batch runner uses exactly this object; nothing here writes files.
+The CLI's batch runner uses exactly this object. The explanations are ImageExplanations
+(explanation.py); `Explainer.save` writes them as `gradcam explain` does (outputs.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import itertools
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -37,29 +36,19 @@ from .errors import (
     did_you_mean,
     running_user_code,
 )
-from .guided import guided_picture
+from .explanation import ImageExplanation, RenderOptions
+from .files import check_image_format
 from .inputs import decode_image
 from .layers import LayerRef, Probe, module_paths, parse_layers, probe_layers, resolve_layer
-from .localization import Localization, localize
 from .methods import check_method_options
+from .outputs import RunOptions, save_explanations
 from .preprocess import Preprocess
-from .render import colormap_lut, heatmap_image, normalize_map, overlay_image, place_map
 from .report import Prediction, TargetRef
 from .sources import LoadedModel, as_loaded_model
 
-__all__ = ["Explainer", "ImageExplanation", "RenderOptions", "resolve_device"]
+__all__ = ["Explainer", "resolve_device"]
 
 BINARY_LABELS = ["negative", "positive"]
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """How a raw map becomes pictures (README "Rendering")."""
-
-    colormap: str = "jet"
-    alpha: float = 0.5
-    interpolation: str = "bilinear"
-    normalize: str = "minmax"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -86,154 +75,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise UsageError(f"unsupported --device '{name}'; use auto, cpu, cuda, cuda:N or mps")
     return device
-
-
-@dataclass(frozen=True)
-class ImageExplanation:
-    """One image's predictions and raw maps; renders its pictures on demand."""
-
-    image: Image.Image  # the original photo (RGB, EXIF-rotated)
-    crop_box: tuple[float, float, float, float]  # what the model saw, in photo pixels
-    predictions: list[Prediction]
-    targets: list[TargetRef]  # each with the model's probability and score for it
-    maps: dict[tuple[int, str], np.ndarray]  # (class index, layer) → raw map [h, w] float32
-    # Guided methods only: (class index, layer) → signed input-resolution image [3, H, W].
-    guided: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
-    method: str = ""  # the method's name, for captions (`--panel`)
-    source: str | None = None  # the file it was read from, when it was given as a path
-    # The Explainer that made it and what was asked of it (class indices, or top-k): what
-    # `save` records about the model, method, layers and options.
-    explainer: Explainer | None = field(default=None, repr=False, compare=False)
-    request: tuple[tuple[int, ...], int] = field(default=((), 1), repr=False, compare=False)
-
-    def save(
-        self,
-        out: str | os.PathLike,
-        *,
-        render: RenderOptions = RenderOptions(),
-        overlay_format: str = "png",
-        heatmap: bool = True,
-        save_raw: bool = False,
-        panel: bool = False,
-        report: bool = False,
-    ) -> Path:
-        """Write what `gradcam explain` writes for this image into the folder `out`: overlay,
-        heatmap (raw .npy, panel, page with the options that say so) and predictions.json.
-        Returns the report's path. The file names start with the photo's name ('image' for an
-        array or a PIL image)."""
-        from .files import check_image_format
-        from .runner import RunOptions, save_explanations
-
-        if self.explainer is None:
-            raise UsageError("this explanation was not made by an Explainer: nothing to save")
-        classes, topk = self.request
-        options = RunOptions(
-            out_dir=Path(out),
-            classes=classes,
-            topk=topk,
-            batch_size=1,  # one image: what `gradcam explain` of it records too
-            save_raw=save_raw,
-            render=render,
-            overlay_format=check_image_format(overlay_format),
-            heatmap=heatmap,
-            panel=panel,
-            report=report,
-        )
-        save_explanations(self.explainer, [self], options)
-        return Path(out) / options.report_name
-
-    def raw(self, target: TargetRef | int | None = None, layer: str | None = None) -> np.ndarray:
-        """The raw map [h, w] (float32, after ReLU) of `target` (default: the first explained,
-        the predicted class unless targets were given) at `layer` (default: the first)."""
-        index = self._index(target)
-        layer = layer or next(name for (i, name) in self.maps if i == index)
-        return self.maps[(index, layer)]
-
-    def _index(self, target: TargetRef | int | None) -> int:
-        if target is None:
-            return self.targets[0].index
-        index = target.index if isinstance(target, TargetRef) else int(target)
-        if index not in {t.index for t in self.targets}:
-            explained = ", ".join(str(t.index) for t in self.targets)
-            raise TargetError(
-                f"class {index} was not explained for this image (explained: {explained}); "
-                "pass targets=[...] to explain()"
-            )
-        return index
-
-    def _repr_png_(self) -> bytes:
-        """Jupyter shows the result as its overlay."""
-        buffer = io.BytesIO()
-        self.overlay().save(buffer, format="PNG")
-        return buffer.getvalue()
-
-    def placed(
-        self,
-        target: TargetRef | int | None = None,
-        layer: str | None = None,
-        options: RenderOptions = RenderOptions(),
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The normalised map on the photo's pixel grid, and the mask of what the model saw."""
-        norm = normalize_map(self.raw(target, layer), options.normalize)
-        return place_map(norm, self.image.size, self.crop_box, options.interpolation)
-
-    def pictures(
-        self,
-        target: TargetRef | int | None = None,
-        layer: str | None = None,
-        options: RenderOptions = RenderOptions(),
-    ) -> tuple[Image.Image, Image.Image]:
-        """(overlay on the photo, RGBA heatmap), both at the photo's own size; the map is
-        placed once for both."""
-        values, inside = self.placed(target, layer, options)
-        lut = colormap_lut(options.colormap)
-        return (
-            overlay_image(self.image, values, inside, lut, options.alpha),
-            heatmap_image(values, inside, lut),
-        )
-
-    def overlay(
-        self,
-        target: TargetRef | int | None = None,
-        layer: str | None = None,
-        options: RenderOptions = RenderOptions(),
-    ) -> Image.Image:
-        """The overlay alone (no heatmap is rendered)."""
-        values, inside = self.placed(target, layer, options)
-        return overlay_image(
-            self.image, values, inside, colormap_lut(options.colormap), options.alpha
-        )
-
-    def encoded_overlay(
-        self,
-        target: TargetRef | int | None = None,
-        layer: str | None = None,
-        options: RenderOptions = RenderOptions(),
-    ) -> Image.Image | None:
-        """The overlay already drawn and encoded for these options, to be written as it is (a
-        JPEG made on the device: devicerender.DeviceExplanation); None: draw it."""
-        return None
-
-    def localize(
-        self, target: TargetRef | int | None, mask: np.ndarray, layer: str | None = None
-    ) -> Localization:
-        """Hit, energy and IoU of this map against a bool mask [H, W] on the photo."""
-        return localize(self.raw(target, layer), mask, self.crop_box)
-
-    def guided_picture(
-        self,
-        target: TargetRef | int | None = None,
-        layer: str | None = None,
-        options: RenderOptions = RenderOptions(),
-    ) -> Image.Image | None:
-        """Guided methods: the guided image on the photo (RGBA, grey = zero gradient,
-        transparent outside the crop); None for other methods."""
-        index = self._index(target)
-        layer = layer or next((name for (i, name) in self.guided if i == index), None)
-        gradient = self.guided.get((index, layer)) if layer else None
-        if gradient is None:
-            return None
-        return guided_picture(gradient, self.image.size, self.crop_box, options.interpolation)
 
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
@@ -366,7 +207,7 @@ class Explainer:
     # -- the work --------------------------------------------------------------------------
 
     @overload
-    def explain(
+    def explain(  # type: ignore[overload-overlap]  # a str is a Sequence too: one image, as here
         self,
         images: ImageInput,
         *,
@@ -490,6 +331,58 @@ class Explainer:
         return ImageExplanation(
             image, box, predictions, targets, maps, guided, self.method.name, source, self, request
         )
+
+    # -- what a report records, and saving -------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """What a run's report records about this explainer: model, method, layers, device,
+        preprocessing and method options (`outputs.new_report`)."""
+        return {
+            "model": self.loaded.describe(),
+            "method": self.method.name,
+            "layers": [str(ref) for ref in self.layers],
+            "device": str(self.device),
+            "preprocess": self.loaded.preprocess.describe(),
+            "method_options": {
+                "aug_smooth": self.aug_smooth,
+                "eigen_smooth": self.eigen_smooth,
+                "amp": self.amp,
+            },
+        }
+
+    def save(
+        self,
+        explanations: Sequence[ImageExplanation],
+        out: str | os.PathLike,
+        *,
+        render: RenderOptions = RenderOptions(),
+        overlay_format: str = "png",
+        heatmap: bool = True,
+        save_raw: bool = False,
+        panel: bool = False,
+        report: bool = False,
+    ) -> Path:
+        """Write what `gradcam explain` writes for explanations this Explainer made, asked for
+        the same targets, into the folder `out` (`ImageExplanation.save`'s options); returns
+        the report's path."""
+        requests = {explanation.request for explanation in explanations}
+        if len(requests) > 1:
+            raise UsageError("these explanations were asked for different targets; save each apart")
+        classes, topk = requests.pop() if requests else ((), 1)
+        options = RunOptions(
+            out_dir=Path(out),
+            classes=classes,
+            topk=topk,
+            batch_size=1,  # one image: what `gradcam explain` of it records too
+            save_raw=save_raw,
+            render=render,
+            overlay_format=check_image_format(overlay_format),
+            heatmap=heatmap,
+            panel=panel,
+            report=report,
+        )
+        save_explanations(self.describe(), explanations, options)
+        return Path(out) / options.report_name
 
 
 def _device_for(model: nn.Module, device: str | torch.device | None) -> torch.device:

@@ -13,8 +13,10 @@ It runs on the loop that runs the model (the metrics need it), after the batch i
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +26,9 @@ from .faithfulness import Faithfulness, MetricSettings, baseline_map, measure, r
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
-    from .explainer import Explainer, ImageExplanation
+    from .explanation import ImageExplanation
 
 __all__ = ["MetricOptions", "Measured", "measure_batch", "saliency_at_input", "metric_record"]
 
@@ -76,21 +79,24 @@ def saliency_at_input(raw: np.ndarray, size: tuple[int, int], device=None) -> to
     return placed[0, 0].to(device) if device is not None else placed[0, 0]
 
 
-def model_predict(explainer: Explainer, score: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def model_predict(
+    model: nn.Module,
+    outputs_probabilities: bool,
+    score: str,
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model on a batch → the scores `measure` expects: with score='probability', the log of
     the run's own class probabilities (so measure's softmax gives them back exactly: a single
-    logit's sigmoid, a probability model's outputs); with 'logit', the run's class scores."""
+    logit's sigmoid, a probability model's outputs); with 'logit', the run's class scores.
+    `outputs_probabilities` and `autocast` are the Explainer's (`Probe`, `Explainer.autocast`)."""
     import torch
 
-    from .engine import class_probabilities, class_scores
-    from .layers import extract_logits
+    from .logits import class_probabilities, class_scores, extract_logits
     from .modelstate import frozen_eval
 
-    outputs_probabilities = explainer.probe.outputs_probabilities
-
     def predict(batch: torch.Tensor) -> torch.Tensor:
-        with frozen_eval(explainer.model), explainer.autocast():
-            logits = extract_logits(explainer.model(batch)).float()
+        with frozen_eval(model), autocast():
+            logits = extract_logits(model(batch)).float()
         if score == "logit":
             return class_scores(logits, outputs_probabilities)
         probabilities = class_probabilities(logits, outputs_probabilities)
@@ -100,7 +106,8 @@ def model_predict(explainer: Explainer, score: str) -> Callable[[torch.Tensor], 
 
 
 def measure_batch(
-    explainer: Explainer,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
     inputs: Sequence[Any],
     explanations: Sequence[ImageExplanation],
     keys: Sequence[str],
@@ -109,16 +116,16 @@ def measure_batch(
 ) -> list[dict[tuple[int, str], Measured]]:
     """Each explanation's metrics: (class index, layer) → Measured, in the batch's order.
 
+    `predict`: the model's scores for options.settings.score (`model_predict`), on `device`;
     `inputs`: each image's normalised model input [3, H, W] (a NumPy array, or a tensor on the
     model's device); `keys`: each input's output key, which seeds its random baseline (the same
     image gets the same random map in every run, whatever the batch).
     """
     import torch
 
-    predict = model_predict(explainer, options.settings.score)
     measured = []
     for array, explanation, key in zip(inputs, explanations, keys, strict=True):
-        image = torch.as_tensor(array).to(explainer.device, torch.float32)
+        image = torch.as_tensor(array).to(device, torch.float32)
         measured.append(_measure_image(predict, image, explanation, key, options, batch_size))
     return measured
 

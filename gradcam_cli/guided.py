@@ -1,4 +1,4 @@
-"""Guided backpropagation: ReLUs that pass only positive gradients back, and its picture.
+"""Guided backpropagation: ReLUs that pass only positive gradients back.
 
 `guided_relus()` makes every ReLU inside it guided (Springenberg et al. 2015): forward as usual,
 backward `grad_out.clamp(min=0) * (x > 0)`. It is a torch function mode, not a module swap or a
@@ -10,7 +10,7 @@ modules only, so on models with functional ReLUs their guided gradients differ f
 from the paper's definition). Other activations (ReLU6, GELU, SiLU …) pass gradients unchanged,
 as in both peers.
 
-`guided_picture` turns a signed [3, H, W] gradient into an RGBA image on the user's photo.
+The guided gradient is drawn by `render.guided_picture`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.overrides import TorchFunctionMode
 
-from .render import place_map
-
-__all__ = ["GuidedReLU", "guided_relus", "guided_rgb", "guided_picture"]
+__all__ = ["GuidedReLU", "guided_relus"]
 
 _RELUS = {F.relu, torch.relu, torch.Tensor.relu}
 _RELUS_INPLACE = {F.relu_, torch.relu_, torch.Tensor.relu_}
@@ -79,36 +75,3 @@ def guided_relus() -> Iterator[_GuidedReLUMode]:
     mode = _GuidedReLUMode()
     with mode:
         yield mode
-
-
-def guided_rgb(gradient: np.ndarray, spread: float = 0.1) -> np.ndarray:
-    """A signed gradient [3, H, W] → RGB values [H, W, 3] in [0, 1], grey where it is zero.
-
-    0.5 + spread · g / rms(g), over all channels and pixels together (one scale, so the colours
-    keep their balance): zero gradient is mid-grey, one root-mean-square is ±0.1, and values
-    past ±5 rms are clipped. This is the Keras example's `deprocess_image` (article 002) and
-    pytorch-grad-cam's, centred on zero instead of the mean, so grey always means "no effect".
-    """
-    values = np.nan_to_num(np.asarray(gradient, dtype=np.float64))
-    rms = float(np.sqrt(np.mean(values * values))) if values.size else 0.0
-    scaled = values * (spread / rms) if rms > 0 else np.zeros_like(values)
-    return np.clip(0.5 + scaled, 0.0, 1.0).transpose(1, 2, 0).astype(np.float32)
-
-
-def guided_picture(
-    gradient: np.ndarray,
-    photo_size: tuple[int, int],
-    box: tuple[float, float, float, float],
-    interpolation: str = "bilinear",
-) -> Image.Image:
-    """The guided image on the photo's pixel grid (RGBA): the crop the model saw, through the
-    same geometry as the maps (`render.place_map`); transparent outside it."""
-    rgb = guided_rgb(gradient)
-    channels = [place_map(rgb[..., c], photo_size, box, interpolation) for c in range(3)]
-    inside = channels[0][1]
-    pixels = np.stack([values for values, _ in channels], axis=-1)
-    rgba = np.zeros((*inside.shape, 4), dtype=np.uint8)
-    rgba[..., :3] = np.rint(pixels * 255.0).astype(np.uint8)
-    rgba[..., 3] = np.where(inside, 255, 0)
-    rgba[~inside, :3] = 0
-    return Image.fromarray(rgba, "RGBA")

@@ -31,11 +31,12 @@ from .timing import RunStatus
 if TYPE_CHECKING:
     from torch import nn
 
-    from .explainer import Explainer, RenderOptions
+    from .explainer import Explainer
+    from .explanation import RenderOptions
     from .faithfulness import GateRule, MetricSettings
     from .faithrun import MetricOptions
+    from .outputs import RunOptions
     from .report import Report
-    from .runner import RunOptions
     from .sources import LoadedModel
 
 __all__ = ["JobOptions", "Job", "RunStatus", "prepare_job", "run_job"]
@@ -201,7 +202,7 @@ class JobOptions:
 
     @property
     def render(self) -> RenderOptions:
-        from .explainer import RenderOptions
+        from .explanation import RenderOptions
 
         return RenderOptions(
             colormap=self.colormap,
@@ -214,8 +215,8 @@ class JobOptions:
         self, classes: tuple[int, ...], masks: MaskSource | None, batch_size: int
     ) -> RunOptions:
         """What the runner needs, once the targets, the masks and the batch size are known."""
+        from .outputs import RunOptions
         from .pipeline import default_write_threads
-        from .runner import RunOptions
 
         return RunOptions(
             out_dir=self.out,

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .errors import LayerError, UnknownLayerError, UsageError, did_you_mean, running_user_code
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
+from .logits import extract_logits
 from .modelstate import frozen_eval, removing
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "resolve_layer",
     "module_paths",
     "probe_layers",
-    "extract_logits",
     "layer_table",
 ]
 
@@ -48,10 +48,17 @@ _NOT_DEFAULT = {cls.__name__ for cls in _PASS_THROUGH} | {"Permute", "Linear", "
 
 @dataclass(frozen=True)
 class LayerRef:
-    """A resolved target: the module's canonical dotted name and, optionally, which call."""
+    """A resolved target: the module's canonical dotted name, optionally which call, and the
+    modules from the model down to it, found once by `resolve_layer` and carried to the hook."""
 
     name: str
     call: int | None = None
+    path: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def module(self) -> nn.Module:
+        """The module itself: what the engine hooks, with no search of the model by name."""
+        return self.path[-1]
 
     def __str__(self) -> str:
         return self.name if self.call is None else f"{self.name}@{self.call}"
@@ -74,14 +81,15 @@ def resolve_layer(model: nn.Module, path: str) -> LayerRef:
     parts = [p for p in re.sub(r"\[(-?\d+)\]", r".\1", text).split(".") if p != ""]
     if not parts:
         raise UnknownLayerError(f"'{path}' names no layer; use a dotted path such as layer4")
-    module, names = model, []
+    modules: list[nn.Module] = [model]
+    names: list[str] = []
     for part in parts:
-        child_name = _child_name(module, part)
-        if child_name is None:
-            raise UnknownLayerError(_unknown_layer_message(model, path, names, part, module))
-        names.append(child_name)
-        module = module._modules[child_name]
-    return LayerRef(".".join(names), call)
+        child = _child(modules[-1], part)
+        if child is None:
+            raise UnknownLayerError(_unknown_layer_message(model, path, names, part, modules[-1]))
+        names.append(child[0])
+        modules.append(child[1])
+    return LayerRef(".".join(names), call, tuple(modules))
 
 
 def module_paths(model: nn.Module) -> dict[int, str]:
@@ -99,10 +107,12 @@ def _split_call(path: str) -> tuple[str, int | None]:
     return text, int(index)
 
 
-def _child_name(module: nn.Module, part: str) -> str | None:
-    children = [name for name, child in module._modules.items() if child is not None]
-    if part in children:
-        return part
+def _child(module: nn.Module, part: str) -> tuple[str, nn.Module] | None:
+    """The child `part` names (its name, or its index among the children), with its name."""
+    children = [(name, child) for name, child in module._modules.items() if child is not None]
+    for name, child in children:
+        if name == part:
+            return name, child
     if re.fullmatch(r"-?\d+", part):
         index = int(part)
         if -len(children) <= index < len(children):
@@ -125,34 +135,6 @@ def _unknown_layer_message(
         f"unknown layer '{path}': {where} has no child '{part}' (its children: {shown})."
         f"{hint} See all layers with `gradcam layers MODEL`."
     )
-
-
-def extract_logits(output: object) -> torch.Tensor:
-    """The [B, num_classes] logits of a model output: a tensor, `.logits`, a dict or a tuple."""
-    if isinstance(output, torch.Tensor):
-        logits = output
-    elif hasattr(output, "logits") and isinstance(output.logits, torch.Tensor):
-        logits = output.logits
-    elif isinstance(output, dict) and output:
-        logits = output.get("logits", next(iter(output.values())))
-        return extract_logits(logits)
-    elif isinstance(output, list | tuple) and output:
-        return extract_logits(output[0])
-    else:
-        raise LayerError(
-            f"the model returned {type(output).__name__}, not logits; "
-            "wrap it so that forward returns a [batch, classes] tensor"
-        )
-    if logits.dim() > 2 and all(size == 1 for size in logits.shape[2:]):
-        logits = logits.flatten(1)  # a 1×1 conv head: [B, C, 1, 1]
-    if logits.dim() == 1:
-        logits = logits.unsqueeze(1)  # one logit per image
-    if logits.dim() != 2:
-        raise LayerError(
-            f"the model's output has shape {list(logits.shape)}, not "
-            "[batch, classes]; gradcam explains image classifiers"
-        )
-    return logits
 
 
 # -- the probe: one forward and backward at the model's input size -----------------------------
@@ -261,10 +243,10 @@ def probe_layers(
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, *input_size, generator=generator).to(device).requires_grad_(True)
-    named = [(name, module) for name, module in model.named_modules() if name]
+    paths = _paths_by_name(model)
     with frozen_eval(model), removing(handles), torch.enable_grad():
-        for name, module in named:
-            handles.append(module.register_forward_hook(make_hook(name)))
+        for name, path in paths.items():
+            handles.append(path[-1].register_forward_hook(make_hook(name)))
         doing = f"running {model_name or 'the model'} on a {input_size[0]}×{input_size[1]} image"
         advice = (
             "fix the model, or give a size it takes with --input-size "
@@ -274,18 +256,18 @@ def probe_layers(
             logits = extract_logits(model(x))
         mix = torch.randn(logits.shape, generator=generator).to(logits.device)
         with running_user_code(doing.replace("running", "the backward pass of", 1), _FIX_IT):
-            grads = (
+            found: Sequence[torch.Tensor | None] = (
                 torch.autograd.grad(
                     (logits * mix).sum(), [x, *(t for _, t in outputs)], allow_unused=True
                 )
                 if logits.requires_grad
                 else [None] * (1 + len(outputs))
             )
-    input_gradient, *grads = grads
+    input_gradient, *grads = found
     gradients = dict(zip([name for name, _ in outputs], grads, strict=True))
     infos = [
-        _layer_info(name, module, records.get(name), gradients.get(name), input_size, model)
-        for name, module in named
+        _layer_info(name, path, records.get(name), gradients.get(name), input_size)
+        for name, path in paths.items()
     ]
     return Probe(
         infos,
@@ -294,6 +276,17 @@ def probe_layers(
         depends_on_input=input_gradient is not None and bool((input_gradient != 0).any()),
         activation_bytes=written[0],
     )
+
+
+def _paths_by_name(model: nn.Module) -> dict[str, tuple[nn.Module, ...]]:
+    """Every module's dotted name → the modules from the model down to it (as LayerRef.path),
+    in one walk of the model: named_modules yields each parent before its children."""
+    paths: dict[str, tuple[nn.Module, ...]] = {"": (model,)}
+    for name, module in model.named_modules():
+        if name:
+            paths[name] = (*paths[name.rpartition(".")[0]], module)
+    del paths[""]
+    return paths
 
 
 def _ends_in_probabilities(last_leaf: list[tuple[nn.Module, object]], logits: torch.Tensor) -> bool:
@@ -311,12 +304,12 @@ def _ends_in_probabilities(last_leaf: list[tuple[nn.Module, object]], logits: to
 
 def _layer_info(
     name: str,
-    module: nn.Module,
+    path: tuple[nn.Module, ...],
     rec: dict | None,
     gradient: torch.Tensor | None,
     input_size: tuple[int, int],
-    model: nn.Module,
 ) -> LayerInfo:
+    module = path[-1]
     kind = type(module).__name__
     if rec is None:
         return LayerInfo(name, kind, None, 0, -1, False, "not called in forward")
@@ -325,7 +318,7 @@ def _layer_info(
         return LayerInfo(name, kind, None, calls, order, False, "output is not a tensor")
     try:
         layout = infer_layout(
-            shape, input_size, module=module, prefix=declared_prefix_tokens(model, name), batch=1
+            shape, input_size, module=module, prefix=declared_prefix_tokens(path), batch=1
         )
     except NotSpatialError as exc:
         return LayerInfo(name, kind, shape, calls, order, False, str(exc))

@@ -18,7 +18,7 @@ gradient of the map is the same reshape of that gradient.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -178,19 +178,12 @@ def _acts_on_last_axis(module: nn.Module | None, channels: int) -> bool:
     return False
 
 
-def declared_prefix_tokens(model: nn.Module, layer: str) -> int | None:
+def declared_prefix_tokens(path: Sequence[nn.Module]) -> int | None:
     """How many tokens precede the patches, as the model says: the innermost module on the
-    layer's path that declares it (a ViT inside a wrapper counts), else None."""
-    found = _prefix_tokens_of(model)
-    module: nn.Module | None = model
-    for part in layer.split(".") if layer else []:
-        module = module._modules.get(part)  # type: ignore[union-attr]
-        if module is None:
-            break
-        count = _prefix_tokens_of(module)
-        if count is not None:
-            found = count
-    return found
+    layer's path (`LayerRef.path`, the model first) that declares it (a ViT inside a wrapper
+    counts), else None."""
+    declared = (_prefix_tokens_of(module) for module in reversed(path))
+    return next((count for count in declared if count is not None), None)
 
 
 def _prefix_tokens_of(module: nn.Module) -> int | None:

@@ -17,7 +17,7 @@ import signal
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -173,7 +173,7 @@ def decode_batches(
     workers: int = 0,
     ahead: int = 2,
     device_decoder: Callable[[Executor | None], DecodeBatch] | None = None,
-) -> Iterator[list[Decoded]]:
+) -> Generator[list[Decoded], None, None]:
     """Yield the inputs decoded, batch by batch in input order, decoding ahead meanwhile.
 
     `workers` processes (0: one thread of this process) keep up to `ahead` batches per worker

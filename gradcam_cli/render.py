@@ -7,6 +7,9 @@ The pipeline, in this order:
    (bilinear, bicubic or nearest), then clips to [0, 1] because bicubic overshoots;
 3. `overlay_image` / `heatmap_image` colour it with a matplotlib colormap used as a lookup table.
 
+A guided method's signed input-resolution gradient is drawn by `guided_picture`, through the
+same crop geometry.
+
 Normalising first means the normalised values do not depend on the photo's resolution or on
 the interpolation: the same map gives the same numbers on a thumbnail and on a 12-megapixel
 original. Outside the crop box the model saw nothing: the overlay leaves those pixels
@@ -39,6 +42,8 @@ __all__ = [
     "overlay_image",
     "heatmap_image",
     "heatmap_palette_image",
+    "guided_rgb",
+    "guided_picture",
 ]
 
 NORMALIZATIONS = ("minmax", "max", "none")
@@ -412,6 +417,42 @@ def _check_shapes(size_hw: tuple[int, ...], values: np.ndarray, inside: np.ndarr
         raise ValueError(
             f"values {values.shape} and inside {inside.shape} must both be [H, W] = {size_hw}"
         )
+
+
+# -- guided backpropagation's picture (guided.py computes the gradient) ---------------------------
+
+
+def guided_rgb(gradient: np.ndarray, spread: float = 0.1) -> np.ndarray:
+    """A signed gradient [3, H, W] → RGB values [H, W, 3] in [0, 1], grey where it is zero.
+
+    0.5 + spread · g / rms(g), over all channels and pixels together (one scale, so the colours
+    keep their balance): zero gradient is mid-grey, one root-mean-square is ±0.1, and values
+    past ±5 rms are clipped. This is the Keras example's `deprocess_image` (article 002) and
+    pytorch-grad-cam's, centred on zero instead of the mean, so grey always means "no effect".
+    """
+    values = np.nan_to_num(np.asarray(gradient, dtype=np.float64))
+    rms = float(np.sqrt(np.mean(values * values))) if values.size else 0.0
+    scaled = values * (spread / rms) if rms > 0 else np.zeros_like(values)
+    return np.clip(0.5 + scaled, 0.0, 1.0).transpose(1, 2, 0).astype(np.float32)
+
+
+def guided_picture(
+    gradient: np.ndarray,
+    photo_size: tuple[int, int],
+    box: tuple[float, float, float, float],
+    interpolation: str = "bilinear",
+) -> Image.Image:
+    """The guided image on the photo's pixel grid (RGBA): the crop the model saw, through the
+    same geometry as the maps (`place_map`); transparent outside it."""
+    rgb = guided_rgb(gradient)
+    channels = [place_map(rgb[..., c], photo_size, box, interpolation) for c in range(3)]
+    inside = channels[0][1]
+    pixels = np.stack([values for values, _ in channels], axis=-1)
+    rgba = np.zeros((*inside.shape, 4), dtype=np.uint8)
+    rgba[..., :3] = np.rint(pixels * 255.0).astype(np.uint8)
+    rgba[..., 3] = np.where(inside, 255, 0)
+    rgba[~inside, :3] = 0
+    return Image.fromarray(rgba, "RGBA")
 
 
 if __name__ == "__main__":  # python -m gradcam_cli.render: rewrite the stored colormap tables

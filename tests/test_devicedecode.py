@@ -17,13 +17,15 @@ from PIL import Image, ImageDraw
 from gradcam_cli.devicedecode import DeviceDecoder, decode_device, device_decode_refusal
 from gradcam_cli.devicerender import DeviceExplanation, encode_overlays, overlay_pixels
 from gradcam_cli.errors import UsageError
-from gradcam_cli.explainer import Explainer, RenderOptions
+from gradcam_cli.explainer import Explainer
+from gradcam_cli.explanation import RenderOptions
 from gradcam_cli.files import EncodedJpeg, write_image_atomic
 from gradcam_cli.inputs import InputItem, collect_inputs
+from gradcam_cli.outputs import RunOptions
 from gradcam_cli.pipeline import Decoded, _decode_batch, decode_batches
 from gradcam_cli.preprocess import Preprocess
 from gradcam_cli.render import colormap_lut, overlay_image, place_map
-from gradcam_cli.runner import RunOptions, run_explain
+from gradcam_cli.runner import run_explain
 from gradcam_cli.sources import load_model
 
 # torchvision says its decoders are deprecated (0.29); Python hides that outside tests.
@@ -347,16 +349,16 @@ def test_decoded_items_carry_the_photo_on_the_host_for_the_cpu_drawings(folder):
 
 
 def test_a_device_run_writes_the_overlays_encoded_on_the_device(folder, tmp_path, monkeypatch):
-    from gradcam_cli import runner
+    from gradcam_cli import outputs
 
     kinds: list[type] = []
-    real = runner.write_image_atomic
+    real = outputs.write_image_atomic
 
     def recording(path, image, image_format):
         kinds.append(type(image))
         real(path, image, image_format)
 
-    monkeypatch.setattr(runner, "write_image_atomic", recording)
+    monkeypatch.setattr(outputs, "write_image_atomic", recording)
     explainer = Explainer(load_model("demo:shapes"), device="cpu")
     run(explainer, folder, tmp_path, "device", overlay_format="jpg", heatmap=False)
     # the JPEGs the device decoded (one map each) are written as encoded there

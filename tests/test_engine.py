@@ -248,17 +248,35 @@ def test_model_ending_in_sigmoid_reports_its_output_as_the_probability():
     torch.testing.assert_close(result.maps["1"][:, 1], (-scale * z_map).clamp(min=0).detach())
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("resnet18", "layer4"),
-        ("densenet121", "features"),
-        ("vgg11", "features"),  # not the adaptive avgpool that only resamples it
-        ("mobilenet_v2", "features"),
-    ],
-)
-def test_automatic_layer_is_the_last_spatial_layer_the_logits_depend_on(name, expected):
-    from gradcam_cli.layers import probe_layers
+def test_the_layer_is_resolved_once_so_aug_smooth_views_search_no_module(monkeypatch):
+    """The hooks go on the modules resolve_layer found (LayerRef.path): the six aug_smooth
+    views, and a method that re-runs the head, walk the model no more than one plain view."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
+    walks = []
+    named_modules = nn.Module.named_modules
 
-    probe = probe_layers(build("torchvision", name), (128, 128))
-    assert probe.default_layer() == expected
+    def counted(self, *args, **kwargs):
+        if self is model:  # a walk from the top: not a parent's recursion into a child
+            walks.append(1)
+        return named_modules(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "named_modules", counted)
+    layer = [resolve_layer(model, "3")]
+    x = torch.randn(1, 3, 16, 16)
+    for method in ("gradcam", "ablationcam"):
+        walks.clear()
+        one = explain_batch(model, x, layer, method=method)
+        one_view = len(walks)
+        walks.clear()
+        smoothed = explain_batch(model, x, layer, method=method, aug_smooth=True)
+        assert len(walks) == one_view, method  # frozen_eval's own walks only
+        assert smoothed.maps["3"].shape == one.maps["3"].shape

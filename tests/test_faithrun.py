@@ -41,7 +41,9 @@ def test_the_json_holds_the_metrics_of_the_input_map_and_target_explained(tmp_pa
     assert result.exit_code == 0, result.output
     explainer = Explainer("demo:shapes")
     image = torch.as_tensor(explainer.loaded.preprocess.to_array(Image.open(scene).convert("RGB")))
-    predict = model_predict(explainer, "probability")
+    predict = model_predict(
+        explainer.model, explainer.probe.outputs_probabilities, "probability", explainer.autocast
+    )
     settings = MetricSettings(steps=5)
     records = report_of(out)["results"][0]["explanations"]
     assert len(records) == 2

@@ -28,7 +28,7 @@ from gradcam_cli import files
 from gradcam_cli.cli import app
 from gradcam_cli.explainer import Explainer
 from gradcam_cli.oom import OUT_OF_MEMORY_ALONE
-from gradcam_cli.runner import NONFINITE_MAP_WARNING, NONFINITE_SCORES, ZERO_MAP_WARNING
+from gradcam_cli.outputs import NONFINITE_MAP_WARNING, NONFINITE_SCORES, ZERO_MAP_WARNING
 
 SCENES = Path(__file__).resolve().parents[1] / "sample_images" / "scenes"
 DEMO = ["--model", "demo:shapes", "--workers", "0"]  # decoding on a thread of this process
@@ -356,7 +356,8 @@ def test_damaged_image_bytes_always_give_one_result_each_and_strict_json(
     damaged, fuzz_explainer, tmp_path_factory, monkeypatch
 ):
     from gradcam_cli.inputs import collect_inputs
-    from gradcam_cli.runner import RunOptions, run_explain
+    from gradcam_cli.outputs import RunOptions
+    from gradcam_cli.runner import run_explain
 
     # A mutated header can declare any size: keep the guard low so that no example costs
     # more than a few megabytes (the bomb path is exercised all the more).

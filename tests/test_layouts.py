@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from gradcam_cli.layers import resolve_layer
 from gradcam_cli.layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
 
 
@@ -96,10 +97,15 @@ def test_the_prefix_count_is_read_from_the_model_innermost_first():
     import timm
     import torchvision
 
-    assert declared_prefix_tokens(timm.create_model("test_vit"), "blocks.0.norm1") == 1
+    def prefix(model: nn.Module, layer: str) -> int | None:
+        return declared_prefix_tokens(resolve_layer(model, layer).path)
+
+    assert prefix(timm.create_model("test_vit"), "blocks.0.norm1") == 1
     torchvision_vit = torchvision.models.vit_b_16(weights=None)
-    assert declared_prefix_tokens(torchvision_vit, "encoder.layers.encoder_layer_0") == 1
-    assert declared_prefix_tokens(Tokens(cls_token=1, dist_token=1, reg_token=4), "norm") == 6
+    assert prefix(torchvision_vit, "encoder.layers.encoder_layer_0") == 1
+    assert prefix(Tokens(cls_token=1, dist_token=1, reg_token=4), "norm") == 6
     wrapper = nn.Sequential(nn.Identity(), Tokens(cls_token=1))
-    assert declared_prefix_tokens(wrapper, "1.norm") == 1
-    assert declared_prefix_tokens(nn.Sequential(nn.Conv2d(3, 3, 1)), "0") is None
+    assert prefix(wrapper, "1.norm") == 1
+    wrapper.num_prefix_tokens = 5  # the outer module's count yields to the inner one's
+    assert prefix(wrapper, "1.norm") == 1 and prefix(wrapper, "0") == 5
+    assert prefix(nn.Sequential(nn.Conv2d(3, 3, 1)), "0") is None

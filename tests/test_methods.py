@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from gradcam_cli.cli import app
 from gradcam_cli.engine import AUG_VIEWS, HeadOnlyFallbackWarning, explain_batch
 from gradcam_cli.errors import LayerError, UsageError
-from gradcam_cli.guided import GuidedReLU, guided_relus, guided_rgb
+from gradcam_cli.guided import GuidedReLU, guided_relus
 from gradcam_cli.layers import resolve_layer
 from gradcam_cli.methods import (
     METHODS,
@@ -493,16 +493,6 @@ def test_guided_gradcam_is_guided_backprop_times_the_upsampled_gradcam(resnet):
     torch.testing.assert_close(gg.guided[layer], gb.guided[layer] * up[:, :, None])
     assert gb.maps[layer].shape == (2, 2, 64, 64)  # guided-backprop's map: input resolution
     torch.testing.assert_close(gb.maps[layer], gb.guided[layer].abs().amax(dim=2))
-
-
-def test_guided_rgb_is_grey_at_zero_and_keeps_the_sign():
-    g = np.zeros((3, 4, 5), dtype=np.float32)
-    g[0, 1, 1], g[2, 2, 2] = 1.0, -1.0
-    rgb = guided_rgb(g)
-    assert rgb.shape == (4, 5, 3)
-    assert rgb[0, 0].tolist() == [0.5, 0.5, 0.5]
-    assert rgb[1, 1, 0] > 0.5 > rgb[2, 2, 2]
-    assert guided_rgb(np.zeros((3, 2, 2))).tolist() == np.full((2, 2, 3), 0.5).tolist()
 
 
 # -- augmentation smoothing ----------------------------------------------------------------------

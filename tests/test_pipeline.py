@@ -172,7 +172,8 @@ def test_amp_choices_are_checked(tmp_path):
 
 
 def test_interrupt_reports_the_batches_already_written(tmp_path, monkeypatch):
-    from gradcam_cli.runner import RunOptions, run_explain
+    from gradcam_cli.outputs import RunOptions
+    from gradcam_cli.runner import run_explain
 
     explainer = Explainer(load_model("demo:shapes"))
     interrupt_explain_at_call(explainer, monkeypatch, call=2)

@@ -21,13 +21,14 @@ from PIL import Image
 from terminal import screen
 from typer.testing import CliRunner
 
+import gradcam_cli.outputs as outputs
 import gradcam_cli.pipeline as pipeline
 import gradcam_cli.runner as runner
 import gradcam_cli.timing as timing
 from gradcam_cli.cli import app
 from gradcam_cli.job import run_job
+from gradcam_cli.outputs import RunOptions
 from gradcam_cli.progress import pace_note
-from gradcam_cli.runner import RunOptions
 from gradcam_cli.timing import RunStatus, slowest_stage
 
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -238,9 +239,9 @@ def slowly(function, seconds: float):
 @pytest.mark.parametrize(
     ("module", "name", "delay", "expected"),
     [
-        (runner, "png_bytes", 0.5, "write (the model waited {}s of {}s for the files) — try "
+        (outputs, "png_bytes", 0.5, "write (the model waited {}s of {}s for the files) — try "
          "--format jpg or --no-heatmap"),
-        (runner, "heatmap_palette_image", 1.0, "render (the model waited {}s of {}s for the "
+        (outputs, "heatmap_palette_image", 1.0, "render (the model waited {}s of {}s for the "
          "pictures) — try --no-heatmap"),
         (pipeline, "_decode_one", 1.0, "decode (the model waited {}s of {}s for images) — try "
          "--workers"),

@@ -25,6 +25,8 @@ from gradcam_cli.render import (
     check_interpolation,
     colormap_lut,
     colormap_names,
+    guided_picture,
+    guided_rgb,
     heatmap_image,
     heatmap_palette_image,
     normalize_map,
@@ -420,3 +422,29 @@ def test_render_modules_import_neither_torch_nor_pyplot():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- guided backpropagation's picture ---------------------------------------------------------
+
+
+def test_guided_rgb_is_grey_at_zero_and_keeps_the_sign():
+    g = np.zeros((3, 4, 5), dtype=np.float32)
+    g[0, 1, 1], g[2, 2, 2] = 1.0, -1.0
+    rgb = guided_rgb(g)
+    assert rgb.shape == (4, 5, 3)
+    assert rgb[0, 0].tolist() == [0.5, 0.5, 0.5]
+    assert rgb[1, 1, 0] > 0.5 > rgb[2, 2, 2]
+    assert guided_rgb(np.zeros((3, 2, 2))).tolist() == np.full((2, 2, 3), 0.5).tolist()
+
+
+def test_guided_picture_lies_on_the_photo_through_the_crop_and_is_transparent_outside():
+    gradient = np.zeros((3, 8, 8), dtype=np.float32)
+    gradient[0, :, :4] = 1.0  # positive red on the left half of what the model saw
+    picture = guided_picture(gradient, (40, 20), (10.0, 0.0, 30.0, 20.0), "nearest")
+    assert picture.mode == "RGBA" and picture.size == (40, 20)
+    pixels = np.asarray(picture)
+    assert not pixels[:, :10].any() and not pixels[:, 30:].any()  # outside the crop: clear
+    assert (pixels[:, 10:30, 3] == 255).all()
+    left, right = pixels[10, 12], pixels[10, 28]
+    assert left[0] > 128 and left[1] == left[2] == 128  # red above grey, the rest grey
+    assert right[:3].tolist() == [128, 128, 128]  # zero gradient: mid-grey
