@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..compare import COMPARISON_NAME
+from ..comparison import COMPARISON_NAME
 from ..report import REPORT_HEAD_BYTES, is_report_head, is_report_name
 from .filekinds import is_image_name, open_regular
 
