@@ -15,7 +15,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_engine import reference_gradcam as textbook_gradcam
+from helpers import assert_same_state, max_relative_error, model_state, reference_gradcam
 from torch import nn
 
 from gradcam_cli.engine import explain_batch
@@ -118,23 +118,6 @@ def as_map(output: torch.Tensor, case: Case) -> torch.Tensor:
     return output
 
 
-def reference_gradcam(model: nn.Module, x: torch.Tensor, case: Case, classes: list[int]):
-    return textbook_gradcam(model, x, case.layer, classes, lambda t: as_map(t, case))
-
-
-def model_state(model: nn.Module):
-    hooks = sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        for m in model.modules()
-    )
-    return (
-        hooks,
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [p.grad is None for p in model.parameters()],
-    )
-
-
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_architecture(case: Case):
     loaded = load_model(case.spec, pretrained=False, input_size=case.size)
@@ -152,10 +135,10 @@ def test_architecture(case: Case):
     assert (maps.amax(dim=(1, 2)) > 0).all(), "an all-zero map for the predicted class"
 
     predicted = result.targets[:, 0].tolist()
-    reference = reference_gradcam(model, x, case, predicted)
-    error = float((maps - reference).abs().max() / reference.abs().max())
+    reference = reference_gradcam(model, x, case.layer, predicted, lambda t: as_map(t, case))
+    error = max_relative_error(maps, reference)
     assert error <= 1e-4, f"split vs full backward: max relative error {error:.2e}"
-    assert model_state(model) == before
+    assert_same_state(before, model_state(model))
 
 
 # -- input sizes: the grid is read for the input actually given ---------------------------------
