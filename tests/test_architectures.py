@@ -118,6 +118,11 @@ def as_map(output: torch.Tensor, case: Case) -> torch.Tensor:
     return output
 
 
+def case_reference(model: nn.Module, x: torch.Tensor, case: Case, classes: list[int]):
+    """The textbook Grad-CAM at the case's layer, its output read by `as_map`."""
+    return reference_gradcam(model, x, case.layer, classes, lambda t: as_map(t, case))
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_architecture(case: Case):
     loaded = load_model(case.spec, pretrained=False, input_size=case.size)
@@ -135,7 +140,7 @@ def test_architecture(case: Case):
     assert (maps.amax(dim=(1, 2)) > 0).all(), "an all-zero map for the predicted class"
 
     predicted = result.targets[:, 0].tolist()
-    reference = reference_gradcam(model, x, case.layer, predicted, lambda t: as_map(t, case))
+    reference = case_reference(model, x, case, predicted)
     error = max_relative_error(maps, reference)
     assert error <= 1e-4, f"split vs full backward: max relative error {error:.2e}"
     assert_same_state(before, model_state(model))
@@ -153,7 +158,7 @@ def test_vit_at_384_on_a_224_model_gets_a_24x24_grid_and_stays_exact():
     result = explain_batch(loaded.model, x, explainer.layers)
     maps = result.maps[VIT_NORM1][:, 0]
     assert tuple(maps.shape) == (1, 24, 24)
-    reference = reference_gradcam(loaded.model, x, case, result.targets[:, 0].tolist())
+    reference = case_reference(loaded.model, x, case, result.targets[:, 0].tolist())
     torch.testing.assert_close(maps, reference, rtol=1e-4, atol=1e-4 * float(reference.max()))
 
 
@@ -168,7 +173,7 @@ def test_one_dynamic_size_vit_gets_each_input_sizes_own_grid():
         result = explain_batch(model, x, layer)
         assert tuple(result.maps[VIT_NORM1].shape[2:]) == grid
         case = Case("", None, VIT_NORM1, grid, "tokens", 1)
-        reference = reference_gradcam(model, x, case, result.targets[:, 0].tolist())
+        reference = case_reference(model, x, case, result.targets[:, 0].tolist())
         torch.testing.assert_close(
             result.maps[VIT_NORM1][:, 0], reference, rtol=1e-4, atol=1e-4 * float(reference.max())
         )
