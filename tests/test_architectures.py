@@ -3,7 +3,12 @@
 For each model, random weights, small input where the model allows: the automatic layer is
 the one the family calls for, its map has the expected grid and is not all zero for the
 predicted class, the head-only split equals a plain full backward through the whole model,
-and the model is left without hooks, with its modes and requires_grad as they were.
+and the model is left without hooks, with its modes, requires_grad, .grad and weights as they
+were.
+
+Every model runs in the default `pytest` (CI included). A quick `pytest -m "not slow"` keeps,
+for each layout and automatic-layer rule, the smallest model that has it (timm's test_* models
+where the family has one); the full-size models it leaves out are marked `slow`.
 
 The reference below lays tokens and channels-last outputs out by itself, from the prefix count
 and grid this table expects: it does not use the library's layout code.
@@ -44,7 +49,7 @@ VIT_NORM1 = "blocks.11.norm1"  # a class-token head: the last block's norm1
 CASES = [
     # torchvision
     Case("torchvision:resnet18", 112, "layer4", (4, 4)),
-    Case("torchvision:resnext50_32x4d", 112, "layer4", (4, 4)),
+    pytest.param(Case("torchvision:resnext50_32x4d", 112, "layer4", (4, 4)), marks=slow),
     pytest.param(Case("torchvision:wide_resnet50_2", 112, "layer4", (4, 4)), marks=slow),
     pytest.param(Case("torchvision:vgg16", 64, "features", (2, 2)), marks=slow),
     Case("torchvision:densenet121", 112, "features", (3, 3)),
@@ -73,11 +78,11 @@ CASES = [
     pytest.param(Case("torchvision:swin_t", None, "norm", (7, 7), "nhwc"), marks=slow),
     pytest.param(Case("torchvision:maxvit_t", None, "blocks.3", (7, 7)), marks=slow),
     # timm
-    Case("timm:resnet50", 112, "layer4", (4, 4)),
-    Case("timm:resnetrs50", 112, "layer4", (4, 4)),
-    Case("timm:efficientnet_b0", 112, "bn2", (4, 4)),
+    pytest.param(Case("timm:resnet50", 112, "layer4", (4, 4)), marks=slow),
+    pytest.param(Case("timm:resnetrs50", 112, "layer4", (4, 4)), marks=slow),
+    pytest.param(Case("timm:efficientnet_b0", 112, "bn2", (4, 4)), marks=slow),
     Case("timm:mobilenetv3_small_100", 112, "blocks", (4, 4)),
-    Case("timm:convnext_tiny", 112, "stages", (3, 3)),
+    pytest.param(Case("timm:convnext_tiny", 112, "stages", (3, 3)), marks=slow),
     Case("timm:regnety_002", 112, "s4", (4, 4)),
     Case("timm:vit_tiny_patch16_224", 112, VIT_NORM1, (7, 7), "tokens", 1),
     Case("timm:deit_tiny_distilled_patch16_224", 112, VIT_NORM1, (7, 7), "tokens", 2),
@@ -87,8 +92,8 @@ CASES = [
         Case("timm:beit_base_patch16_224", 112, "blocks.11", (7, 7), "tokens", 1), marks=slow
     ),
     Case("timm:eva02_tiny_patch14_224", 112, "blocks.11", (8, 8), "tokens", 1),
-    Case("timm:coatnet_nano_rw_224", None, "norm", (7, 7)),
-    Case("timm:maxvit_nano_rw_256", 128, "norm", (4, 4)),
+    pytest.param(Case("timm:coatnet_nano_rw_224", None, "norm", (7, 7)), marks=slow),
+    pytest.param(Case("timm:maxvit_nano_rw_256", 128, "norm", (4, 4)), marks=slow),
     # LeViT: tokens without a class token, 4×4 after its last downsampling at 224.
     Case("timm:levit_128s", None, "stages", (4, 4), "tokens", 0),
     # timm's tiny test models, at their own 160×160

@@ -200,7 +200,8 @@ def channels(output: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def ablation_reference(model, x, layer, target, kind="nchw"):
-    """Desai & Ramaswamy: w_k = (y - y_k) / y, y_k with channel k zeroed, by full forwards.
+    """Desai & Ramaswamy: w_k = (y - y_k) / y, y_k with channel k zeroed, by full forwards
+    (of a batch of copies of the image, one channel zeroed in each).
 
     Channel k of the map is zeroed: for tokens, in the patch tokens; the class token is the
     image's own."""
@@ -213,17 +214,19 @@ def ablation_reference(model, x, layer, target, kind="nchw"):
         handle.remove()
         a = channels(store["A"], kind)
         weights = []
-        for k in range(a.shape[1]):
+        for start in range(0, a.shape[1], 64):  # copy i of the image has channel start + i zeroed
+            ks = range(start, min(start + 64, a.shape[1]))
 
-            def zero_k(_m, _a, out, k=k):
+            def zero_ks(_m, _a, out, ks=ks):
                 out = out.clone()
-                channels(out, kind)[:, k] = 0  # a view: writes through to `out`
+                for i, k in enumerate(ks):
+                    channels(out, kind)[i, k] = 0  # a view: writes through to `out`
                 return out
 
-            handle = module.register_forward_hook(zero_k)
-            weights.append((y - model(x)[0, target]) / y)
+            handle = module.register_forward_hook(zero_ks)
+            weights.append((y - model(x.repeat(len(ks), 1, 1, 1))[:, target]) / y)
             handle.remove()
-    w = torch.stack(weights)
+    w = torch.cat(weights)
     return (w[:, None, None] * a[0]).sum(0).clamp(min=0)
 
 
