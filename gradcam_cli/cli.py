@@ -41,24 +41,39 @@ _invocation: list[str] | None = None
 
 
 # Recent Typer vendors its own Click (typer._click), older Typer uses Click itself: take Click's
-# exception base from a public Typer name, whichever Click that is.
-_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+# exception base from a public Typer name, whichever Click that is. mypy reads the vendored one,
+# the Click of the Typer this project is checked with.
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from typer._click.exceptions import ClickException as _ClickException
+else:
+    _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 class _OneStyleGroup(TyperGroup):
     """Click's own usage errors (unknown option, missing argument, a value of the wrong type)
     in the one style of every other error: `gradcam: error: ...` on one line, exit 2."""
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):
+    def main(  # Click's own signature: callers may pass any of these by position
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except _ClickException as exc:
             if type(exc).__name__ == "NoArgsIsHelpError":  # bare `gradcam`: the help, as before
                 exc.show()
                 sys.exit(exc.exit_code)
-            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "gradcam"
+            ctx = getattr(exc, "ctx", None)  # usage errors know their command; others do not
+            where = ctx.command_path if ctx else "gradcam"
             message = " ".join(exc.format_message().split())
             typer.echo(f"gradcam: error: {message} (see `{where} --help`)", err=True)
             sys.exit(exc.exit_code)
@@ -1301,7 +1316,7 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt as exc:
-        code: object = StopState().exit_code(exc)
+        code: str | int | None = StopState().exit_code(exc)
     except SystemExit as exc:
         code = exc.code
     else:

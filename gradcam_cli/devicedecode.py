@@ -29,10 +29,12 @@ import io
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import numpy as np
 import torch
 from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 
 from .errors import UsageError
 from .inputs import InputItem, open_regular, recorded_warnings, refuse_over_pixel_limit
@@ -142,7 +144,9 @@ def device_decode_refusal(path, preprocess: Preprocess) -> str | None:
 
 
 def _refusal(image: Image.Image, preprocess: Preprocess) -> str | None:
-    if image.format != "JPEG":  # MPO (several pictures): Pillow warns of the frames
+    # MPO (several pictures): Pillow warns of the frames. (A "JPEG" is a JpegImageFile: the
+    # isinstance tells mypy so, for its `layer` and `bits`.)
+    if image.format != "JPEG" or not isinstance(image, JpegImageFile):
         return f"not a plain JPEG ({image.format})"
     if image.mode != "RGB":  # grayscale, CMYK: converted by Pillow's rules
         return f"{image.mode} JPEG"
@@ -226,7 +230,7 @@ class DeviceDecoder:
         return [None if p is None else p.to(self.device, non_blocking=True) for p in photos]
 
 
-def _fits(photo: torch.Tensor | None, size: tuple[int, int]) -> bool:
+def _fits(photo: torch.Tensor | None, size: tuple[int, int]) -> TypeGuard[torch.Tensor]:
     width, height = size
     return photo is not None and tuple(photo.shape) == (3, height, width)
 
@@ -263,7 +267,7 @@ def model_views(photos: Sequence[torch.Tensor], preprocess: Preprocess) -> list[
             normalised = _normalised(_cropped(batch, preprocess), preprocess)
             for i, view in zip(chunk, _padded(normalised, preprocess, shape), strict=True):
                 views[i] = view
-    return views  # type: ignore[return-value]
+    return views  # type: ignore[return-value]  # each photo is in one size group: all set
 
 
 # Photo values resized at once: their float64 copy takes 8 bytes each (256 MB here).

@@ -60,7 +60,7 @@ class BatchSplitter(Generic[T, R]):
 
     def _fitted(self, chunk: Sequence[T]) -> list[R | str]:
         try:
-            explained = list(self.explain(chunk))
+            explained: list[R | str] = list(self.explain(chunk))
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

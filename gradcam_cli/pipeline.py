@@ -138,6 +138,8 @@ def _decode_one(item: InputItem, preprocess: Preprocess) -> Decoded:
     """
     if item.error is not None:
         return Decoded(item, error=item.error)
+    if item.path is None:  # made for a picture already in memory (save_explanations): no file
+        return Decoded(item, error=f"cannot read {item.source}: it names no file")
     with recorded_warnings() as caught:
         try:
             decoded = decode_image(item.path)

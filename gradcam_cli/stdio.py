@@ -25,9 +25,9 @@ class StdoutClosed(Exception):
 
 
 @contextlib.contextmanager
-def data_stdout() -> Iterator[TextIO]:
+def data_stdout() -> Iterator[_PipeAware]:
     """While inside, descriptor 1 (and `sys.stdout`) lead to stderr; the stream yielded writes
-    to the real stdout. Restored on exit, whatever happens.
+    (`write`, `flush`: no more) to the real stdout. Restored on exit, whatever happens.
 
     When `sys.stdout` is not descriptor 1 (a notebook, a test runner's capture), only the
     Python-level streams are swapped: there is no descriptor of ours to protect.
@@ -63,7 +63,7 @@ def _descriptor(stream: TextIO) -> int | None:
         return None
 
 
-def _swap_streams() -> Iterator[TextIO]:
+def _swap_streams() -> Iterator[_PipeAware]:
     real = sys.stdout
     sys.stdout = sys.stderr
     try:

@@ -1,10 +1,13 @@
-"""Shared fixtures: small seeded models and images; nothing here touches the network."""
+"""Shared fixtures: small seeded models and images, a demo run, a headless browser; nothing
+here touches the network. Plain helpers live in helpers.py."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+from helpers import HOSTILE_NAME
 
 # Tests must never download: make any accidental hub access fail fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,31 +39,6 @@ def rgb_image():
 
     rng = np.random.default_rng(0)
     return Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), "RGB")
-
-
-# A hostile file name: markup, an entity, quotes, and the URL specials '#' and '?'.
-HOSTILE_NAME = "we <img src=x onerror=alert(1)> & \"q\" 'r' #1?.png"
-# An artifact stem no real run makes (keys are made safe), for the page's links: a folder with a
-# space, '#', '?', '&', quotes, markup, '%' and a non-ASCII letter.
-HOSTILE_STEM = "sub dir/#1?&\"'<x> 100% é"
-
-
-def one_explanation_report(index: int, label: str, layer: str, **artifacts: str) -> dict:
-    """A minimal predictions.json document: one input, one explanation with these artifacts."""
-    return {
-        "model": {"name": "m"},
-        "method": "gradcam",
-        "results": [
-            {
-                "input": "x.png",
-                "status": "ok",
-                "predictions": [{"index": index, "label": label, "probability": 0.5}],
-                "explanations": [
-                    {"target": {"index": index, "label": label}, "layer": layer, **artifacts}
-                ],
-            }
-        ],
-    }
 
 
 @pytest.fixture(scope="session")
@@ -113,16 +91,42 @@ def demo_run(tmp_path_factory):
     return out, result
 
 
-def interrupt_explain_at_call(explainer, monkeypatch, call: int) -> None:
-    """Make `explainer.explain` raise KeyboardInterrupt (a Ctrl-C) on its `call`-th call, as
-    if the user stopped the run while that batch was being explained."""
-    calls = []
-    real = explainer.explain
+# The report pages in a real browser (test_browser, test_compare): Debian's packages.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == call:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(explainer, "explain", interrupted)
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"headless Chromium is needed for this test, and {', '.join(missing)} is missing: "
+            "install the Debian packages chromium and chromium-driver "
+            "(apt-get install chromium chromium-driver; .ci/run does it)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)  # so that Selenium Manager never downloads one
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -1,9 +1,11 @@
 """What a terminal shows once a program has written `text` to it: the part of VT100 that
 progress bars use (carriage return, erase in line, cursor up and down); colours and the cursor's
-visibility change nothing on the screen and are skipped."""
+visibility change nothing on the screen and are skipped. And how to read what a program wrote
+to a pseudo-terminal."""
 
 from __future__ import annotations
 
+import os
 import re
 
 _TOKEN = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])|\x1b|\r|\n|[^\x1b\r\n]")
@@ -42,3 +44,18 @@ def screen(text: str) -> list[str]:
     while lines and not lines[-1]:
         lines.pop()
     return lines
+
+
+def read_until_closed(fd: int) -> str:
+    """All a program writes to the pseudo-terminal whose primary end is `fd`, until it closes
+    its end (or exits). Read on a thread while a program writes much: a full pty blocks it."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", errors="replace")

@@ -3,7 +3,12 @@
 For each model, random weights, small input where the model allows: the automatic layer is
 the one the family calls for, its map has the expected grid and is not all zero for the
 predicted class, the head-only split equals a plain full backward through the whole model,
-and the model is left without hooks, with its modes and requires_grad as they were.
+and the model is left without hooks, with its modes, requires_grad, .grad and weights as they
+were.
+
+Every model runs in the default `pytest` (CI included). A quick `pytest -m "not slow"` keeps,
+for each layout and automatic-layer rule, the smallest model that has it (timm's test_* models
+where the family has one); the full-size models it leaves out are marked `slow`.
 
 The reference below lays tokens and channels-last outputs out by itself, from the prefix count
 and grid this table expects: it does not use the library's layout code.
@@ -15,7 +20,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_engine import reference_gradcam as textbook_gradcam
+from helpers import assert_same_state, max_relative_error, model_state, reference_gradcam
 from torch import nn
 
 from gradcam_cli.engine import explain_batch
@@ -44,7 +49,7 @@ VIT_NORM1 = "blocks.11.norm1"  # a class-token head: the last block's norm1
 CASES = [
     # torchvision
     Case("torchvision:resnet18", 112, "layer4", (4, 4)),
-    Case("torchvision:resnext50_32x4d", 112, "layer4", (4, 4)),
+    pytest.param(Case("torchvision:resnext50_32x4d", 112, "layer4", (4, 4)), marks=slow),
     pytest.param(Case("torchvision:wide_resnet50_2", 112, "layer4", (4, 4)), marks=slow),
     pytest.param(Case("torchvision:vgg16", 64, "features", (2, 2)), marks=slow),
     Case("torchvision:densenet121", 112, "features", (3, 3)),
@@ -73,11 +78,11 @@ CASES = [
     pytest.param(Case("torchvision:swin_t", None, "norm", (7, 7), "nhwc"), marks=slow),
     pytest.param(Case("torchvision:maxvit_t", None, "blocks.3", (7, 7)), marks=slow),
     # timm
-    Case("timm:resnet50", 112, "layer4", (4, 4)),
-    Case("timm:resnetrs50", 112, "layer4", (4, 4)),
-    Case("timm:efficientnet_b0", 112, "bn2", (4, 4)),
+    pytest.param(Case("timm:resnet50", 112, "layer4", (4, 4)), marks=slow),
+    pytest.param(Case("timm:resnetrs50", 112, "layer4", (4, 4)), marks=slow),
+    pytest.param(Case("timm:efficientnet_b0", 112, "bn2", (4, 4)), marks=slow),
     Case("timm:mobilenetv3_small_100", 112, "blocks", (4, 4)),
-    Case("timm:convnext_tiny", 112, "stages", (3, 3)),
+    pytest.param(Case("timm:convnext_tiny", 112, "stages", (3, 3)), marks=slow),
     Case("timm:regnety_002", 112, "s4", (4, 4)),
     Case("timm:vit_tiny_patch16_224", 112, VIT_NORM1, (7, 7), "tokens", 1),
     Case("timm:deit_tiny_distilled_patch16_224", 112, VIT_NORM1, (7, 7), "tokens", 2),
@@ -87,8 +92,8 @@ CASES = [
         Case("timm:beit_base_patch16_224", 112, "blocks.11", (7, 7), "tokens", 1), marks=slow
     ),
     Case("timm:eva02_tiny_patch14_224", 112, "blocks.11", (8, 8), "tokens", 1),
-    Case("timm:coatnet_nano_rw_224", None, "norm", (7, 7)),
-    Case("timm:maxvit_nano_rw_256", 128, "norm", (4, 4)),
+    pytest.param(Case("timm:coatnet_nano_rw_224", None, "norm", (7, 7)), marks=slow),
+    pytest.param(Case("timm:maxvit_nano_rw_256", 128, "norm", (4, 4)), marks=slow),
     # LeViT: tokens without a class token, 4×4 after its last downsampling at 224.
     Case("timm:levit_128s", None, "stages", (4, 4), "tokens", 0),
     # timm's tiny test models, at their own 160×160
@@ -118,21 +123,9 @@ def as_map(output: torch.Tensor, case: Case) -> torch.Tensor:
     return output
 
 
-def reference_gradcam(model: nn.Module, x: torch.Tensor, case: Case, classes: list[int]):
-    return textbook_gradcam(model, x, case.layer, classes, lambda t: as_map(t, case))
-
-
-def model_state(model: nn.Module):
-    hooks = sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        for m in model.modules()
-    )
-    return (
-        hooks,
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [p.grad is None for p in model.parameters()],
-    )
+def case_reference(model: nn.Module, x: torch.Tensor, case: Case, classes: list[int]):
+    """The textbook Grad-CAM at the case's layer, its output read by `as_map`."""
+    return reference_gradcam(model, x, case.layer, classes, lambda t: as_map(t, case))
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -152,10 +145,10 @@ def test_architecture(case: Case):
     assert (maps.amax(dim=(1, 2)) > 0).all(), "an all-zero map for the predicted class"
 
     predicted = result.targets[:, 0].tolist()
-    reference = reference_gradcam(model, x, case, predicted)
-    error = float((maps - reference).abs().max() / reference.abs().max())
+    reference = case_reference(model, x, case, predicted)
+    error = max_relative_error(maps, reference)
     assert error <= 1e-4, f"split vs full backward: max relative error {error:.2e}"
-    assert model_state(model) == before
+    assert_same_state(before, model_state(model))
 
 
 # -- input sizes: the grid is read for the input actually given ---------------------------------
@@ -170,7 +163,7 @@ def test_vit_at_384_on_a_224_model_gets_a_24x24_grid_and_stays_exact():
     result = explain_batch(loaded.model, x, explainer.layers)
     maps = result.maps[VIT_NORM1][:, 0]
     assert tuple(maps.shape) == (1, 24, 24)
-    reference = reference_gradcam(loaded.model, x, case, result.targets[:, 0].tolist())
+    reference = case_reference(loaded.model, x, case, result.targets[:, 0].tolist())
     torch.testing.assert_close(maps, reference, rtol=1e-4, atol=1e-4 * float(reference.max()))
 
 
@@ -185,7 +178,7 @@ def test_one_dynamic_size_vit_gets_each_input_sizes_own_grid():
         result = explain_batch(model, x, layer)
         assert tuple(result.maps[VIT_NORM1].shape[2:]) == grid
         case = Case("", None, VIT_NORM1, grid, "tokens", 1)
-        reference = reference_gradcam(model, x, case, result.targets[:, 0].tolist())
+        reference = case_reference(model, x, case, result.targets[:, 0].tolist())
         torch.testing.assert_close(
             result.maps[VIT_NORM1][:, 0], reference, rtol=1e-4, atol=1e-4 * float(reference.max())
         )

@@ -10,72 +10,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-from conftest import HOSTILE_NAME, HOSTILE_STEM, one_explanation_report
+from helpers import HOSTILE_NAME, HOSTILE_STEM, loaded_images, one_explanation_report, open_page
 from PIL import Image
 
 from gradcam_cli.pages.run import write_page
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.fail(
-            f"headless Chromium is needed for this test, and {', '.join(missing)} is missing: "
-            "install the Debian packages chromium and chromium-driver "
-            "(apt-get install chromium chromium-driver; .ci/run does it)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)  # so that Selenium Manager never downloads one
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,1000",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def open_page(driver, page: Path) -> None:
-    driver.get(page.as_uri())
-    assert driver.execute_script("return document.readyState") == "complete"
-
-
-def loaded_images(driver, selector: str) -> list[tuple[str, int]]:
-    """(src, naturalWidth) of each image, after bringing it into view (they load lazily)."""
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    images = driver.find_elements("css selector", selector)
-    for image in images:
-        driver.execute_script("arguments[0].scrollIntoView()", image)
-    WebDriverWait(driver, 20).until(
-        lambda d: d.execute_script(
-            "return Array.from(document.querySelectorAll(arguments[0])).every(i => i.complete)",
-            selector,
-        )
-    )
-    driver.execute_script("window.scrollTo(0, 0)")
-    return [(i.get_attribute("src"), i.get_property("naturalWidth")) for i in images]
 
 
 def visible_statuses(driver) -> list[str]:

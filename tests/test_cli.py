@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import GRADCAM, console_script, invoke, strict_report, valid_png_of_size
 from PIL import Image
-from test_hostile import valid_png_of_size
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
@@ -109,19 +109,10 @@ def workspace(tmp_path_factory):
 def run(workspace, monkeypatch):
     """Invoke the CLI in-process from the workspace; returns the click Result."""
     monkeypatch.chdir(workspace)
-    runner = CliRunner()
-
-    def invoke(*args: str, input: str | None = None):
-        return runner.invoke(app, list(args), input=input, catch_exceptions=False)
-
     return invoke
 
 
 TINY = ["--model", "my_models.py:Tiny", "--input-size", "64"]
-
-
-def report_of(out: Path) -> dict:
-    return json.loads((out / "predictions.json").read_text())
 
 
 # -- the happy path ----------------------------------------------------------------------------
@@ -131,7 +122,7 @@ def test_explain_folder_writes_overlays_heatmaps_and_json(run, workspace, tmp_pa
     out = tmp_path / "out"
     result = run("explain", "photos", *TINY, "--out", str(out), "--layer", "features")
     assert result.exit_code == 0, result.output
-    report = report_of(out)
+    report = strict_report(out)
     assert report["schema_version"] == 1
     assert report["model"] == {
         "name": "my_models.py:Tiny",
@@ -167,7 +158,7 @@ def test_json_flag_prints_only_the_report_on_stdout(run, tmp_path):
     out = tmp_path / "out"
     result = run("explain", "photos/wide.jpg", *TINY, "--out", str(out), "--json")
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == report_of(out)
+    assert json.loads(result.stdout) == strict_report(out)
     assert "no --layer given: using 'features'" in result.stderr  # the choice goes to stderr
 
 
@@ -186,7 +177,7 @@ def test_save_raw_writes_feature_map_sized_npy(run, tmp_path):
         str(out),
     )
     assert result.exit_code == 0, result.output
-    [explanation] = report_of(out)["results"][0]["explanations"]
+    [explanation] = strict_report(out)["results"][0]["explanations"]
     raw = np.load(out / explanation["raw"])
     assert raw.shape == (7, 7) and raw.dtype == np.float32 and (raw >= 0).all()
     assert Image.open(out / explanation["overlay"]).size == (200, 120)
@@ -206,7 +197,7 @@ def test_topk_and_several_layers_give_one_explanation_per_target_and_layer(run, 
         "features.1, features.3",
     )
     assert result.exit_code == 0, result.output
-    record = report_of(out)["results"][0]
+    record = strict_report(out)["results"][0]
     pairs = {(e["target"]["index"], e["layer"]) for e in record["explanations"]}
     top3 = [p["index"] for p in record["predictions"][:3]]
     assert pairs == {(c, layer) for c in top3 for layer in ("features.1", "features.3")}
@@ -232,7 +223,7 @@ def test_target_by_index_and_by_label(run, tmp_path):
         "Dog",
     )
     assert result.exit_code == 0, result.output
-    record = report_of(out)["results"][0]
+    record = strict_report(out)["results"][0]
     assert [(e["target"]["index"], e["target"]["label"]) for e in record["explanations"]] == [
         (2, "bird"),
         (1, "dog"),
@@ -254,10 +245,10 @@ def test_timm_labels_come_from_the_model_metadata(run, tmp_path):
         str(out),
     )
     assert result.exit_code == 0, result.output
-    record = report_of(out)["results"][0]
+    record = strict_report(out)["results"][0]
     target = record["explanations"][0]["target"]
     assert (target["index"], target["label"]) == (281, "tabby, tabby cat")
-    assert report_of(out)["model"]["source"] == "timm"
+    assert strict_report(out)["model"]["source"] == "timm"
 
 
 def test_stdin_paths_and_globs(run, tmp_path):
@@ -265,10 +256,13 @@ def test_stdin_paths_and_globs(run, tmp_path):
     paths = "photos/tall.png\n\nphotos/wide.jpg\n"
     result = run("explain", "-", *TINY, "--out", str(out), input=paths)
     assert result.exit_code == 0, result.output
-    assert [r["input"] for r in report_of(out)["results"]] == ["photos/tall.png", "photos/wide.jpg"]
+    assert [r["input"] for r in strict_report(out)["results"]] == [
+        "photos/tall.png",
+        "photos/wide.jpg",
+    ]
     result = run("explain", "photos/*.jpg", *TINY, "--out", str(out))
     assert result.exit_code == 0
-    assert [r["input"] for r in report_of(out)["results"]] == ["photos/wide.jpg"]
+    assert [r["input"] for r in strict_report(out)["results"]] == ["photos/wide.jpg"]
 
 
 @pytest.fixture
@@ -303,7 +297,7 @@ def test_user_model_from_module_path_with_weights_and_num_classes(run, tmp_path,
         str(out),
     )
     assert result.exit_code == 0, result.output
-    report = report_of(out)
+    report = strict_report(out)
     assert report["model"]["weights"] == str(weights)
     assert report["results"][0]["predictions"][0]["index"] == 5
 
@@ -319,7 +313,7 @@ def test_safetensors_weights(run, tmp_path, Tiny):
     out = tmp_path / "out"
     result = run("explain", "photos/wide.jpg", *TINY, "--weights", str(weights), "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert report_of(out)["results"][0]["predictions"][0]["index"] == 2
+    assert strict_report(out)["results"][0]["predictions"][0]["index"] == 2
 
 
 def test_single_logit_model_explains_the_positive_class(run, tmp_path):
@@ -339,7 +333,7 @@ def test_single_logit_model_explains_the_positive_class(run, tmp_path):
         str(out),
     )
     assert result.exit_code == 0, result.output
-    record = report_of(out)["results"][0]
+    record = strict_report(out)["results"][0]
     probabilities = {p["label"]: p["probability"] for p in record["predictions"]}
     assert probabilities.keys() == {"negative", "positive"}
     assert abs(sum(probabilities.values()) - 1) < 1e-6
@@ -393,7 +387,7 @@ def test_preprocess_and_render_options_are_applied_and_recorded(run, tmp_path):
         str(out),
     )
     assert result.exit_code == 0, result.output
-    report = report_of(out)
+    report = strict_report(out)
     assert report["preprocess"]["input_size"] == [64, 64]
     assert report["preprocess"]["mean"] == [0.5] * 3 and report["preprocess"]["std"] == [0.25] * 3
     assert report["options"] == {
@@ -437,7 +431,7 @@ def test_unreadable_image_among_good_ones_exits_1_and_writes_the_good(run, works
         "explain", "photos/wide.jpg", str(bad), "photos/tall.png", *TINY, "--out", str(out)
     )
     assert result.exit_code == 1
-    report = report_of(out)
+    report = strict_report(out)
     assert [r["status"] for r in report["results"]] == ["ok", "error", "ok"]
     assert "broken.jpg" in report["results"][1]["error"]
     assert report["summary"] == {**report["summary"], "images": 3, "ok": 2, "errors": 1}
@@ -449,7 +443,7 @@ def test_unreadable_image_among_good_ones_exits_1_and_writes_the_good(run, works
 def test_missing_input_is_an_error_result(run, tmp_path):
     result = run("explain", "photos/wide.jpg", "photos/nope.jpg", *TINY, "--out", str(tmp_path))
     assert result.exit_code == 1
-    assert report_of(tmp_path)["results"][1]["error"] == "no such file or directory"
+    assert strict_report(tmp_path)["results"][1]["error"] == "no such file or directory"
 
 
 def one_error_line(result) -> str:
@@ -876,28 +870,18 @@ def test_a_run_imports_timm_only_for_a_timm_model_and_never_matplotlib(
     # timm takes about 0.7 s to import, matplotlib 0.1-0.4 s: one photo through a model that
     # needs neither must not wait for them (benchmarks/startup.py). timm is imported for a
     # timm model, or a bare name (looked up in timm's registry first).
-    code = (
-        "import sys\n"
-        "from gradcam_cli.cli import main\n"
-        "sys.argv[0] = 'gradcam'\n"
-        "try:\n"
-        "    main()\n"
-        "except SystemExit as exc:\n"
-        "    assert exc.code == 0, exc.code\n"
-        "print(*sorted({'timm', 'matplotlib'} & set(sys.modules)))\n"
-    )
+    code = console_script("print(*sorted({'timm', 'matplotlib'} & set(sys.modules)))\n")
     photo = str(workspace / "photos" / "wide.jpg")
     args = ["explain", photo, "-m", model, "--no-pretrained", "--input-size", "64"]
     proc = subprocess.run(
         [sys.executable, "-c", code, *args, "--out", str(tmp_path)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == imported
+    assert proc.stdout.splitlines() == ["exit 0", imported], proc.stderr
 
 
 def test_console_script_and_python_m_run():
-    script = Path(sys.executable).with_name("gradcam")
-    for command in ([str(script), "--help"], [sys.executable, "-m", "gradcam_cli", "--help"]):
+    for command in ([GRADCAM, "--help"], [sys.executable, "-m", "gradcam_cli", "--help"]):
         proc = subprocess.run(command, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert "explain" in proc.stdout and "layers" in proc.stdout
@@ -905,10 +889,9 @@ def test_console_script_and_python_m_run():
 
 def test_user_model_file_imports_its_sibling_modules_from_another_folder(workspace, tmp_path):
     # A fresh process, run from elsewhere: only the file's own folder can provide my_blocks.
-    script = Path(sys.executable).with_name("gradcam")
     proc = subprocess.run(
         [
-            str(script),
+            GRADCAM,
             "explain",
             str(workspace / "photos" / "wide.jpg"),
             "--model",
@@ -923,7 +906,7 @@ def test_user_model_file_imports_its_sibling_modules_from_another_folder(workspa
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert report_of(tmp_path / "out")["results"][0]["status"] == "ok"
+    assert strict_report(tmp_path / "out")["results"][0]["status"] == "ok"
 
 
 def test_warnings_reach_stderr_as_one_gradcam_line_each(workspace, tmp_path):
@@ -932,7 +915,7 @@ def test_warnings_reach_stderr_as_one_gradcam_line_each(workspace, tmp_path):
     (tmp_path / "over_limit.png").write_bytes(valid_png_of_size(10_000, 9_000))
     proc = subprocess.run(
         [
-            str(Path(sys.executable).with_name("gradcam")),
+            GRADCAM,
             "explain",
             str(workspace / "photos" / "wide.jpg"),
             str(tmp_path / "over_limit.png"),
@@ -1003,7 +986,7 @@ def test_random_init_runs_are_reproducible(run, tmp_path):
             str(out),
         )
         assert result.exit_code == 0
-        reports.append(report_of(out)["results"])
+        reports.append(strict_report(out)["results"])
     assert reports[0] == reports[1]
 
 
@@ -1021,7 +1004,7 @@ def test_colormap_option_colours_the_heatmap(run, tmp_path):
         str(out),
     )
     assert result.exit_code == 0
-    heatmap = report_of(out)["results"][0]["explanations"][0]["heatmap"]
+    heatmap = strict_report(out)["results"][0]["explanations"][0]["heatmap"]
     rgba = np.asarray(Image.open(out / heatmap).convert("RGBA"))
     inside = rgba[..., 3] == 255
     assert inside.any() and (~inside).any()  # the crop, and the cut-off sides of a wide photo

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_browser import browser, loaded_images, open_page  # noqa: F401 (a fixture)
+from helpers import loaded_images, open_page
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
@@ -350,7 +350,7 @@ def test_explain_refuses_a_baseline_it_could_not_compare_before_any_image(here, 
 
 
 def test_the_comparison_page_opens_with_its_pictures_in_headless_chromium(
-    browser,  # noqa: F811 (the fixture imported above)
+    browser,
     here,
     perturbed_weights,
 ):

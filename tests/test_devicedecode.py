@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import interrupt_explain_at_call
+from helpers import interrupt_explain_at_call
 from PIL import Image, ImageDraw
 
 from gradcam_cli.devicedecode import DeviceDecoder, decode_device, device_decode_refusal

@@ -2,47 +2,20 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
-import timm
 import torch
-import torchvision
+from helpers import (
+    assert_same_state,
+    max_relative_error,
+    model_state,
+    random_model,
+    reference_gradcam,
+)
 from torch import nn
 
 from gradcam_cli.engine import explain_batch
 from gradcam_cli.errors import LayerError, TargetError
 from gradcam_cli.layers import resolve_layer
-
-
-def reference_gradcam(
-    model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], as_map=lambda t: t
-):
-    """Grad-CAM the textbook way: forward hook + tensor hook + loss.backward() on everything,
-    every parameter trainable. `as_map` lays a token or channels-last output out as
-    [B, C, h, w] (the caller's own reading, not the library's)."""
-    model = copy.deepcopy(model).eval()
-    for param in model.parameters():
-        param.requires_grad_(True)
-    module = dict(model.named_modules())[layer]
-    store = {}
-
-    def hook(_module, _args, output):
-        store["A"] = output.detach().clone()
-        output.register_hook(lambda grad: store.__setitem__("dA", grad.detach().clone()))
-
-    handle = module.register_forward_hook(hook)
-    logits = model(x)
-    handle.remove()
-    logits[torch.arange(len(classes)), torch.tensor(classes)].sum().backward()
-    activations, gradients = as_map(store["A"]), as_map(store["dA"])
-    weights = gradients.mean(dim=(2, 3), keepdim=True)
-    return (weights * activations).sum(dim=1).clamp(min=0)
-
-
-def max_relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((ours - ref).abs().max() / ref.abs().max())
-
 
 CASES = [
     ("torchvision", "resnet18", "layer4"),
@@ -52,16 +25,9 @@ CASES = [
 ]
 
 
-def build(source: str, name: str) -> nn.Module:
-    torch.manual_seed(0)
-    if source == "timm":
-        return timm.create_model(name, pretrained=False).eval()
-    return torchvision.models.get_model(name, weights=None).eval()
-
-
 @pytest.mark.parametrize(("source", "name", "layer"), CASES)
 def test_split_equals_full_backward(source, name, layer):
-    model = build(source, name)
+    model = random_model(f"{source}:{name}")
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         classes = model(x).argmax(dim=1).tolist()
@@ -73,7 +39,7 @@ def test_split_equals_full_backward(source, name, layer):
 
 
 def test_several_layers_in_one_pass_match_their_references():
-    model = build("torchvision", "resnet18")
+    model = random_model("resnet18")
     x = torch.randn(1, 3, 160, 160, generator=torch.Generator().manual_seed(2))
     refs = [resolve_layer(model, name) for name in ("layer4", "layer2", "layer3.1")]
     result = explain_batch(model, x, refs, classes=[7])
@@ -83,7 +49,7 @@ def test_several_layers_in_one_pass_match_their_references():
 
 
 def test_topk_maps_match_one_reference_per_class():
-    model = build("torchvision", "resnet18")
+    model = random_model("resnet18")
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
     result = explain_batch(model, x, [resolve_layer(model, "layer3")], topk=3)
     with torch.no_grad():
@@ -111,7 +77,7 @@ def test_gradcam_equals_cam_over_z_for_gap_linear_head(gap_linear_model):
 
 
 def test_batch_of_four_equals_four_single_calls():
-    model = build("torchvision", "resnet18")
+    model = random_model("resnet18")
     x = torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(5))
     layer = [resolve_layer(model, "layer4")]
     batched = explain_batch(model, x, layer, topk=2)
@@ -123,39 +89,10 @@ def test_batch_of_four_equals_four_single_calls():
         )
 
 
-def model_state(model: nn.Module):
-    return {
-        "training": {name: m.training for name, m in model.named_modules()},
-        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
-        "grad": {
-            name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters()
-        },
-        "hooks": sum(
-            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-            for m in model.modules()
-        ),
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-    }
-
-
-def assert_same_state(before, after):
-    assert after["training"] == before["training"]
-    assert after["requires_grad"] == before["requires_grad"]
-    assert after["hooks"] == before["hooks"] == 0
-    assert before["grad"].keys() == after["grad"].keys()
-    for name, grad in before["grad"].items():
-        if grad is None:
-            assert after["grad"][name] is None, name
-        else:
-            assert torch.equal(grad, after["grad"][name]), name
-    for key, value in before["state"].items():
-        assert torch.equal(value, after["state"][key]), key
-
-
 @pytest.fixture
 def messy_model():
     """A model in a mixed state: train mode, a frozen part, a parameter with a .grad."""
-    model = build("torchvision", "resnet18")
+    model = random_model("resnet18")
     model.train()
     model.layer1.eval()
     model.conv1.weight.requires_grad_(False)
@@ -188,7 +125,7 @@ def test_model_is_restored_after_a_call_that_raised(messy_model, layer, kwargs, 
 
 def test_backbone_records_no_graph_and_no_parameter_grads():
     """Only the head is recorded: the leaf at the layer has no grad_fn history upstream."""
-    model = build("torchvision", "resnet18")
+    model = random_model("resnet18")
     seen = {}
 
     def spy(_module, _args, output):

@@ -12,43 +12,32 @@ import re
 import shutil
 import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    SCENES,
+    explain,
+    noise,
+    png_chunk,
+    png_declaring,
+    strict_json,
+    strict_report,
+    valid_png_of_size,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from special_files import bound_socket, iccp_bomb, tiff_with_samples
-from typer.testing import CliRunner
 
 from gradcam_cli import files
-from gradcam_cli.cli import app
 from gradcam_cli.explainer import Explainer
 from gradcam_cli.oom import OUT_OF_MEMORY_ALONE
 from gradcam_cli.outputs import NONFINITE_MAP_WARNING, NONFINITE_SCORES, ZERO_MAP_WARNING
 
-SCENES = Path(__file__).resolve().parents[1] / "sample_images" / "scenes"
 DEMO = ["--model", "demo:shapes", "--workers", "0"]  # decoding on a thread of this process
-
-
-def explain(*args: str, input: str | None = None):
-    return CliRunner().invoke(app, ["explain", *args], input=input, catch_exceptions=False)
-
-
-def strict_json(text: str) -> dict:
-    """json.loads that refuses NaN, Infinity and -Infinity, as strict parsers (jq, JS) do."""
-
-    def refuse(token: str):
-        raise ValueError(f"non-standard JSON token {token}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def report_of(out: Path) -> dict:
-    return strict_json((out / "predictions.json").read_text(encoding="utf-8"))
 
 
 def artifacts(result: dict) -> list[str]:
@@ -69,30 +58,6 @@ def tree(root: Path, *skip: Path) -> dict[str, tuple[int, int]]:
         info = path.lstat()
         found[str(path.relative_to(root))] = (info.st_size, info.st_mtime_ns)
     return found
-
-
-def noise(width: int, height: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def png_chunk(kind: bytes, body: bytes, crc_xor: int = 0) -> bytes:
-    crc = zlib.crc32(kind + body) ^ crc_xor
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares width × height (1-bit grey), its data all zero rows:
-    a real image of that size when the rows are all there, a bomb when they are not."""
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
-
-
-def valid_png_of_size(width: int, height: int) -> bytes:
-    row = b"\x00" + b"\x00" * ((width + 7) // 8)  # filter byte, then 1 bit per pixel
-    compressor = zlib.compressobj(1)
-    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    return png_declaring(width, height) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -235,7 +200,7 @@ def test_a_folder_of_hostile_files_fails_each_bad_one_and_explains_the_good_as_a
     assert "Traceback" not in result.output
     assert explain(str(clean), *DEMO, "--save-raw", "--out", str(clean_out)).exit_code == 0
 
-    report, alone = report_of(out), report_of(clean_out)
+    report, alone = strict_report(out), strict_report(clean_out)
     by_name = {r["input"][len(str(mixed)) + 1 :]: r for r in report["results"]}
     good = {r["input"][len(str(clean)) + 1 :]: r for r in alone["results"]}
     # Exactly one result per input, in input order: every image-named entry, good or bad.
@@ -374,7 +339,7 @@ def test_damaged_image_bytes_always_give_one_result_each_and_strict_json(
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         report = run_explain(fuzz_explainer, items, RunOptions(out_dir=out, batch_size=2))
     assert len(report.results) == len(items)
-    document = report_of(out)
+    document = strict_report(out)
     assert [r["input"] for r in document["results"]] == [item.source for item in items]
     assert len(items) == len(damaged) + 1
     for record in document["results"]:
@@ -430,7 +395,7 @@ def test_no_input_name_and_no_link_in_out_can_make_it_write_elsewhere(tmp_path, 
         input=stdin,
     )
     assert result.exit_code == 1, result.output
-    report = report_of(out)
+    report = strict_report(out)
     status = {Path(r["input"]).name: (r["status"], r["error"]) for r in report["results"]}
     assert status["up.png"][0] == "error" and "outside --out" in status["up.png"][1]
     assert status["p.png"][0] == "error" and "outside --out" in status["p.png"][1]
@@ -508,7 +473,7 @@ def test_zero_and_non_finite_maps_and_scores_never_reach_the_json_or_the_picture
 
     text = (out / "predictions.json").read_text(encoding="utf-8")
     assert not re.search(r"[:\[,]\s*-?(NaN|Infinity)\b", text)  # no bare tokens as values
-    results = {Path(r["input"]).stem: r for r in report_of(out)["results"]}
+    results = {Path(r["input"]).stem: r for r in strict_report(out)["results"]}
     assert results["noise"]["status"] == "ok"
     assert results["noise"]["explanations"][0]["warnings"] == []
     for name in ("white", "black"):  # nothing to explain: say so, draw nothing
@@ -574,7 +539,7 @@ def test_a_full_disk_fails_the_images_it_touches_and_names_the_cause(tmp_path, m
     )
     result = explain(str(SCENES), *DEMO, "--out", str(out))
     assert result.exit_code == 1
-    report = report_of(out)
+    report = strict_report(out)
     failed = [r for r in report["results"] if r["status"] == "error"]
     assert [Path(r["input"]).name for r in failed] == ["circle.png"]
     assert failed[0]["error"] == (
@@ -657,7 +622,7 @@ def test_out_of_memory_splits_the_batch_and_every_map_equals_a_clean_runs(
     assert result.exit_code == 0, result.output
     assert sizes == [6, 3, 2, 1, 2, 1]  # halves, then the size that fitted for the rest
     assert "out of memory at --batch-size 6" in result.stderr and "--batch-size 2" in result.stderr
-    report, expected = report_of(split), report_of(clean)
+    report, expected = strict_report(split), strict_report(clean)
     assert report["summary"]["batch_size_reduced_to"] == 2
     for got, want in zip(report["results"], expected["results"], strict=True):
         assert got["status"] == "ok"
@@ -682,7 +647,9 @@ def test_an_image_that_does_not_fit_alone_fails_with_a_reason_naming_memory(tmp_
     out = tmp_path / "out"
     result = explain(str(photos), *DEMO, "-b", "4", "--out", str(out))
     assert result.exit_code == 1
-    status = {Path(r["input"]).stem: (r["status"], r["error"]) for r in report_of(out)["results"]}
+    status = {
+        Path(r["input"]).stem: (r["status"], r["error"]) for r in strict_report(out)["results"]
+    }
     assert status.pop("p2") == ("error", OUT_OF_MEMORY_ALONE)
     assert "memory" in OUT_OF_MEMORY_ALONE and "--input-size" in OUT_OF_MEMORY_ALONE
     assert all(state == ("ok", None) for state in status.values())
@@ -765,7 +732,7 @@ def test_a_run_over_a_folder_holding_a_fifo_ends_on_its_own_and_names_it(tmp_pat
     assert "Traceback" not in done.stderr
     status = {
         Path(r["input"]).name: (r["status"], r["error"])
-        for r in report_of(tmp_path / "out")["results"]
+        for r in strict_report(tmp_path / "out")["results"]
     }
     reason = "not a regular file: a named pipe (FIFO)"
     assert status == {"photo.png": ("ok", None), "pipe.jpg": ("error", reason)}
@@ -781,7 +748,7 @@ def test_a_second_run_in_the_same_folder_explains_the_photos_not_the_first_runs_
     for _ in range(2):  # --out gradcam_out, the default, inside the folder explained
         run = explain(".", *DEMO)
         assert run.exit_code == 0
-        results = report_of(scenes / "gradcam_out")["results"]
+        results = strict_report(scenes / "gradcam_out")["results"]
         assert sorted(r["input"] for r in results) == sorted(
             f"./{p.name}" for p in SCENES.iterdir()
         )
@@ -789,7 +756,7 @@ def test_a_second_run_in_the_same_folder_explains_the_photos_not_the_first_runs_
     assert f"gradcam: {skipped}" in run.stderr.splitlines()
     for _ in range(2):  # --out named inside the input folder
         assert explain(str(scenes), *DEMO, "--out", str(scenes / "runs" / "b")).exit_code == 0
-        assert len(report_of(scenes / "runs" / "b")["results"]) == 6
+        assert len(strict_report(scenes / "runs" / "b")["results"]) == 6
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
@@ -835,5 +802,5 @@ def test_pictures_inside_out_are_skipped_even_before_it_holds_a_report(tmp_path)
         noise(16, 16, 41).save(photos / "out" / f"{name}.0-circle.features.overlay.png")
     run = explain(str(photos), *DEMO, "--out", str(photos / "." / "out"))
     assert run.exit_code == 0, run.output
-    assert len(report_of(photos / "out")["results"]) == 6
+    assert len(strict_report(photos / "out")["results"]) == 6
     assert "skipped 2 files inside --out" in run.stderr

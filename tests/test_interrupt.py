@@ -3,44 +3,25 @@ files and a report of what was done; `--resume` explains only what is missing.""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import GRADCAM, overlays, sleepy_net_source, strict_report, wait_for
 from PIL import Image
 from typer.testing import CliRunner
 
 from gradcam_cli.cli import app
 from gradcam_cli.signals import Terminated
 
-GRADCAM = str(Path(sys.executable).with_name("gradcam"))
 IMAGES = 40
 
 # A model slow enough (50 ms a forward) that a signal always lands mid-run.
-SLOW_MODEL = """
-import time
-
-import torch
-from torch import nn
-
-
-class Slow(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x):
-        time.sleep(0.05)
-        return self.fc(self.features(x).mean((2, 3)))
-"""
+SLOW_MODEL = sleepy_net_source("Slow", 0.05)
 
 
 @pytest.fixture
@@ -74,25 +55,6 @@ def start(workspace: Path, argv: list[str], python: str | None = None) -> subpro
         text=True,
         start_new_session=True,
     )
-
-
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def overlays(out: Path) -> list[Path]:
-    return sorted(out.glob("*.overlay.png"))
-
-
-def strict_report(out: Path) -> dict:
-    def refuse(token):
-        raise ValueError(token)
-
-    return json.loads((out / "predictions.json").read_text(encoding="utf-8"), parse_constant=refuse)
 
 
 def files_of(report: dict) -> set[str]:

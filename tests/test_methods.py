@@ -11,11 +11,9 @@ import warnings
 
 import numpy as np
 import pytest
-import timm
 import torch
-import torchvision
+from helpers import assert_same_state, invoke, model_state, random_model, textbook_hooks
 from PIL import Image
-from test_engine import assert_same_state, model_state
 from torch import nn
 from typer.testing import CliRunner
 
@@ -34,13 +32,6 @@ from gradcam_cli.methods import (
 )
 
 
-def seeded(name: str) -> nn.Module:
-    torch.manual_seed(0)
-    if name.startswith("timm:"):
-        return timm.create_model(name[5:], pretrained=False).eval()
-    return torchvision.models.get_model(name, weights=None).eval()
-
-
 def noise(*shape: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -49,25 +40,9 @@ def run(model, x, layer, method, **kwargs):
     return explain_batch(model, x, [resolve_layer(model, layer)], method=method, **kwargs)
 
 
-def textbook(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int]):
-    """A and ∂y/∂A by hooks and a full backward through a copy of the whole model."""
-    model = copy.deepcopy(model).eval()
-    store = {}
-
-    def hook(_module, _args, output):
-        store["A"] = output.detach().clone()
-        output.register_hook(lambda grad: store.__setitem__("g", grad.detach().clone()))
-
-    handle = dict(model.named_modules())[layer].register_forward_hook(hook)
-    logits = model(x)
-    handle.remove()
-    logits[torch.arange(len(classes)), torch.tensor(classes)].sum().backward()
-    return store["A"], store["g"], logits.detach()
-
-
 @pytest.fixture(scope="module")
 def resnet():
-    return seeded("resnet18")
+    return random_model("resnet18")
 
 
 # -- the registry ----------------------------------------------------------------------------
@@ -150,7 +125,7 @@ def _formula(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 )
 def test_gradient_methods_equal_their_formulas(resnet, method):
     x = noise(2, 3, 96, 96)
-    a, g, logits = textbook(resnet, x, "layer3", [3, 7])
+    a, g, logits = textbook_hooks(resnet, x, "layer3", [3, 7])
     expected = _formula(method, a, g).clamp(min=0)
     ours = run(resnet, x, "layer3", method, classes=[3, 7]).maps["layer3"]
     # one class per image: compare image i's map for its own class
@@ -190,7 +165,7 @@ def test_first_principal_component_equals_an_svd_reference_with_our_sign():
 
 def test_eigencam_is_the_first_component_of_a_and_the_same_for_every_class(resnet):
     x = noise(1, 3, 96, 96)
-    a, _, _ = textbook(resnet, x, "layer3", [0])
+    a, _, _ = textbook_hooks(resnet, x, "layer3", [0])
     result = run(resnet, x, "layer3", "eigencam", topk=3)
     expected = first_principal_component(a).clamp(min=0)[0]
     for rank in range(3):
@@ -200,7 +175,7 @@ def test_eigencam_is_the_first_component_of_a_and_the_same_for_every_class(resne
 @pytest.mark.parametrize("method", ["gradcam", "hirescam", "ablationcam", "cam"])
 def test_eigen_smooth_replaces_the_channel_sum_by_the_first_component(resnet, method):
     x = noise(1, 3, 64, 64)
-    a, g, _ = textbook(resnet, x, "layer4", [5])
+    a, g, _ = textbook_hooks(resnet, x, "layer4", [5])
     plain = run(resnet, x, "layer4", method, classes=[5]).maps["layer4"][0, 0]
     smooth = run(resnet, x, "layer4", method, classes=[5], eigen_smooth=True).maps["layer4"][0, 0]
     if method == "hirescam":
@@ -225,7 +200,8 @@ def channels(output: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def ablation_reference(model, x, layer, target, kind="nchw"):
-    """Desai & Ramaswamy: w_k = (y - y_k) / y, y_k with channel k zeroed, by full forwards.
+    """Desai & Ramaswamy: w_k = (y - y_k) / y, y_k with channel k zeroed, by full forwards
+    (of a batch of copies of the image, one channel zeroed in each).
 
     Channel k of the map is zeroed: for tokens, in the patch tokens; the class token is the
     image's own."""
@@ -238,17 +214,19 @@ def ablation_reference(model, x, layer, target, kind="nchw"):
         handle.remove()
         a = channels(store["A"], kind)
         weights = []
-        for k in range(a.shape[1]):
+        for start in range(0, a.shape[1], 64):  # copy i of the image has channel start + i zeroed
+            ks = range(start, min(start + 64, a.shape[1]))
 
-            def zero_k(_m, _a, out, k=k):
+            def zero_ks(_m, _a, out, ks=ks):
                 out = out.clone()
-                channels(out, kind)[:, k] = 0  # a view: writes through to `out`
+                for i, k in enumerate(ks):
+                    channels(out, kind)[i, k] = 0  # a view: writes through to `out`
                 return out
 
-            handle = module.register_forward_hook(zero_k)
-            weights.append((y - model(x)[0, target]) / y)
+            handle = module.register_forward_hook(zero_ks)
+            weights.append((y - model(x.repeat(len(ks), 1, 1, 1))[:, target]) / y)
             handle.remove()
-    w = torch.stack(weights)
+    w = torch.cat(weights)
     return (w[:, None, None] * a[0]).sum(0).clamp(min=0)
 
 
@@ -266,7 +244,7 @@ def ablation_reference(model, x, layer, target, kind="nchw"):
     ],
 )
 def test_ablationcam_equals_the_paper_formula(name, layer, size, kind, head_only):
-    model = TinyTokens().eval() if name == "tiny-tokens" else seeded(name)
+    model = TinyTokens().eval() if name == "tiny-tokens" else random_model(name)
     x = noise(1, 3, size, size)
     with torch.no_grad():
         target = int(model(x).argmax())
@@ -373,7 +351,7 @@ def test_cam_is_the_linear_weights_times_a(gap_linear_model):
     ],
 )
 def test_cam_refuses_heads_that_are_not_gap_and_linear(name, layer, why):
-    model = seeded(name)
+    model = random_model(name)
     with pytest.raises(LayerError, match=f"method='cam'.*{why}.*method='gradcam'"):
         run(model, noise(1, 3, 64, 64), layer, "cam")
 
@@ -458,7 +436,7 @@ def test_guided_relu_passes_only_positive_gradients_where_the_input_was_positive
 def test_guided_backprop_on_densenet_guides_its_functional_relu_too(monkeypatch):
     """torchvision DenseNet's last ReLU is `F.relu(features, inplace=True)` in forward():
     the peers' module-based guidance misses it; the paper's definition (every ReLU) does not."""
-    model, x = seeded("densenet121"), noise(1, 3, 64, 64)
+    model, x = random_model("densenet121"), noise(1, 3, 64, 64)
     with torch.no_grad():
         target = int(model(x).argmax())
     ours = run(model, x, "features", "guided-backprop", classes=[target]).guided["features"]
@@ -566,7 +544,7 @@ class TinyChannelsLast(nn.Module):
 
 
 LAYOUT_MODELS = {
-    "resnet18": (lambda: seeded("resnet18"), "layer4", (2, 2)),
+    "resnet18": (lambda: random_model("resnet18"), "layer4", (2, 2)),
     "tokens": (TinyTokens, "norm", (6, 6)),
     "channels-last": (TinyChannelsLast, "norm", (12, 12)),
 }
@@ -624,10 +602,9 @@ def photo(tmp_path, monkeypatch):
 
 
 def explain(*args: str) -> dict:
-    result = CliRunner().invoke(
-        app,
-        ["explain", "wide.jpg", "-m", "torchvision:resnet18", "--no-pretrained"]
-        + ["--input-size", "64", "--json", *args],
+    result = invoke(
+        *("explain", "wide.jpg", "-m", "torchvision:resnet18", "--no-pretrained"),
+        *("--input-size", "64", "--json", *args),
     )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from conftest import HOSTILE_NAME, HOSTILE_STEM, one_explanation_report
+from helpers import HOSTILE_NAME, HOSTILE_STEM, one_explanation_report
 from PIL import Image
 from typer.testing import CliRunner
 

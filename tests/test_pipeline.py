@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import interrupt_explain_at_call
+from helpers import interrupt_explain_at_call
 from PIL import Image
 from typer.testing import CliRunner
 

@@ -15,10 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from terminal import screen
+from helpers import console_script, noise_photos, sleepy_net_source
+from terminal import read_until_closed, screen
 from typer.testing import CliRunner
 
 import gradcam_cli.outputs as outputs
@@ -34,48 +33,18 @@ from gradcam_cli.timing import RunStatus, slowest_stage
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CLOSING = re.compile(r"^gradcam: 6/7 images explained in [\d.]+s; report: out/predictions\.json")
 # `gradcam explain` as the console script runs it, then whether rich was imported.
-MAIN = (
-    "import sys\n"
-    "from gradcam_cli.cli import main\n"
-    "sys.argv[0] = 'gradcam'\n"
-    "try:\n"
-    "    main()\n"
-    "except SystemExit as exc:\n"
-    "    print('exit', exc.code)\n"
+MAIN = console_script(
     "print('rich imported:', any(name.split('.')[0] == 'rich' for name in sys.modules))\n"
 )
-
-
 # A small model whose batches come far enough apart for the bar to draw each.
-MODELS = """
-import time
-
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x):
-        time.sleep(0.15)
-        return self.fc(self.features(x).mean((2, 3)))
-"""
+MODELS = sleepy_net_source("Net", 0.15)
 
 
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     """Six photos and a file that is not one (an error result); models.py beside them."""
     (tmp_path / "models.py").write_text(MODELS)
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    folder = noise_photos(tmp_path / "photos", 6, width=64, height=48)
     (folder / "7_broken.png").write_text("not an image")
     return folder
 
@@ -93,8 +62,8 @@ def run_on_terminal(cwd: Path) -> tuple[str, str]:
         stdout=subprocess.PIPE, stderr=secondary, text=True,
     )  # fmt: skip
     os.close(secondary)
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=_read_until_closed, args=(primary, chunks))
+    written: list[str] = []
+    reader = threading.Thread(target=lambda: written.append(read_until_closed(primary)))
     reader.start()  # read as it comes: a full pty buffer would block the run
     try:
         stdout, _ = proc.communicate(timeout=120)
@@ -103,18 +72,7 @@ def run_on_terminal(cwd: Path) -> tuple[str, str]:
         os.close(primary)
         if proc.poll() is None:
             proc.kill()
-    return b"".join(chunks).decode("utf-8", errors="replace"), stdout
-
-
-def _read_until_closed(fd: int, chunks: list[bytes]) -> None:
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the other end is closed
-            return
-        if not chunk:
-            return
-        chunks.append(chunk)
+    return "".join(written), stdout
 
 
 def test_on_a_terminal_a_one_line_bar_counts_images_and_errors_and_is_cleared(photos):

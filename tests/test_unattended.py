@@ -11,21 +11,16 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers import GRADCAM, SCENES, explain, noise_photos, overlays, wait_for
 from PIL import Image
-from terminal import screen
-from typer.testing import CliRunner
+from terminal import read_until_closed, screen
 
-from gradcam_cli.cli import app
 from gradcam_cli.outlock import LOCK_NAME, OutputLockedError, check_unlocked, output_lock
-
-GRADCAM = str(Path(sys.executable).with_name("gradcam"))
 
 MODELS = textwrap.dedent(
     """
@@ -98,28 +93,8 @@ NET = ["--input-size", "32", "--layer", "features", "--workers", "0"]
 @pytest.fixture
 def workspace(tmp_path):
     (tmp_path / "models.py").write_text(MODELS)
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        pixels = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(photos / f"img{i}.png")
+    noise_photos(tmp_path / "photos", 3)
     return tmp_path
-
-
-def photos_folder(root: Path, count: int) -> Path:
-    photos = root / "many"
-    photos.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(
-            photos / f"img{i:02d}.png"
-        )
-    return photos
-
-
-def explain(*args: str):
-    return CliRunner().invoke(app, ["explain", *args], catch_exceptions=False)
 
 
 def gradcam(*args: str, cwd: Path, timeout: float = 120, **streams) -> subprocess.CompletedProcess:
@@ -249,17 +224,14 @@ def test_shares_of_one_run_share_out_but_not_a_share(tmp_path):
 
 
 def test_two_real_runs_into_one_out_the_second_exits_2_and_the_first_reports_all(workspace):
-    photos = photos_folder(workspace, 30)
+    photos = noise_photos(workspace / "many", 30, seed=1)
     first = subprocess.Popen(
         [GRADCAM, "explain", str(photos), "--model", "models.py:slow", *NET, "-b", "2",
          "--out", "out"],
         cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not list((workspace / "out").glob("*.overlay.png")):
-            assert first.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: overlays(workspace / "out"), first, timeout=60)
         second = gradcam("explain", "photos", "--model", "demo:shapes", "--out", "out",
                          cwd=workspace)  # fmt: skip
         assert first.poll() is None  # still running: the two overlapped
@@ -271,8 +243,8 @@ def test_two_real_runs_into_one_out_the_second_exits_2_and_the_first_reports_all
     assert first.returncode == 0, stderr
     report = json.loads((workspace / "out" / "predictions.json").read_text())
     assert report["summary"]["ok"] == 30
-    overlays = {p.name for p in (workspace / "out").glob("*.overlay.png")}
-    assert overlays == {e["overlay"] for r in report["results"] for e in r["explanations"]}
+    written = {p.name for p in overlays(workspace / "out")}
+    assert written == {e["overlay"] for r in report["results"] for e in r["explanations"]}
 
 
 # -- items 11, 15, 16: refused up front, nothing left on disk, one error style ---------------
@@ -391,7 +363,7 @@ STUCK = textwrap.dedent(
 
 @pytest.mark.parametrize(("stage", "workers"), [("read", "0"), ("read", "1"), ("write", "0")])
 def test_sigterm_ends_a_run_stuck_in_a_read_or_a_write_within_10_s(workspace, stage, workers):
-    photos = photos_folder(workspace, 12)
+    photos = noise_photos(workspace / "many", 12, seed=1)
     Image.open(photos / "img00.png").save(photos / "img09_hang.png")
     hooks = workspace / "hooks"
     hooks.mkdir()
@@ -410,10 +382,7 @@ def test_sigterm_ends_a_run_stuck_in_a_read_or_a_write_within_10_s(workspace, st
         start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 90
-        while len(list((workspace / "out").glob("*.overlay.png"))) < 8:
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: len(overlays(workspace / "out")) >= 8, proc, timeout=90)
         time.sleep(1.0)  # the run now waits for the stuck image
         assert proc.poll() is None
         sent = time.monotonic()
@@ -434,7 +403,7 @@ def test_sigterm_ends_a_run_stuck_in_a_read_or_a_write_within_10_s(workspace, st
 
 
 def test_after_ctrl_c_the_progress_line_ends_and_the_resume_command_finishes_the_run(workspace):
-    photos = photos_folder(workspace, 40)
+    photos = noise_photos(workspace / "many", 40, seed=1)
     primary, secondary = pty.openpty()  # stderr a terminal: the progress line is drawn
     argv = ["explain", str(photos), "--model", "models.py:slow", *NET, "-b", "2", "--out", "o u t"]
     proc = subprocess.Popen(
@@ -443,13 +412,10 @@ def test_after_ctrl_c_the_progress_line_ends_and_the_resume_command_finishes_the
     )  # fmt: skip
     os.close(secondary)
     try:
-        deadline = time.monotonic() + 60
-        while len(list((workspace / "o u t").glob("*.overlay.png"))) < 6:
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for(lambda: len(overlays(workspace / "o u t")) >= 6, proc, timeout=60)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
-        stderr = _read_all(primary)
+        stderr = read_until_closed(primary)
     finally:
         os.close(primary)
         if proc.poll() is None:
@@ -469,22 +435,7 @@ def test_after_ctrl_c_the_progress_line_ends_and_the_resume_command_finishes_the
     assert report["summary"]["ok"] == 40
 
 
-def _read_all(fd: int) -> str:
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the other end is closed
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks).decode("utf-8", errors="replace")
-
-
 # -- item 1 (through the CLI): a run never explains its own outputs -------------------------
-
-SCENES = Path(__file__).resolve().parents[1] / "sample_images" / "scenes"
 
 
 def test_explaining_a_folder_twice_finds_the_same_images_not_the_first_runs_outputs(
