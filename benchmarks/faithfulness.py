@@ -494,7 +494,7 @@ def _copied_text(cost: dict) -> str:
         return ""
     return (
         f" {copied} maps equal bit for bit to another row's map (same scene and target) were not "
-        "measured again: their values are that row's (`same_map_as` in the JSON)."
+        "measured again: their values are that row's (`same_map_as` in the checkpoint)."
     )
 
 
