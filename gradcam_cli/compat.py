@@ -186,6 +186,7 @@ class _InBatches:
 
     def maps(self, view: methods.LayerView) -> torch.Tensor:
         head, forward = (_in_batches(run, self.batch_size) for run in (view.head, view.forward))
+        # A mixin: super() is the method class it is mixed into, which mypy cannot know here.
         return super().maps(replace(view, head=head, forward=forward))  # type: ignore[misc]
 
 
