@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import HOSTILE_NAME
+from helpers import HOSTILE_NAME, gap_linear_net
 
 # Tests must never download: make any accidental hub access fail fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,19 +17,7 @@ os.environ.setdefault("TORCH_HOME", os.path.join(os.path.dirname(__file__), ".to
 @pytest.fixture
 def gap_linear_model():
     """conv backbone → global average pool → linear: the CAM architecture."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 5),
-    )
+    return gap_linear_net()
 
 
 @pytest.fixture

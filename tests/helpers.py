@@ -209,6 +209,23 @@ def loaded_images(driver, selector: str) -> list[tuple[str, int]]:
 # -- models and the textbook Grad-CAM ------------------------------------------------------------
 
 
+def gap_linear_net() -> nn.Module:
+    """conv backbone → global average pool → linear (5 classes): the CAM architecture, seeded."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+
+
 def random_model(spec: str) -> nn.Module:
     """`timm:NAME` or a torchvision `NAME` (`torchvision:NAME`) with seeded random weights, in
     eval mode."""

@@ -19,6 +19,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from helpers import gap_linear_net
 from torch import nn
 
 from gradcam_cli.errors import UsageError
@@ -42,16 +43,7 @@ SIZE = 32
 
 
 def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 5),
-    )
+    net = gap_linear_net()
     with torch.no_grad():
         net[-1].weight.mul_(40)  # peaked softmax: the scores react to the perturbations
     return net.eval()
