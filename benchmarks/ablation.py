@@ -18,6 +18,7 @@ import functools
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +32,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from gradcam_cli.engine import explain_batch
 from gradcam_cli.layers import resolve_layer
+
+# The benchmarks describe their machine alike (compare.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import cpu_name  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "ablation.md"
 
@@ -69,13 +74,7 @@ def median_seconds(run, repeats: int) -> tuple[float, list[float]]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if "model name" in line]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     return (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, Python {platform.python_version()}, "

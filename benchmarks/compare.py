@@ -195,17 +195,24 @@ def best(runs: list[dict]) -> dict:
     }
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` says (the other benchmarks
+    describe their machine with it too)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return cpu
+
+
 def machine(device: str) -> str:
     import torch
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     cores = len(os.sched_getaffinity(0))
     threads = torch.get_num_threads()
     return f"{cpu}, {cores} cores, {threads} torch threads, torch {torch.__version__}"

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -35,6 +34,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# The benchmarks describe their machine alike (compare.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import cpu_name  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 GRADCAM = Path(sys.executable).parent / "gradcam"
@@ -114,13 +117,7 @@ def timed(command: list[str]) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores"
+    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores"
 
 
 def main() -> None:

@@ -70,6 +70,10 @@ from gradcam_cli.faithfulness import (
 from gradcam_cli.methods import METHODS
 from gradcam_cli.sources import LoadedModel, load_model
 
+# The benchmarks describe their machine alike (compare.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import cpu_name  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "faithfulness_demo"
 BASELINES = ("random", "center", "edges")
 # Which way is better, for the verdicts and the table's header.
@@ -351,12 +355,7 @@ def beats(summary: dict[str, dict], baseline: dict[str, dict], metric: str) -> b
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     cores = len(os.sched_getaffinity(0))
     return (
         f"{cpu}, {cores} cores, {torch.get_num_threads()} torch thread(s), "
