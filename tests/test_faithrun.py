@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import explain, invoke, strict_report
 from PIL import Image
-from typer.testing import CliRunner
 
-from gradcam_cli.cli import app
 from gradcam_cli.explainer import Explainer
 from gradcam_cli.faithfulness import MetricSettings, measure
 from gradcam_cli.faithrun import model_predict, saliency_at_input
@@ -21,15 +20,6 @@ from gradcam_cli.panel import caption_fields
 
 SCENES = Path(__file__).parents[1] / "sample_images" / "scenes"
 CHEAP = ["--metrics", "deletion,insertion,drop", "--metric-steps", "5"]
-runner = CliRunner()
-
-
-def explain(*args: str):
-    return runner.invoke(app, ["explain", *args])
-
-
-def report_of(out: Path) -> dict:
-    return json.loads((out / "predictions.json").read_text())
 
 
 def test_the_json_holds_the_metrics_of_the_input_map_and_target_explained(tmp_path):
@@ -45,7 +35,7 @@ def test_the_json_holds_the_metrics_of_the_input_map_and_target_explained(tmp_pa
         explainer.model, explainer.probe.outputs_probabilities, "probability", explainer.autocast
     )
     settings = MetricSettings(steps=5)
-    records = report_of(out)["results"][0]["explanations"]
+    records = strict_report(out)["results"][0]["explanations"]
     assert len(records) == 2
     for record in records:
         raw = np.load(out / record["raw"])
@@ -102,7 +92,7 @@ def test_a_gate_fails_the_run_with_one_line_per_explanation(tmp_path):
         str(tmp_path / "a"),
     )
     assert passing.exit_code == 0, passing.output
-    assert report_of(tmp_path / "a")["summary"]["gate"] == {
+    assert strict_report(tmp_path / "a")["summary"]["gate"] == {
         "rules": ["insertion_auc>=0"],
         "explanations": 3,
         "failures": 0,
@@ -124,7 +114,7 @@ def test_a_gate_fails_the_run_with_one_line_per_explanation(tmp_path):
         line for line in failing.stderr.splitlines() if line.startswith("gradcam: gate failed")
     ]
     assert len(lines) == 3 and all("deletion_auc" in line and "> -1" in line for line in lines)
-    records = [e for r in report_of(tmp_path / "b")["results"] for e in r["explanations"]]
+    records = [e for r in strict_report(tmp_path / "b")["results"] for e in r["explanations"]]
     assert all(e["gate"]["passed"] is False for e in records)
     assert "3 of 3 explanations failed --gate" in failing.stderr
 
@@ -195,7 +185,7 @@ def test_the_panel_and_the_page_show_the_metrics(tmp_path):
         str(out),
     )
     assert result.exit_code == 0, result.output
-    [record] = report_of(out)["results"][0]["explanations"]
+    [record] = strict_report(out)["results"][0]["explanations"]
     fields = caption_fields(
         input="x",
         size=(1, 1),
@@ -223,9 +213,9 @@ def test_resume_refuses_other_metrics_and_merge_adds_the_shares_up(tmp_path):
     for k in (1, 2):
         shard = explain(scenes, "-m", "demo:shapes", *CHEAP, "--shard", f"{k}/2", "-o", str(out))
         assert shard.exit_code == 0, shard.output
-    merged = runner.invoke(app, ["merge", str(out)])
+    merged = invoke("merge", str(out))
     assert merged.exit_code == 0, merged.output
-    document = report_of(out)
+    document = strict_report(out)
     records = [e["faithfulness"] for r in document["results"] for e in r["explanations"]]
     summary = document["summary"]["faithfulness"]
     assert summary["explanations"] == len(records) == 6
