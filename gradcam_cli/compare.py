@@ -57,7 +57,7 @@ from .files import resolve_inside, write_text_atomic
 from .mapstats import Box, measure_maps, rounded
 from .outlock import check_unlocked
 from .preprocess import Preprocess
-from .report import REPORT_NAME, SCHEMA_VERSION, SHARD_REPORT, read_report_file
+from .report import REPORT_NAME, SCHEMA_VERSION, has_shard_reports, read_report_file
 
 if TYPE_CHECKING:
     from .explainer import Explainer
@@ -126,7 +126,7 @@ def _read_run(folder: str | Path, role: str) -> _Run:
         )
     path = folder / REPORT_NAME
     if not path.is_file():
-        if any(SHARD_REPORT.fullmatch(p.name) for p in folder.iterdir()):
+        if has_shard_reports(folder):
             hint = f"its shares are there: run `gradcam merge {folder}` first"
         else:
             hint = f"run `gradcam explain ... --save-raw --out {folder}` first"

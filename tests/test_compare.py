@@ -195,6 +195,15 @@ def test_reports_of_another_schema_and_runs_without_common_inputs_are_refused(he
         compare_runs(here / "v1", other)
     result = gradcam("compare", "v1", "missing")
     assert result.exit_code == 2 and "the new run missing is not a folder" in result.stderr
+    split = tmp_path / "split"  # a --shard run not merged yet: only its shares' reports
+    split.mkdir()
+    (split / "predictions.1-of-2.json").write_text(json.dumps(document))
+    result = gradcam("compare", "v1", split)
+    assert result.exit_code == 2, result.output
+    assert f"its shares are there: run `gradcam merge {split}` first" in result.stderr
+    (split / "predictions.1-of-2.json").rename(split / "notes.json")
+    result = gradcam("compare", "v1", split)
+    assert result.exit_code == 2 and "--save-raw --out" in result.stderr
 
 
 def test_resnet18_in_bf16_autocast_correlates_with_fp32(tmp_path, monkeypatch):
