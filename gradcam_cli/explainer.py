@@ -466,8 +466,9 @@ class Explainer:
     def describe(self) -> dict[str, Any]:
         """What a run's report records about this explainer: model, method, layers, device,
         preprocessing and method options (`outputs.new_report`)."""
+        task = {} if self.task.name == "classification" else {"task": self.task.name}
         return {
-            "model": {**self.loaded.describe(), "task": self.task.name},
+            "model": {**self.loaded.describe(), **task},  # a classifier's says nothing new
             "method": self.method.name,
             "layers": [str(ref) for ref in self.layers],
             "device": str(self.device),

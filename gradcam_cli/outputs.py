@@ -159,13 +159,22 @@ def save_explanations(
     return report
 
 
+def _task_options(options: RunOptions) -> dict[str, object]:
+    """--min-score and --region as given: a classifier's report is what it was without them."""
+    given = {"min_score": options.min_score, "region": options.region}
+    return {
+        key: value if key != "region" else str(value)
+        for key, value in given.items()
+        if value is not None
+    }
+
+
 def _options_record(options: RunOptions) -> dict[str, object]:
     render = options.render
     return {
         "classes": list(options.classes),
         "topk": options.topk,
-        "min_score": options.min_score,
-        "region": None if options.region is None else str(options.region),
+        **_task_options(options),
         "batch_size": options.batch_size,
         "save_raw": options.save_raw,
         "colormap": render.colormap,
