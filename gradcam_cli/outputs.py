@@ -71,7 +71,8 @@ NONFINITE_MAP_WARNING = (
 )
 NO_TARGETS = (
     "nothing to explain: the model kept no detection here (none scored above its own "
-    "threshold, or none was of the --target classes and scored at least --min-score)"
+    "threshold, or none was of the --target classes and scored at least --min-score), or no "
+    "pixel of --region is on the photo"
 )
 NONFINITE_SCORES = (
     "the model's scores for this image are NaN or infinite, so there is nothing to explain; "

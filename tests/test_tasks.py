@@ -564,3 +564,14 @@ def test_json_of_a_classifier_has_no_task_keys(gap_linear_model, tmp_path):
     assert set(image["explanations"][0]["target"]) == {"index", "label", "probability", "score"}
     assert "region" not in image["explanations"][0]
     assert all(set(p) == {"index", "label", "probability", "score"} for p in image["predictions"])
+
+
+def test_cli_layers_of_your_segmentation_model_default_to_its_backbone(models):
+    spec = f"{models / 'tinyseg.py'}:TinySeg"
+    result = invoke("layers", spec, "--task", "segmentation")
+    assert result.exit_code == 0, result.output
+    [default] = [line.split()[1] for line in result.stdout.splitlines() if line.startswith(">")]
+    assert default == "backbone.3"  # not the head's 1×1 conv, which only repeats the logits
+    assert "(segmentation)" in result.stdout.splitlines()[0]
+    as_classifier = invoke("layers", spec)  # its [B, 3, H, W] output is no class scores
+    assert as_classifier.exit_code == 2 and "with --task segmentation" in as_classifier.output
