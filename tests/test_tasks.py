@@ -575,3 +575,61 @@ def test_cli_layers_of_your_segmentation_model_default_to_its_backbone(models):
     assert "(segmentation)" in result.stdout.splitlines()[0]
     as_classifier = invoke("layers", spec)  # its [B, 3, H, W] output is no class scores
     assert as_classifier.exit_code == 2 and "with --task segmentation" in as_classifier.output
+
+
+# -- every torchvision family ----------------------------------------------------------------------
+
+THRESHOLD = {"fasterrcnn": "box_score_thresh"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fasterrcnn_resnet50_fpn",  # Mask and Keypoint R-CNN: its box path, plus their heads
+        "retinanet_resnet50_fpn",
+        "fcos_resnet50_fpn",
+        "ssdlite320_mobilenet_v3_large",  # SSD300's head, on a small backbone
+    ],
+)
+def test_every_torchvision_detector_family_is_explained_on_the_photo(name):
+    """Random weights with a zero score threshold (so something is detected), a small resize
+    where the family takes one: the default layer, a map and boxes on the photo."""
+    from torchvision.models import get_model
+
+    family = name.split("_")[0]
+    options = {THRESHOLD.get(family, "score_thresh"): 0.0}
+    if "ssd" not in family:
+        options.update(min_size=160, max_size=224)  # the photo resized less: a quicker test
+    if "rcnn" in family:
+        options.update(rpn_post_nms_top_n_test=100, box_detections_per_img=10)
+    torch.manual_seed(0)
+    model = get_model(name, weights=None, weights_backbone=None, **options).eval()
+    explainer = Explainer(model, task="detection")
+    [layer] = explainer.layers
+    assert str(layer).startswith("backbone."), layer
+    photo = noise(120, 90, seed=9)
+    result = explainer.explain(photo, topk=2)
+    assert len(result.targets) == 2
+    for target in result.targets:
+        x0, y0, x1, y1 = target.box
+        assert -0.01 <= x0 <= x1 <= 120.01 and -0.01 <= y0 <= y1 <= 90.01
+        raw = result.raw(target)
+        assert np.isfinite(raw).all() and raw.min() >= 0
+        assert result.overlay(target).size == (120, 90)
+    scores = [t.score for t in result.targets]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fcn_resnet50", "deeplabv3_mobilenet_v3_large"])
+def test_every_torchvision_segmentation_family_is_explained_on_the_photo(name):
+    from gradcam_cli.sources import load_model
+
+    loaded = load_model(f"torchvision:{name}", pretrained=False, input_size=96)
+    explainer = Explainer(loaded)
+    assert str(explainer.layers[0]).startswith("backbone.")
+    result = explainer.explain(noise(120, 90, seed=9), topk=1)
+    [target] = result.targets
+    assert result.region(target).shape == (90, 120) and 0 < target.pixel_share <= 1
+    assert np.isfinite(result.raw(target)).all()
