@@ -46,7 +46,7 @@ from .outputs import RunOptions, save_explanations
 from .preprocess import Preprocess
 from .report import Prediction, TargetRef
 from .sources import LoadedModel, as_loaded_model
-from .tasks import TargetDetails, Task, get_task
+from .tasks import SegmentationTask, TargetDetails, Task, get_task
 
 __all__ = ["Explainer", "resolve_device"]
 
@@ -146,6 +146,8 @@ class Explainer:
         self.layers = [self._checked_layer(name) for name in names]
         self.num_classes = self._class_count(loaded.labels)
         self.labels = self._checked_labels(loaded.labels)
+        if isinstance(self.task, SegmentationTask) and self.labels:
+            self.task = SegmentationTask(background=background_classes(self.labels))
         if self.method.requires_gap_linear_head:
             self._check_method_on_a_probe_image()
 
@@ -527,6 +529,12 @@ def check_target_options(task: str, min_score: float | None, region: object) -> 
             raise UsageError(f"min_score= is a detection score, 0 to 1; got {min_score}")
     if region is not None and task != "segmentation":
         raise UsageError(f"region= is for segmentation models; this model's task is {task}")
+
+
+def background_classes(labels: Sequence[str]) -> tuple[int, ...]:
+    """The classes named background (torchvision's `__background__`, `background`, `bg`)."""
+    names = {"background", "bg"}
+    return tuple(i for i, label in enumerate(labels) if label.strip(" _").casefold() in names)
 
 
 def region_mask(region: RegionInput, size: tuple[int, int]) -> np.ndarray:

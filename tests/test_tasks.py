@@ -633,3 +633,22 @@ def test_every_torchvision_segmentation_family_is_explained_on_the_photo(name):
     [target] = result.targets
     assert result.region(target).shape == (90, 120) and 0 < target.pixel_share <= 1
     assert np.isfinite(result.raw(target)).all()
+
+
+def test_top_k_explains_the_background_only_after_every_other_class_present():
+    from gradcam_cli.explainer import background_classes
+    from gradcam_cli.tasks import SegmentationTask
+
+    assert background_classes(["__background__", "cat", "Background", "bg ", "dog"]) == (0, 2, 3)
+    logits = torch.zeros(2, 3, 10, 10)
+    logits[0, 0] = 1.0  # image 0: background on 70 pixels, class 2 on 30
+    logits[0, 2, :3] = 2.0
+    logits[1, 0] = 1.0  # image 1: background alone
+
+    def chosen(background, topk):
+        scoring = SegmentationTask(background=background).scoring(TargetRequest(topk=topk), False)
+        return scoring.choose(scoring.bind({"out": logits})).tolist()
+
+    assert chosen((), 1) == [[0], [0]]  # by pixel share alone
+    assert chosen((0,), 1) == [[2], [0]]  # the largest other class; background when alone
+    assert chosen((0,), 3) == [[2, 0], [0, 3]]  # never a class on no pixel (3: the null slot)
