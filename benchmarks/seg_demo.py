@@ -325,7 +325,7 @@ def pointing_game(
     for number, scene, label, mask in _cases(scenes):
         result = results[number]
         target = next(t for t in result.targets if t.index == label)
-        empty += not target.probability > 0
+        empty += not (target.pixel_share or 0) > 0
         place = result.localize(label, mask)
         found.append((len(scene.labels) > 1, place.hit, place.energy))
     return _summary(name, found, seconds), empty
