@@ -117,7 +117,8 @@ class Explainer:
         amp: str | None = None,
         task: str | Task | None = None,
     ):
-        loaded = as_loaded_model(model, preprocess=preprocess, labels=labels)
+        name = task.name if isinstance(task, Task) else task
+        loaded = as_loaded_model(model, preprocess=preprocess, labels=labels, task=name)
         self.loaded = loaded
         self.task = get_task(task if task is not None else loaded.task)
         if aug_smooth and self.task.name != "classification":
@@ -391,7 +392,7 @@ class Explainer:
         ranking = result.ranking[i] if result.ranking is not None else probabilities
         if result.null_slot is not None:  # never a prediction
             ranking = ranking[: result.null_slot]
-        top = ranking.topk(min(5, ranking.numel())).indices.tolist()
+        top = ranking.argsort(descending=True, stable=True)[:5].tolist()  # ties: in slot order
         top = [slot for slot in top if result.null_slot is None or ranking[slot] > 0] or top[:1]
         predictions = [
             Prediction.make(**self._slot(slot, details, probabilities, scores, crop_box, frame))
@@ -465,8 +466,9 @@ class Explainer:
     def describe(self) -> dict[str, Any]:
         """What a run's report records about this explainer: model, method, layers, device,
         preprocessing and method options (`outputs.new_report`)."""
+        task = {} if self.task.name == "classification" else {"task": self.task.name}
         return {
-            "model": {**self.loaded.describe(), "task": self.task.name},
+            "model": {**self.loaded.describe(), **task},  # a classifier's says nothing new
             "method": self.method.name,
             "layers": [str(ref) for ref in self.layers],
             "device": str(self.device),

@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["Prediction", "TargetRef", "ExplanationRecord", "ImageResult", "gate_record"]
+__all__ = [
+    "Prediction",
+    "TargetRef",
+    "ExplanationRecord",
+    "ImageResult",
+    "gate_record",
+    "result_dict",
+]
+
+# Keys only a segmentation model's or a detector's records fill: left out where null, so that a
+# classifier's report is what it was before those models could be explained.
+TASK_KEYS = ("class_index", "box", "pixel_share")
+TASK_FILES = ("region",)
 
 
 def _finite(value: float) -> float | None:
@@ -154,6 +166,23 @@ class ImageResult:
             for e in data.get("explanations") or []
         ]
         return cls(**values)
+
+
+def result_dict(result: ImageResult) -> dict[str, Any]:
+    """A result as the report writes it: `asdict`, without the null task-only keys."""
+    data = asdict(result)
+    for prediction in data["predictions"]:
+        _drop_nulls(prediction, TASK_KEYS)
+    for record in data["explanations"]:
+        _drop_nulls(record["target"], TASK_KEYS)
+        _drop_nulls(record, TASK_FILES)
+    return data
+
+
+def _drop_nulls(data: dict[str, Any], keys: Sequence[str]) -> None:
+    for key in keys:
+        if data.get(key, 0) is None:
+            del data[key]
 
 
 def _target_from_dict(data: Mapping[str, Any], predictions: list[Prediction]) -> TargetRef:
