@@ -9,11 +9,13 @@
    a step count, `--minutes` × STEPS_PER_MINUTE (the rate measured on the 2-core machine this
    was written on), not a clock: the same arguments give the same weights. The state_dict is
    saved as OUT/shapes_seg.pt (torch.load(weights_only=True) reads it), with OUT/labels.txt
-   and a held-out scene OUT/example.png for trying the CLI:
+   and a held-out scene OUT/example.png with its masks in OUT/masks for trying the CLI (the
+   demo's preprocessing must be given: your own model otherwise gets 224² and ImageNet's):
 
        gradcam explain OUT/example.png -m benchmarks/seg_demo_model.py:ShapesSegNet \\
            --weights OUT/shapes_seg.pt --labels OUT/labels.txt --task segmentation \\
-           --input-size 128 --mean 0.5 0.5 0.5 --std 0.25 0.25 0.25 -t circle --panel --out DIR
+           --input-size 128 --mean 0.5 0.5 0.5 --std 0.25 0.25 0.25 -t circle \\
+           --mask OUT/masks --panel --out DIR
 
 2. On held-out scenes (seeds never trained on): pixel accuracy and mIoU of the segmentation,
    then the pointing game per (scene, true class present) with the library's segmentation
@@ -41,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
@@ -357,6 +360,17 @@ def baselines(
     return [_summary(name, found) for name, found in rows.items()]
 
 
+def write_example(scene: Scene, out: Path) -> None:
+    """OUT/example.png, a held-out scene, and its true masks OUT/masks/example.LABEL.png (the
+    names `--mask OUT/masks` matches per class) for trying the CLI."""
+    scene.image.save(out / "example.png")
+    (out / "masks").mkdir(exist_ok=True)
+    for label, mask in zip(scene.labels, scene.masks, strict=True):
+        Image.fromarray(np.uint8(mask) * 255).save(
+            out / "masks" / f"example.{LABELS[label + 1]}.png"
+        )
+
+
 # -- the report ----------------------------------------------------------------------------------
 
 
@@ -428,8 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "labels.txt").write_text("\n".join(LABELS) + "\n")
 
     scenes = held_out(args.single, args.pairs)
-    example = next(s for s in scenes if len(s.labels) > 1 and 0 in s.labels)  # has a circle
-    example.image.save(args.out / "example.png")
+    write_example(next(s for s in scenes if len(s.labels) > 1 and 0 in s.labels), args.out)
     probs = probabilities(model, scenes)
     truth = np.stack([label_map(s) for s in scenes])
     pixels = pixel_figures(probs.argmax(1), truth)
