@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,6 +74,7 @@ __all__ = [
     "pixel_figures",
     "Pointing",
     "EXPLAINED",
+    "explainer",
     "pointing_game",
     "main",
 ]
@@ -302,14 +304,11 @@ def _groups(scenes: Sequence[Scene]) -> dict[tuple[int, ...], list[int]]:
     return groups
 
 
-def pointing_game(
-    model: nn.Module, scenes: Sequence[Scene], name: str, layer: str, method: str
-) -> tuple[Pointing, int]:
-    """The pointing game of one layer and method, with the library's segmentation task;
-    also how many targets had no predicted pixel (their map is whatever the library gives)."""
+def explainer(model: nn.Module, layer: str | None = None, method: str = "gradcam"):
+    """The library's explainer of the model's segmentation (layer None: its automatic choice)."""
     from gradcam_cli import Explainer
 
-    explainer = Explainer(
+    return Explainer(
         model,
         layers=layer,
         method=method,
@@ -317,22 +316,26 @@ def pointing_game(
         labels=LABELS,
         preprocess=PREPROCESS,
     )
+
+
+def pointing_game(
+    model: nn.Module, scenes: Sequence[Scene], name: str, layer: str, method: str
+) -> Pointing:
+    """The pointing game of one layer and method, with the library's segmentation task."""
+    explain = explainer(model, layer, method).explain
     started = time.perf_counter()
     results = {}
     for classes, numbers in _groups(scenes).items():
         for start in range(0, len(numbers), BATCH):
             chunk = numbers[start : start + BATCH]
-            explained = explainer.explain([scenes[n].image for n in chunk], targets=list(classes))
+            explained = explain([scenes[n].image for n in chunk], targets=list(classes))
             results.update(zip(chunk, explained, strict=True))
     seconds = time.perf_counter() - started
-    found, empty = [], 0
+    found = []
     for number, scene, label, mask in _cases(scenes):
-        result = results[number]
-        target = next(t for t in result.targets if t.index == label)
-        empty += not (target.pixel_share or 0) > 0
-        place = result.localize(label, mask)
+        place = results[number].localize(label, mask)
         found.append((len(scene.labels) > 1, place.hit, place.energy))
-    return _summary(name, found, seconds), empty
+    return _summary(name, found, seconds)
 
 
 def baselines(
@@ -378,9 +381,7 @@ def _pct(value: float) -> str:
     return "–" if value != value else f"{100 * value:.1f} %"
 
 
-def table(
-    run: dict[str, object], pixels: PixelFigures, rows: Sequence[Pointing], mask_share: float
-) -> str:
+def table(run: dict[str, Any], pixels: PixelFigures, rows: Sequence[Pointing]) -> str:
     lines = [
         "# Segmentation on the demo scenes: the pointing game",
         "",
@@ -394,8 +395,10 @@ def table(
         + ", ".join(f"{name} {_pct(v)}" for name, v in pixels.iou.items())
         + ").",
         "",
-        f"Pointing game per (scene, true class): {rows[0].cases if rows else 0} cases; energy's "
-        f"chance level (mean mask share) {_pct(mask_share)}.",
+        f"Pointing game per (scene, true class): {run['cases']} cases, "
+        f"{run['cases_without_predicted_pixels']} of them a class the model predicts on no pixel "
+        "(its target is 0, a gradient map is empty: a miss); energy's chance level (the mean "
+        f"mask share) {_pct(run['mask_share'])}. The automatic layer: {run['automatic_layer']}.",
         "",
         "| map | hit, 1 object | hit, 2 objects | hit, all | energy in mask | time |",
         "|---|---:|---:|---:|---:|---:|",
@@ -449,14 +452,18 @@ def main(argv: list[str] | None = None) -> None:
     log(f"held out: pixel accuracy {pixels.pixel_accuracy:.4f}, mIoU {pixels.mean_iou:.4f}")
 
     rows: list[Pointing] = []
-    empty: dict[str, int] = {}
+    automatic = None
     if not args.no_explain:
+        automatic = str(explainer(model).layers[0])
         for name, layer, method in EXPLAINED:
-            row, empty[name] = pointing_game(model, scenes, name, layer, method)
+            row = pointing_game(model, scenes, name, layer, method)
             log(f"{name}: hit {row.hit:.4f}, energy {row.energy:.4f} ({row.seconds:.0f} s)")
             rows.append(row)
     rows += baselines(scenes, probs)
-    mask_share = float(np.mean([mask.mean() for _, _, _, mask in _cases(scenes)]))
+    cases = list(_cases(scenes))
+    mask_share = float(np.mean([mask.mean() for *_, mask in cases]))
+    predicted = probs.argmax(1)
+    unpredicted = sum(not (predicted[n] == label).any() for n, _, label, _ in cases)
 
     run = {
         "steps": steps,
@@ -470,15 +477,17 @@ def main(argv: list[str] | None = None) -> None:
         "single": args.single,
         "pairs": args.pairs,
         "weights": str(weights),
+        "automatic_layer": automatic,
+        "cases": len(cases),
+        "cases_without_predicted_pixels": unpredicted,
+        "mask_share": mask_share,
     }
-    text = table(run, pixels, rows, mask_share)
+    text = table(run, pixels, rows)
     (args.out / "seg_demo.md").write_text(text)
     figures = {
         "run": run,
         "segmentation": asdict(pixels),
-        "mask_share": mask_share,
         "pointing": [asdict(row) for row in rows],
-        "targets_without_pixels": empty,
     }
     (args.out / "seg_demo.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(text, end="")
