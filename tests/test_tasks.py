@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import explain, invoke, max_relative_error, noise, strict_report
+from helpers import (
+    explain,
+    invoke,
+    max_relative_error,
+    noise,
+    strict_report,
+    textbook_backward,
+)
 from PIL import Image
 from torch import nn
 
@@ -110,24 +117,10 @@ def _tiny_seg(models: Path) -> nn.Module:
 
 
 def _textbook(model: nn.Module, x, layer: str, target) -> torch.Tensor:
-    """Grad-CAM the textbook way: every parameter trainable, hooks, `target(output)`.backward()
-    through the whole model."""
-    import copy
-
-    model = copy.deepcopy(model).eval()
-    for param in model.parameters():
-        param.requires_grad_(True)
-    store = {}
-
-    def hook(_module, _args, output):
-        store["A"] = output.detach().clone()
-        output.register_hook(lambda grad: store.__setitem__("dA", grad.detach().clone()))
-
-    handle = dict(model.named_modules())[layer].register_forward_hook(hook)
-    target(model(x)).backward()
-    handle.remove()
-    weights = store["dA"].mean(dim=(2, 3), keepdim=True)
-    return (weights * store["A"]).sum(dim=1).clamp(min=0)[0]
+    """Grad-CAM of `target(output)` by a full backward through the whole model."""
+    activations, gradients, _ = textbook_backward(model, x, layer, target)
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    return (weights * activations).sum(dim=1).clamp(min=0)[0]
 
 
 # -- what a target is ----------------------------------------------------------------------------

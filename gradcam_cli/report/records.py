@@ -30,8 +30,27 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _box(box: Sequence[float] | None) -> list[float] | None:
-    return None if box is None else [round(float(v), 2) for v in box]
+def _fields(
+    index: int,
+    label: str,
+    probability: float,
+    score: float,
+    *,
+    class_index: int | None = None,
+    box: Sequence[float] | None = None,
+    pixel_share: float | None = None,
+) -> tuple:
+    """A Prediction's or a TargetRef's fields, in order: numbers finite or None, a box's
+    coordinates to the hundredth of a pixel."""
+    return (
+        int(index),
+        label,
+        _finite(probability),
+        _finite(score),
+        class_index,
+        None if box is None else [round(float(v), 2) for v in box],
+        None if pixel_share is None else _finite(pixel_share),
+    )
 
 
 @dataclass(frozen=True)
@@ -49,26 +68,9 @@ class Prediction:
     pixel_share: float | None = None  # segmentation: share of the pixels predicted as it
 
     @classmethod
-    def make(
-        cls,
-        index: int,
-        label: str,
-        probability: float,
-        score: float,
-        *,
-        class_index: int | None = None,
-        box: Sequence[float] | None = None,
-        pixel_share: float | None = None,
-    ) -> Prediction:
-        return cls(
-            int(index),
-            label,
-            _finite(probability),
-            _finite(score),
-            class_index,
-            _box(box),
-            None if pixel_share is None else _finite(pixel_share),
-        )
+    def make(cls, index: int, label: str, probability: float, score: float, **task) -> Prediction:
+        """With finite numbers or None; `task`: class_index, box, pixel_share."""
+        return cls(*_fields(index, label, probability, score, **task))
 
 
 @dataclass(frozen=True)
@@ -88,26 +90,9 @@ class TargetRef:
     pixel_share: float | None = None
 
     @classmethod
-    def make(
-        cls,
-        index: int,
-        label: str,
-        probability: float,
-        score: float,
-        *,
-        class_index: int | None = None,
-        box: Sequence[float] | None = None,
-        pixel_share: float | None = None,
-    ) -> TargetRef:
-        return cls(
-            int(index),
-            label,
-            _finite(probability),
-            _finite(score),
-            class_index,
-            _box(box),
-            None if pixel_share is None else _finite(pixel_share),
-        )
+    def make(cls, index: int, label: str, probability: float, score: float, **task) -> TargetRef:
+        """As Prediction.make."""
+        return cls(*_fields(index, label, probability, score, **task))
 
 
 @dataclass(frozen=True)
