@@ -300,7 +300,9 @@ class Explainer:
         if arrays is None:
             arrays = [self.loaded.preprocess.to_array(image) for image in images]
         regions = None if region is None else [self._region(region, image) for image in images]
-        request = (tuple(classes or ()), 1 if classes else topk)
+        # What was asked: classes, or top-k; a detector's top-k detections of those classes.
+        detections = self.task.name == "detection"
+        request = (tuple(classes or ()), topk if detections or not classes else 1)
         explained = []
         for part in self._batches(arrays):  # of one size each
             batch = self._stacked([arrays[i] for i in part])

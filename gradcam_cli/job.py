@@ -154,8 +154,6 @@ class JobOptions:
         check_image_format(self.overlay_format)
         if self.topk < 1:
             raise UsageError(f"topk= must be at least 1, got {self.topk}")
-        if self.targets and self.topk != 1:
-            raise UsageError("targets= and topk= exclude each other: name classes or ask for top-k")
         check_input_size(self.input_size)
         check_resize(self.resize)
         if self.task is not None:
@@ -461,6 +459,11 @@ def _check_task_options(
     from .inputs import photo_size
 
     task = explainer.task.name
+    if options.targets and options.topk != 1 and task != "detection":
+        raise UsageError(
+            "targets= and topk= exclude each other: name classes or ask for top-k (a "
+            "detector takes both: its top-k detections of those classes)"
+        )
     check_target_options(task, options.min_score, options.region)
     if options.metrics and task != "classification":
         raise UsageError(

@@ -645,3 +645,22 @@ def test_top_k_explains_the_background_only_after_every_other_class_present():
     assert chosen((), 1) == [[0], [0]]  # by pixel share alone
     assert chosen((0,), 1) == [[2], [0]]  # the largest other class; background when alone
     assert chosen((0,), 3) == [[2, 0], [0, 3]]  # never a class on no pixel (3: the null slot)
+
+
+def test_cli_a_detector_takes_target_classes_and_topk_together(models, tmp_path):
+    photo = tmp_path / "p.png"
+    noise(100, 70, seed=0).save(photo)
+    model = f"{models / 'fixedbox.py'}:FixedBoxDetector"
+    out = tmp_path / "out"
+    result = explain(
+        str(photo), "-m", model, "--task", "detection", "-t", "1", "-k", "3", "--out", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    report = strict_report(out)
+    assert report["options"]["classes"] == [1] and report["options"]["topk"] == 3
+    other = explain(
+        str(photo), "-m", model, "--task", "detection", "-t", "2", "--out", str(tmp_path / "o2")
+    )
+    assert (
+        other.exit_code == 0 and strict_report(tmp_path / "o2")["results"][0]["explanations"] == []
+    )  # no detection of class 2
