@@ -223,13 +223,14 @@ def probe_layers(
     random mix of its scores (a segmentation model's logits at every pixel, a detector's
     backbone features), and a detector's layers are read at the size it resized the image to.
 
-    A full backward from a random mix of the logits tells which outputs the logits depend on.
-    It is done once per run, on one image, so its cost does not matter. What the model's code
+    A full backward from a random mix of the logits tells which outputs the logits depend on:
+    each output's gradient is reduced, as it is computed, to where it is non-zero (by token for
+    a token output), so no module's gradient is kept — the probe's memory is the recorded
+    forward's, once per run. What the model's code
     raises (or a sys.exit in it) is a UserCodeError naming `model_name` ("your model
     net.py:make", "timm:resnet50"; `LoadedModel.title`).
     """
     records: dict[str, dict] = {}
-    outputs: list[tuple[str, torch.Tensor]] = []
     counter = iter(range(1 << 62))
     handles: list = []
     last_leaf: list[tuple[nn.Module, object]] = []
@@ -248,7 +249,15 @@ def probe_layers(
                 if isinstance(output, torch.Tensor):
                     rec["shape"] = tuple(output.shape)
                     if output.requires_grad:
-                        outputs.append((name, output))
+                        output.register_hook(make_gradient_hook(name))
+
+        return hook
+
+    reached: dict[str, torch.Tensor] = {}  # where each output's gradient is non-zero
+
+    def make_gradient_hook(name: str):
+        def hook(gradient: torch.Tensor) -> None:
+            reached[name] = _nonzero_where(gradient)
 
         return hook
 
@@ -268,17 +277,13 @@ def probe_layers(
             logits, frame = task.probe_output(model, x)
         mix = torch.randn(logits.shape, generator=generator).to(logits.device)
         with running_user_code(doing.replace("running", "the backward pass of", 1), _FIX_IT):
-            found: Sequence[torch.Tensor | None] = (
-                torch.autograd.grad(
-                    (logits * mix).sum(), [x, *(t for _, t in outputs)], allow_unused=True
-                )
+            input_gradient = (
+                torch.autograd.grad((logits * mix).sum(), x, allow_unused=True)[0]
                 if logits.requires_grad
-                else [None] * (1 + len(outputs))
+                else None
             )
-    input_gradient, *grads = found
-    gradients = dict(zip([name for name, _ in outputs], grads, strict=True))
     infos = [
-        _layer_info(name, path, records.get(name), gradients.get(name), frame or input_size)
+        _layer_info(name, path, records.get(name), reached.get(name), frame or input_size)
         for name, path in paths.items()
     ]
     return Probe(
@@ -315,13 +320,24 @@ def _ends_in_probabilities(last_leaf: list[tuple[nn.Module, object]], logits: to
     )
 
 
+def _nonzero_where(gradient: torch.Tensor) -> torch.Tensor:
+    """Where a gradient is non-zero, all a layer's check needs of it: by token for a token
+    output [B, N, C] (the class token's may be the only one), else anywhere. (!= 0 rather than
+    > 0: a NaN gradient, from a model that gives NaN on the random image, still shows the
+    dependence.)"""
+    nonzero = gradient != 0
+    return nonzero.any(dim=0).any(dim=-1) if gradient.dim() == 3 else nonzero.any()
+
+
 def _layer_info(
     name: str,
     path: tuple[nn.Module, ...],
     rec: dict | None,
-    gradient: torch.Tensor | None,
+    reached: torch.Tensor | None,
     input_size: tuple[int, int],
 ) -> LayerInfo:
+    """What a module is as a target; `reached`: `_nonzero_where` of its output's gradient
+    (None: the logits do not use its output)."""
     module = path[-1]
     kind = type(module).__name__
     if rec is None:
@@ -335,18 +351,12 @@ def _layer_info(
         )
     except NotSpatialError as exc:
         return LayerInfo(name, kind, shape, calls, order, False, str(exc))
-    # != 0 rather than > 0: a NaN gradient (a model that gives NaN on the random probe image)
-    # still shows the dependence.
-    reaches = gradient is not None and bool((layout.to_map(gradient) != 0).any())
+    patches = reached[layout.prefix :] if reached is not None and reached.dim() == 1 else reached
+    reaches = patches is not None and bool(patches.any())
     reason = ""
     if calls > 1:
         reason = f"runs {calls} times per forward (pick one with @N)"
-    elif (
-        not reaches
-        and layout.kind == "tokens"
-        and gradient is not None
-        and bool((gradient != 0).any())
-    ):
+    elif not reaches and layout.kind == "tokens" and reached is not None and bool(reached.any()):
         reason = "only the class token(s) reach the logits, not its patch tokens"
     elif not reaches:
         reason = "the logits do not depend on it"

@@ -135,6 +135,19 @@ class Preprocess:
             std=(1.0, 1.0, 1.0),
         )
 
+    @classmethod
+    def whole_photo(
+        cls,
+        side: int = 520,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ) -> Preprocess:
+        """The photo's shorter side resized to `side`, nothing cropped: a segmentation model's
+        input (torchvision's SemanticSegmentation transforms, 520 by default)."""
+        return cls(
+            input_size=(side, side), resize_shorter=side, resize_mode="keep", mean=mean, std=std
+        )
+
     @property
     def resize(self) -> str:
         """The mode as `resize=` names it: crop, squash, pad or keep."""

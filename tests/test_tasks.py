@@ -664,3 +664,15 @@ def test_cli_a_detector_takes_target_classes_and_topk_together(models, tmp_path)
     assert (
         other.exit_code == 0 and strict_report(tmp_path / "o2")["results"][0]["explanations"] == []
     )  # no detection of class 2
+
+
+def test_a_module_said_to_segment_or_detect_gets_that_task_s_input(models):
+    seg = Explainer(_tiny_seg(models), task="segmentation").loaded.preprocess
+    assert (seg.resize, seg.resize_shorter) == ("keep", 520)  # the whole photo, as torchvision's
+    detector = _module(models / "fixedbox.py", "FixedBoxDetector")
+    det = Explainer(detector, task="detection").loaded.preprocess
+    assert det == Preprocess.as_given()
+    mine = Preprocess(input_size=(64, 64), resize_shorter=64, resize_mode="keep")
+    assert (
+        Explainer(_tiny_seg(models), task="segmentation", preprocess=mine).loaded.preprocess == mine
+    )

@@ -65,8 +65,9 @@ def load_model(
 ) -> LoadedModel:
     """Build the model a `--model` spec names, with its preprocessing and labels.
 
-    `task`: what the model does, when it is not known from its library (your own detector:
-    it then gets a detector's input, the photo as it is in [0, 1]; `Preprocess.as_given`).
+    `task`: what the model does, when it is not known from its library: your own detector
+    then gets a detector's input, the photo as it is in [0, 1] (`Preprocess.as_given`), your
+    own segmentation model the whole photo, shorter side to 520 (`Preprocess.whole_photo`).
 
     `resize`: how a photo becomes the input size, 'crop', 'squash' or 'pad' (`Preprocess`);
     None keeps the model's own convention (timm's data config, torchvision's weights
@@ -84,8 +85,8 @@ def load_model(
     )
     preprocess = source.preprocess(model, name)
     task = task or source.task(name)
-    if task == "detection" and source.task(name) != "detection":
-        preprocess = Preprocess.as_given()
+    if task != source.task(name):
+        preprocess = _task_preprocess(task, preprocess)
     labels = source.labels(model, name) if num_classes is None else None
     if weights is not None:
         state = read_state_dict(weights)
@@ -154,8 +155,9 @@ def as_loaded_model(
         loaded = model
     elif isinstance(model, nn.Module):
         loaded = _your_module(model)
-        if task == "detection":
-            loaded = replace(loaded, preprocess=Preprocess.as_given(), task=task)
+        if task is not None and task != loaded.task:
+            preprocess_for_task = _task_preprocess(task, loaded.preprocess)
+            loaded = replace(loaded, preprocess=preprocess_for_task, task=task)
     else:
         raise UsageError(
             f"model= takes an nn.Module, a name such as 'torchvision:resnet50' or a LoadedModel, "
@@ -170,6 +172,16 @@ def as_loaded_model(
     if labels is not None:
         loaded = replace(loaded, labels=[str(label) for label in labels])
     return loaded
+
+
+def _task_preprocess(task: str, preprocess: Preprocess) -> Preprocess:
+    """A model said to be a detector or a segmentation model gets their input, not the
+    classifier's crop it would get as your own model."""
+    if task == "detection":
+        return Preprocess.as_given()
+    if task == "segmentation":
+        return Preprocess.whole_photo(mean=preprocess.mean, std=preprocess.std)
+    return preprocess
 
 
 def _your_module(model: nn.Module) -> LoadedModel:

@@ -95,13 +95,7 @@ class TorchvisionSource(Source):
         t = enum.transforms()
         if task == "segmentation":  # SemanticSegmentation: shorter side resized, no crop
             side = t.resize_size[0] if t.resize_size else SEGMENTATION_SIDE
-            return Preprocess(
-                input_size=(side, side),
-                resize_shorter=side,
-                resize_mode="keep",
-                mean=tuple(t.mean),
-                std=tuple(t.std),
-            )
+            return Preprocess.whole_photo(side, mean=tuple(t.mean), std=tuple(t.std))
         crop = t.crop_size[0]
         interpolation = getattr(t.interpolation, "value", "bilinear")
         return Preprocess(
