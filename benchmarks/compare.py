@@ -68,6 +68,19 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def cpu_peak_mib(call) -> float:
+    """Run `call` once; the process's peak RSS during it above the RSS before it, in MiB (the
+    peak, VmHWM, reset to the current RSS through /proc/self/clear_refs first)."""
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+    before = _rss_kib("VmRSS")
+    call()
+    return (_rss_kib("VmHWM") - before) / 1024
+
+
 def _make_call(approach: str, model, layer_name: str, x):
     import torch
 
@@ -153,14 +166,7 @@ def child(approach: str, batch: int, device: str, repeats: int, model_name: str,
         synced()
         peak = (torch.cuda.max_memory_allocated() - before) / 2**20
     else:
-        import gc
-
-        gc.collect()
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")  # resets the peak RSS (VmHWM) to the current RSS
-        before = _rss_kib("VmRSS")
-        synced()
-        peak = (_rss_kib("VmHWM") - before) / 1024
+        peak = cpu_peak_mib(synced)
     for _ in range(2):
         synced()
     times = []

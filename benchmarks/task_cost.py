@@ -1,0 +1,366 @@
+"""Grad-CAM's cost on a segmentation and a detection model: inference, the split, a full backward.
+
+    .venv/bin/python benchmarks/task_cost.py [--repeats 3] [--warmups 1] [--rounds 1]
+                                             [--photo sample_images/photos/coffee.jpg]
+
+Two torchvision models with seeded random weights (nothing is downloaded), on the CPU with as
+many torch threads as this process has cores, each given one 640×480 photo (PHOTO cropped to 4:3
+and resized, `ImageOps.fit`):
+
+- `deeplabv3_resnet50`, preprocessed as torchvision's segmentation weights do (shorter side
+  resized to 520: the model sees 693×520); layer `backbone.layer4`; the target is the class
+  predicted on the most pixels, its score the sum of its logits over those pixels (pytorch-grad-
+  cam's SemanticSegmentationTarget);
+- `fasterrcnn_resnet50_fpn` (weights=None, weights_backbone=None, box_score_thresh=0.0, so random
+  weights still give detections), given the photo as a [0, 1] tensor, which the model's own
+  transform resizes to 800 on the shorter side; layer `backbone.body.layer4`; the target is the
+  best detection, its score that detection's score.
+
+Three ways to get there, each timed from the PIL photo to its result:
+
+- `inference`: a `torch.no_grad()` forward (and the predicted mask's argmax): the floor;
+- `split Grad-CAM`: `gradcam_cli.Explainer(model, layers=..., task=...).explain([photo], topk=1)`;
+- `full-backward Grad-CAM`: the textbook recipe written here, what pytorch-grad-cam does: a
+  forward hook keeps the layer's output and a tensor hook its gradient, the parameters require
+  grad as loaded, `score.backward()` on the same target scalar; map = ReLU(Σ_k mean(dA_k) A_k).
+
+Every (model, approach) runs in its own fresh subprocess, so peaks do not mix. Each child builds
+the model (and the Explainer: its set-up probe is part of loading), measures the peak RSS of ONE
+cold call above what was resident before it (`compare.cpu_peak_mib`), then WARMUPS calls, then
+REPEATS timed calls, and reports their median. With ROUNDS > 1 the cells run in interleaved
+rounds and each figure is the best round's (noise only ever adds). The split and full-backward
+children save their map; the two are compared (max |split − full| / max |full|): the split is
+exact, so they must agree to float tolerance.
+
+Prints a markdown table and writes benchmarks/results/task_cost.md. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import cpu_peak_mib, machine  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "task_cost.md"
+PHOTO = Path(__file__).resolve().parent.parent / "sample_images" / "photos" / "coffee.jpg"
+PHOTO_SIZE = (640, 480)
+PREPROCESSING = {
+    "segmentation": "torchvision's segmentation preprocessing: shorter side to 520",
+    "detection": "the model's own transform: shorter side to 800, padded to a multiple of 32",
+}
+APPROACHES = ("inference", "split Grad-CAM", "full-backward Grad-CAM")
+MAPPED = APPROACHES[1:]  # the children that save their map for the agreement check
+
+
+@dataclass(frozen=True)
+class Spec:
+    task: str
+    layer: str
+    weights: str  # torchvision's weights enum, for its preprocessing only (nothing is loaded)
+    kwargs: dict = field(default_factory=dict)
+
+
+MODELS = {
+    "deeplabv3_resnet50": Spec(
+        "segmentation", "backbone.layer4", "DeepLabV3_ResNet50_Weights", {"aux_loss": False}
+    ),
+    "fasterrcnn_resnet50_fpn": Spec(
+        "detection",
+        "backbone.body.layer4",
+        "FasterRCNN_ResNet50_FPN_Weights",
+        {"box_score_thresh": 0.0},
+    ),
+}
+
+
+# -- the child: one approach on one model -------------------------------------------------------
+
+
+def photo(path: Path):
+    from PIL import Image, ImageOps
+
+    return ImageOps.fit(Image.open(path).convert("RGB"), PHOTO_SIZE)
+
+
+def build(name: str):
+    import torch
+    import torchvision
+
+    spec = MODELS[name]
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(
+        name, weights=None, weights_backbone=None, **spec.kwargs
+    ).eval()
+    # torchvision's own preprocessing for this model: its weights' transforms (a transform
+    # object; building it downloads nothing)
+    preprocess = torchvision.models.get_weight(f"{spec.weights}.DEFAULT").transforms()
+    return model, preprocess
+
+
+def segmentation_target(logits):
+    """The class predicted on the most pixels, and the sum of its logits over those pixels."""
+    import torch
+
+    predicted = logits.argmax(1)
+    c = int(torch.bincount(predicted.flatten(), minlength=logits.shape[1]).argmax())
+    mask = predicted[0] == c
+    share = float(mask.float().mean())
+    return (logits[0, c] * mask).sum(), {"class": c, "pixel share": round(share, 4)}
+
+
+def detection_target(detections):
+    """The best detection (torchvision returns them by decreasing score) and its score."""
+    best = detections[0]
+    score = best["scores"][0]
+    return score, {
+        "class": int(best["labels"][0]),
+        "score": round(float(score), 4),
+        "box": [round(float(v), 1) for v in best["boxes"][0]],
+    }
+
+
+def inference_call(model, preprocess, task: str, image):
+    import torch
+
+    if task == "segmentation":
+
+        def call():
+            with torch.no_grad():
+                return model(preprocess(image)[None])["out"].argmax(1), None
+
+    else:
+
+        def call():
+            with torch.no_grad():
+                return model([preprocess(image)]), None
+
+    return call
+
+
+def full_backward_call(model, preprocess, spec: Spec, image):
+    """The textbook Grad-CAM: hooks on the layer, a backward through the whole model."""
+    import torch.nn.functional as F
+
+    kept: dict = {}
+
+    def keep(module, inputs, output):
+        kept["A"] = output
+        output.register_hook(lambda grad: kept.__setitem__("dA", grad))
+
+    model.get_submodule(spec.layer).register_forward_hook(keep)
+
+    def call():
+        model.zero_grad(set_to_none=True)  # as pytorch-grad-cam does before each backward
+        if spec.task == "segmentation":
+            score, target = segmentation_target(model(preprocess(image)[None])["out"])
+        else:
+            score, target = detection_target(model([preprocess(image)]))
+        score.backward()
+        a, g = kept.pop("A").detach(), kept.pop("dA")
+        cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1))[0]
+        return cam.numpy(), target
+
+    return call
+
+
+def split_call(model, spec: Spec, image):
+    """The library's split: the backward runs through what follows the layer only."""
+    from gradcam_cli import Explainer
+
+    explainer = Explainer(model, layers=spec.layer, task=spec.task)
+    options = {"min_score": 0.0} if spec.task == "detection" else {}
+
+    def call():
+        [result] = explainer.explain([image], topk=1, **options)
+        target = result.targets[0]
+        return result.raw(), {"class": target.index, "target": repr(target)}
+
+    return call
+
+
+def child(name: str, approach: str, args) -> None:
+    import warnings
+
+    import numpy as np
+    import torch
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    spec = MODELS[name]
+    model, preprocess = build(name)
+    image = photo(args.photo)
+    if approach == "inference":
+        call = inference_call(model, preprocess, spec.task, image)
+    elif approach == "split Grad-CAM":
+        call = split_call(model, spec, image)
+    else:
+        call = full_backward_call(model, preprocess, spec, image)
+    seen: list = []  # the backbone's input size (h, w): the model's view of the photo
+    hook = model.backbone.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].shape))
+    peak = cpu_peak_mib(call)
+    hook.remove()
+    for _ in range(args.warmups):
+        call()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        cam, target = call()
+        times.append(time.perf_counter() - start)
+    if args.map:
+        np.save(args.map, np.asarray(cam, dtype=np.float32))
+    result = {"seconds": statistics.median(times), "peak_mib": peak, "target": target}
+    print(json.dumps(result | {"backbone_input": list(seen[0][-2:]) if seen else None}))
+
+
+# -- the parent: every child, then the table ----------------------------------------------------
+
+
+def run_child(name: str, approach: str, args, map_path: Path | None) -> dict:
+    command = [sys.executable, __file__, "--child", name, "--approach", approach]
+    command += ["--repeats", str(args.repeats), "--warmups", str(args.warmups)]
+    command += ["--photo", str(args.photo)]
+    if map_path is not None:
+        command += ["--map", str(map_path)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def best(runs: list[dict]) -> dict:
+    """The fastest round's time and the smallest round's memory (both only grow with noise)."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    return {
+        "seconds": min(r["seconds"] for r in ok),
+        "peak_mib": min(r["peak_mib"] for r in ok),
+        "target": ok[0]["target"],
+        "backbone_input": ok[0]["backbone_input"],
+    }
+
+
+def agreement(maps: dict[str, Path]) -> str:
+    """max |split − full| / max |full| of the two saved maps, or why there is none."""
+    import numpy as np
+
+    missing = [a for a in MAPPED if not maps[a].exists()]
+    if missing:
+        return "not compared: no map from " + ", ".join(missing)
+    split, full = (np.load(maps[a]) for a in MAPPED)
+    if split.shape != full.shape:
+        return f"not compared: split map {split.shape}, full-backward map {full.shape}"
+    scale = float(np.abs(full).max())
+    if scale == 0:
+        return "not compared: the full-backward map is all zero"
+    return f"{float(np.abs(split - full).max()) / scale:.1e}"
+
+
+def cell(result: dict, floor: dict) -> str:
+    if "error" in result:
+        return f"failed: {result['error']}"
+    text = f"{result['seconds']:.2f} s · {result['peak_mib']:.0f} MiB"
+    if result is floor or "error" in floor:
+        return text
+    return (
+        f"{text} ({result['seconds'] / floor['seconds']:.2f}× · "
+        f"{result['peak_mib'] / floor['peak_mib']:.2f}×)"
+    )
+
+
+def table(results: dict, agreements: dict) -> str:
+    lines = [
+        "| model | inference | split Grad-CAM | full-backward Grad-CAM | split vs full map |",
+        "|---|---|---|---|---|",
+    ]
+    for name in MODELS:
+        floor = results[(name, "inference")]
+        cells = " | ".join(cell(results[(name, a)], floor) for a in APPROACHES)
+        lines.append(f"| {name} | {cells} | {agreements[name]} |")
+    return "\n".join(lines)
+
+
+def views(results: dict) -> str:
+    """The backbone's input (h × w) per model, as the inference child saw it."""
+    seen = []
+    for name, spec in MODELS.items():
+        size = results[(name, "inference")].get("backbone_input")
+        if size:
+            seen.append(f"{size[1]}×{size[0]} ({name}, {PREPROCESSING[spec.task]})")
+    return "; ".join(seen) or "(not measured)"
+
+
+def targets(results: dict) -> str:
+    lines = []
+    for name in MODELS:
+        for approach in MAPPED:
+            r = results[(name, approach)]
+            if "error" not in r:
+                lines.append(f"- {name}, {approach}: target {json.dumps(r['target'])}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmups", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--photo", type=Path, default=PHOTO)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--approach", help=argparse.SUPPRESS)
+    parser.add_argument("--map", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.approach, args)
+        return
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    started = time.perf_counter()
+    rounds: dict[tuple[str, str], list[dict]] = {}
+    agreements: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="gradcam-task-cost-") as work:
+        for round_ in range(args.rounds):
+            for name in MODELS:
+                maps = {a: Path(work) / f"{name}-{a.split()[0]}.npy" for a in MAPPED}
+                for approach in APPROACHES:
+                    result = run_child(name, approach, args, maps.get(approach))
+                    rounds.setdefault((name, approach), []).append(result)
+                    print(f"round {round_ + 1} {name:<24} {approach:<23} {result}", flush=True)
+                if round_ == 0:
+                    agreements[name] = agreement(maps)
+    results = {key: best(runs) for key, runs in rounds.items()}
+    w, h = PHOTO_SIZE
+    text = (
+        f"# Grad-CAM cost on a segmentation and a detection model (random init, CPU)\n\n"
+        f"{machine('cpu')}. One {w}×{h} photo ({args.photo.name} fitted to {w}×{h}); "
+        f"the backbones see {views(results)}. Median wall time per image of "
+        f"{args.repeats} calls after {args.warmups} warm-up(s), from the PIL photo to the "
+        f"result; best of {args.rounds} round(s); peak memory: the peak RSS of one cold call "
+        "above what was resident after loading the model; each cell a fresh process. "
+        "Ratios are against inference (time · memory). The last column is "
+        "max |split − full| / max |full| of the two raw maps.\n"
+        f"`python benchmarks/task_cost.py {' '.join(sys.argv[1:])}` "
+        f"({time.perf_counter() - started:.0f} s in all)\n\n"
+        + table(results, agreements)
+        + "\n\n"
+        + targets(results)
+        + "\n"
+    )
+    print(text)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
