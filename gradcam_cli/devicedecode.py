@@ -144,6 +144,8 @@ def device_decode_refusal(path, preprocess: Preprocess) -> str | None:
 
 
 def _refusal(image: Image.Image, preprocess: Preprocess) -> str | None:
+    if not preprocess.fixed_size:  # views of their own sizes: they do not stack into a batch
+        return "--resize keep: each photo is its own batch"
     # MPO (several pictures): Pillow warns of the frames. (A "JPEG" is a JpegImageFile: the
     # isinstance tells mypy so, for its `layer` and `bits`.)
     if image.format != "JPEG" or not isinstance(image, JpegImageFile):

@@ -13,6 +13,10 @@ part of the model get two callables: `head` runs only the part after the layer o
 they supply (Ablation-CAM), `forward` the whole model (Score-CAM). Guided methods get their own
 full backward to the pixels, with ReLU gradients clamped (guided.py). `aug_smooth` repeats all
 of this on flipped and rescaled copies of the images and averages the maps mapped back.
+
+What a target is comes from the task (tasks/): a class of a classifier, a class's region of a
+segmentation model, a detection of a detector. Its Scoring gives every forward's scores as one
+matrix [N, T] over slots, so that all of the above is the same for the three.
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .allocator import tune_allocator
-from .errors import LayerError, TargetError, first_line
+from .errors import LayerError, first_line
 from .guided import guided_relus
 from .layers import LayerRef, resolve_layer
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
-from .logits import class_probabilities, class_scores, extract_logits
 from .methods import CamMethod, LayerView, get_method
 from .modelstate import frozen_eval, removing
+from .tasks import Scoring, TargetDetails, TargetRequest, Task, get_task
 
 __all__ = [
     "BatchExplanation",
@@ -55,12 +59,23 @@ class HeadOnlyFallbackWarning(RuntimeWarning):
 class BatchExplanation:
     """What one forward/backward over a batch produced (all tensors on the CPU, float32)."""
 
-    scores: torch.Tensor  # [B, num_classes] class scores (a single logit becomes [-z, z])
-    probabilities: torch.Tensor  # [B, num_classes]
-    targets: torch.Tensor  # [B, K] class indices explained
+    scores: torch.Tensor  # [B, T] the slots' scores (a single logit becomes [-z, z])
+    probabilities: torch.Tensor  # [B, T]
+    targets: torch.Tensor  # [B, K] slots explained: class indices, or detections
     maps: dict[str, torch.Tensor]  # layer name → [B, K, h, w], after ReLU, before any resizing
     # Guided methods only: layer name → [B, K, 3, H, W], the signed input-resolution image.
     guided: dict[str, torch.Tensor] = field(default_factory=dict)
+    # (image, slots) → what each slot is beyond a class (a detection's box, a segmentation
+    # class's region and pixel share); None for a classifier's classes and for padding.
+    describe: Callable[[int, Sequence[int]], list[TargetDetails | None]] = field(
+        default=lambda image, slots: _no_details(slots)
+    )
+    null_slot: int | None = None  # the slot that pads images with fewer targets; dropped
+    ranking: torch.Tensor | None = None  # [B, T] what predictions are ordered by (None: prob.)
+
+
+def _no_details(slots: Sequence[int]) -> list[TargetDetails | None]:
+    return [None] * len(slots)
 
 
 class _Capture:
@@ -71,9 +86,15 @@ class _Capture:
     batch's input size.
     """
 
-    def __init__(self, ref: LayerRef, images: torch.Tensor):
+    def __init__(
+        self,
+        ref: LayerRef,
+        images: torch.Tensor,
+        frame_size: Callable[[], tuple[int, int] | None] = lambda: None,
+    ):
         self.ref = ref
         self.batch, self.input_size = images.shape[0], (images.shape[2], images.shape[3])
+        self.frame_size = frame_size  # what the layers saw, when the model resized the input
         self.prefix = declared_prefix_tokens(ref.path)  # prefix tokens, as the model declares
         self.calls = 0
         self.handle: torch.Tensor | None = None  # the tensor gradients are taken against
@@ -93,7 +114,7 @@ class _Capture:
         try:
             self.layout = infer_layout(
                 tuple(output.shape),
-                self.input_size,
+                self.frame_size() or self.input_size,
                 module=module,
                 prefix=self.prefix,
                 batch=self.batch,
@@ -137,20 +158,6 @@ class _Capture:
             )
 
 
-def _choose_targets(scores: torch.Tensor, classes: Sequence[int] | None, topk: int) -> torch.Tensor:
-    num_classes = scores.shape[1]
-    if classes:
-        bad = [c for c in classes if not 0 <= c < num_classes]
-        if bad:
-            raise TargetError(
-                f"class index {bad[0]} is out of range: the model has "
-                f"{num_classes} classes (0–{num_classes - 1})"
-            )
-        wanted = torch.as_tensor(list(classes), device=scores.device)
-        return wanted.unsqueeze(0).expand(scores.shape[0], -1)
-    return scores.topk(min(topk, num_classes), dim=1).indices
-
-
 def explain_batch(
     model: nn.Module,
     images: torch.Tensor,
@@ -162,8 +169,15 @@ def explain_batch(
     outputs_probabilities: bool = False,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
+    task: Task | str | None = None,
+    min_score: float | None = None,
+    regions: torch.Tensor | None = None,
 ) -> BatchExplanation:
     """Explain a batch [B, 3, H, W] at `layers` for the given classes, else the top-k predicted.
+
+    `task` (tasks/, default classification): for segmentation the classes' regions (`regions`
+    [B, H, W] bool in the input's frame replace the predicted pixels), for detection the
+    detections (`classes` filters them, `min_score` too, top-k by score).
 
     `method`: a registered name or a CamMethod (default Grad-CAM). `outputs_probabilities`: the
     model ends in a sigmoid/softmax (see `Probe`); its outputs are then reported as
@@ -180,22 +194,33 @@ def explain_batch(
     """
     tune_allocator()
     method = get_method(method) if isinstance(method, str) else method or get_method("gradcam")
-    settings = _Settings(method, _layer_refs(model, layers), outputs_probabilities, eigen_smooth)
+    request = TargetRequest(tuple(classes or ()), topk, min_score, regions)
+    settings = _Settings(
+        method,
+        _layer_refs(model, layers),
+        outputs_probabilities,
+        eigen_smooth,
+        get_task(task),
+        request,
+    )
     with frozen_eval(model), torch.enable_grad():
-        first = _explain_view(model, images, settings, lambda s: _choose_targets(s, classes, topk))
+        first = _explain_view(model, images, settings)
         maps, guided_gradients = first.maps, first.guided_gradients
         if aug_smooth:
             maps = _aug_smoothed(model, images, settings, first)
         guided = {}
         if method.guided:
             guided = {name: method.guided_images(guided_gradients, m) for name, m in maps.items()}
-    logits = first.logits.detach().float()
+    scoring, targets = first.scoring, first.targets.cpu()
     return BatchExplanation(
-        scores=class_scores(logits, outputs_probabilities).cpu(),
-        probabilities=class_probabilities(logits, outputs_probabilities).cpu(),
-        targets=first.targets.cpu(),
+        scores=first.scores.float().cpu(),
+        probabilities=scoring.probabilities().float().cpu(),
+        targets=targets,
         maps={name: m.detach().float().cpu() for name, m in maps.items()},
         guided={name: g.detach().float().cpu() for name, g in guided.items()},
+        describe=scoring.details,
+        null_slot=scoring.null_slot,
+        ranking=scoring.ranking().float().cpu(),
     )
 
 
@@ -213,11 +238,14 @@ class _Settings:
     layers: tuple[LayerRef, ...]
     outputs_probabilities: bool
     eigen_smooth: bool
+    task: Task
+    request: TargetRequest
 
 
 @dataclass(frozen=True)
 class _ViewResult:
-    logits: torch.Tensor
+    scoring: Scoring
+    scores: torch.Tensor  # [B, T], detached
     targets: torch.Tensor  # [B, K]
     maps: dict[str, torch.Tensor]  # layer → [B, K, h, w]
     guided_gradients: list[torch.Tensor]  # per rank [B, 3, H, W]; guided methods only
@@ -227,48 +255,50 @@ def _explain_view(
     model: nn.Module,
     images: torch.Tensor,
     settings: _Settings,
-    pick_targets: Callable[[torch.Tensor], torch.Tensor],
+    targets: torch.Tensor | None = None,
 ) -> _ViewResult:
-    """One forward with the captures, the head-only gradients, then the method's maps."""
+    """One forward with the captures, the head-only gradients, then the method's maps.
+    `targets`: the slots to explain (an augmented view: the image's own); None: chosen here."""
     method = settings.method
-    captures = [_Capture(ref, images) for ref in settings.layers]
+    scoring = settings.task.scoring(settings.request, settings.outputs_probabilities)
+    captures = [_Capture(ref, images, scoring.frame_size) for ref in settings.layers]
     handles: list = []
-    with removing(handles):
+    with removing(handles), scoring.watch(model):
         for capture in captures:  # the modules resolve_layer found: no search by name
             handles.append(capture.ref.module.register_forward_hook(capture))
-        logits = extract_logits(model(images))
+        output = model(images)
         for capture in captures:
             capture.check_calls()
-    scores = class_scores(logits, settings.outputs_probabilities)
-    targets = pick_targets(scores.detach())
+    scores = scoring.bind(output)
+    if targets is None:
+        targets = scoring.choose(scores.detach())
     if not scores.requires_grad:
         raise LayerError(
-            f"the logits do not depend on layer '{captures[0].ref}'; "
-            "choose a layer that the classifier's output is computed from"
+            f"the model's {settings.task.name} scores do not depend on layer "
+            f"'{captures[0].ref}'; choose a layer that its output is computed from"
         )
     gradients = _gradients(scores, targets, captures) if method.needs_gradients else {}
-    guided_gradients = (
-        _guided_gradients(model, images, targets, settings.outputs_probabilities)
-        if method.guided
-        else []
-    )
+    guided_gradients = _guided_gradients(model, images, targets, scoring) if method.guided else []
     scores = scores.detach()
     maps = {}
     for capture in captures:
+        if targets.shape[1] == 0:  # nothing to explain in this batch (no detection kept)
+            maps[str(capture.ref)] = scoring.frame(capture.activations()[:, :0].float())
+            continue
         view = LayerView(
             activations=capture.activations(),
             gradients=gradients.get(str(capture.ref), []),
             targets=targets,
             scores=scores,
             images=images,
-            head=_HeadRunner(model, capture, images, scores, settings),
-            forward=_forward_scores(model, settings.outputs_probabilities),
+            head=_HeadRunner(model, capture, images, scores, settings, scoring),
+            forward=_forward_scores(model, scoring),
             guided_gradients=guided_gradients,
             layer=str(capture.ref),
             eigen_smooth=settings.eigen_smooth,
         )
-        maps[str(capture.ref)] = method.maps(view)
-    return _ViewResult(logits.detach(), targets, maps, guided_gradients)
+        maps[str(capture.ref)] = scoring.frame(method.maps(view))
+    return _ViewResult(scoring, scores, targets, maps, guided_gradients)
 
 
 def _gradients(
@@ -292,12 +322,13 @@ def _gradients(
 
 
 def _guided_gradients(
-    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, outputs_probabilities: bool
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, scoring: Scoring
 ) -> list[torch.Tensor]:
     """Per target rank: guided ∂y/∂x [B, 3, H, W], from one forward with guided ReLUs."""
     pixels = images.detach().requires_grad_(True)  # a new tensor: the caller's is untouched
     with guided_relus():
-        scores = class_scores(extract_logits(model(pixels)), outputs_probabilities)
+        rows = torch.arange(images.shape[0], device=images.device)
+        scores = scoring.scores(model(pixels), rows)
     ranks = targets.shape[1]
     return [
         torch.autograd.grad(
@@ -310,11 +341,11 @@ def _guided_gradients(
 
 
 def _forward_scores(
-    model: nn.Module, outputs_probabilities: bool
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    def forward(images: torch.Tensor) -> torch.Tensor:
+    model: nn.Module, scoring: Scoring
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def forward(images: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return class_scores(extract_logits(model(images)), outputs_probabilities)
+            return scoring.scores(model(images), image_index)
 
     return forward
 
@@ -358,13 +389,13 @@ class _HeadRunner:
         images: torch.Tensor,
         scores: torch.Tensor,
         settings: _Settings,
+        scoring: Scoring,
     ):
         assert capture.layout is not None
         self.model, self.ref, self.images = model, capture.ref, images
         self.module = capture.ref.module
         self.layout, self.outputs = capture.layout, capture.output().detach()
-        self.scores = scores
-        self.outputs_probabilities = settings.outputs_probabilities
+        self.scores, self.scoring = scores, scoring
         self.method_name = settings.method.name
         self.head_only: bool | None = None  # unknown until checked
 
@@ -373,29 +404,30 @@ class _HeadRunner:
         if self.head_only is None:
             self.head_only = self._head_only_reproduces_the_scores()
         if self.head_only:
-            out = self._try_head_only(rows)
+            out = self._try_head_only(rows, image_index)
             if out is not None:
                 return out
             self._fall_back("the head alone failed on a batch of rows")
-        return self._run(self.images[image_index], rows)
+        return self._run(self.images[image_index], rows, image_index)
 
-    def _run(self, inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _run(self, inputs: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         hook = _Replace(self.ref, rows)
         with removing([self.module.register_forward_hook(hook)]), torch.no_grad():
-            logits = extract_logits(self.model(inputs))
+            output = self.model(inputs)
         if not hook.fired:
             raise LayerError(f"layer '{self.ref}' was not called when re-running the model")
-        return class_scores(logits, self.outputs_probabilities)
+        return self.scoring.scores(output, index)
 
-    def _try_head_only(self, rows: torch.Tensor) -> torch.Tensor | None:
+    def _try_head_only(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
         try:
-            out = self._run(self.images[:0], rows)
+            out = self._run(self.images[:0], rows, index)
         except Exception:  # any op may refuse an empty batch or mismatched shapes: fall back
             return None
         return out if tuple(out.shape) == (rows.shape[0], self.scores.shape[1]) else None
 
     def _head_only_reproduces_the_scores(self) -> bool:
-        out = self._try_head_only(self.outputs)
+        index = torch.arange(self.outputs.shape[0], device=self.outputs.device)
+        out = self._try_head_only(self.outputs, index)
         scale = 1.0 + float(self.scores.abs().max())
         if out is not None and torch.allclose(out.float(), self.scores.float(), 1e-4, 1e-4 * scale):
             return True
@@ -438,7 +470,7 @@ def _explain_augmented(
     model: nn.Module, images: torch.Tensor, settings: _Settings, targets: torch.Tensor
 ) -> _ViewResult:
     try:
-        return _explain_view(model, images, settings, lambda _scores: targets)
+        return _explain_view(model, images, settings, targets)
     except RuntimeError as exc:
         h, w = images.shape[2:]
         raise LayerError(

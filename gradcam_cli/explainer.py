@@ -19,6 +19,7 @@ import itertools
 import os
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, overload
 
@@ -45,6 +46,7 @@ from .outputs import RunOptions, save_explanations
 from .preprocess import Preprocess
 from .report import Prediction, TargetRef
 from .sources import LoadedModel, as_loaded_model
+from .tasks import TargetDetails, Task, get_task
 
 __all__ = ["Explainer", "resolve_device"]
 
@@ -97,6 +99,8 @@ class Explainer:
     model, a list of those, or None for the automatic choice. `device`: None keeps the model
     where it is; another device explains on a copy of an nn.Module (its memory twice).
     `preprocess`, `labels`: replace the model's own (timm models carry their data config).
+    `task`: classification, segmentation or detection (tasks/); None: what the model is
+    known to be (torchvision's segmentation models and detectors), else classification.
     """
 
     def __init__(
@@ -111,9 +115,16 @@ class Explainer:
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
         amp: str | None = None,
+        task: str | Task | None = None,
     ):
         loaded = as_loaded_model(model, preprocess=preprocess, labels=labels)
         self.loaded = loaded
+        self.task = get_task(task if task is not None else loaded.task)
+        if aug_smooth and self.task.name != "classification":
+            raise UsageError(
+                f"aug_smooth=True is for classifiers: a {self.task.name} model's targets "
+                "(regions, boxes) would have to be flipped and rescaled with the image"
+            )
         self.method = check_method_options(method, eigen_smooth=eigen_smooth)
         self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
         self.device = _device_for(loaded.model, device)
@@ -121,14 +132,18 @@ class Explainer:
         self._amp_dtype = _amp_dtype(amp, self.device)
         self.model = _on_device(loaded, self.device)
         self.probe: Probe = probe_layers(
-            self.model, loaded.preprocess.input_size, self.device, model_name=loaded.title
+            self.model,
+            loaded.preprocess.input_size,
+            self.device,
+            model_name=loaded.title,
+            task=self.task,
         )
         names = parse_layers(_layer_names(loaded.model, layers))
         self.layer_chosen_automatically = not names
         if not names:
             names = [self.probe.default_layer()]
         self.layers = [self._checked_layer(name) for name in names]
-        self.num_classes = 2 if self.probe.num_outputs == 1 else self.probe.num_outputs
+        self.num_classes = self._class_count(loaded.labels)
         self.labels = self._checked_labels(loaded.labels)
         if self.method.requires_gap_linear_head:
             self._check_method_on_a_probe_image()
@@ -168,11 +183,22 @@ class Explainer:
                 self.layers,
                 method=self.method,
                 outputs_probabilities=self.probe.outputs_probabilities,
+                task=self.task,
             )
+
+    def _class_count(self, labels: list[str] | None) -> int:
+        """The classes a target may name: a single logit is two; a detector whose class count
+        is not found in the model has as many as its labels (0: any index)."""
+        if self.task.name == "classification" and self.probe.num_outputs == 1:
+            return 2
+        if self.probe.num_outputs == 0 and labels:
+            return len(labels)
+        return self.probe.num_outputs
 
     def _checked_labels(self, labels: list[str] | None) -> list[str] | None:
         if labels is None:
-            return list(BINARY_LABELS) if self.probe.num_outputs == 1 else None
+            one_logit = self.probe.num_outputs == 1 and self.task.name == "classification"
+            return list(BINARY_LABELS) if one_logit else None
         if len(labels) != self.num_classes:
             raise UsageError(
                 f"{len(labels)} labels for a model with {self.num_classes} "
@@ -181,7 +207,7 @@ class Explainer:
         return labels
 
     def label(self, index: int) -> str:
-        return self.labels[index] if self.labels else str(index)
+        return self.labels[index] if self.labels and 0 <= index < len(self.labels) else str(index)
 
     def resolve_targets(self, values: Sequence[str | int]) -> list[int]:
         """`--target` values (class indices or labels) → class indices, checked now."""
@@ -191,7 +217,7 @@ class Explainer:
         text = str(value).strip()
         if text.lstrip("-").isdigit():
             index = int(text)
-            if not 0 <= index < self.num_classes:
+            if index < 0 or (self.num_classes and index >= self.num_classes):
                 raise TargetError(
                     f"targets={index} is out of range: the model has "
                     f"{self.num_classes} classes (0–{self.num_classes - 1})"
@@ -215,6 +241,8 @@ class Explainer:
         topk: int = 1,
         classes: Sequence[int] | None = None,
         arrays: Sequence[np.ndarray] | None = None,
+        min_score: float | None = None,
+        region: RegionInput | None = None,
     ) -> ImageExplanation: ...
 
     @overload
@@ -226,6 +254,8 @@ class Explainer:
         topk: int = 1,
         classes: Sequence[int] | None = None,
         arrays: Sequence[np.ndarray] | None = None,
+        min_score: float | None = None,
+        region: RegionInput | None = None,
     ) -> list[ImageExplanation]: ...
 
     def explain(
@@ -236,39 +266,77 @@ class Explainer:
         topk=1,
         classes=None,
         arrays=None,
+        min_score=None,
+        region=None,
     ):
         """Explain images: `targets` (class indices or labels) for each, else each image's
         top-k. An image is a file path, a PIL image or an H×W×3 uint8 array; one image gives
         one ImageExplanation, a list gives a list.
 
+        A detector explains its detections: those of the `targets` classes (any without),
+        scoring at least `min_score` (0–1), the top-k by score. A segmentation model explains
+        each target class over the pixels it predicts as the class, or over `region` (a mask:
+        a bool H×W array, a PIL image or a file, in the photo's frame; every image must have
+        its size).
+
         `classes` are class indices already checked (the batch runner's); `arrays` the images
         already preprocessed (`Preprocess.to_array`), as its decode workers make them: NumPy
         arrays, or tensors on the device where they were decoded (`devicedecode`).
         """
+        options = {"min_score": min_score, "region": region}
         if _is_one_image(images) or not isinstance(images, Sequence | Iterator):
-            return self.explain([images], targets=targets, topk=topk, classes=classes)[0]
+            return self.explain([images], targets=targets, topk=topk, classes=classes, **options)[0]
         images = list(images)
         if topk < 1:
             raise UsageError(f"topk= must be at least 1, got {topk}")
+        check_target_options(self.task.name, min_score, region)
         if targets is not None:
             classes = self.resolve_targets(list(targets))
         sources = [_source_of(image) for image in images]
         images = [_as_photo(image) for image in images]
         if arrays is None:
             arrays = [self.loaded.preprocess.to_array(image) for image in images]
+        regions = None if region is None else [self._region(region, image) for image in images]
+        request = (tuple(classes or ()), 1 if classes else topk)
+        explained = []
+        for part in self._batches(arrays):  # of one size each
+            batch = self._stacked([arrays[i] for i in part])
+            batch_regions = None if regions is None else torch.stack([regions[i] for i in part])
+            with self.autocast():
+                result = self._explain_tensor(
+                    batch, classes, topk, min_score=min_score, regions=batch_regions
+                )
+            explained += [
+                (i, self._image_explanation(row, images[i], result, sources[i], request))
+                for row, i in enumerate(part)
+            ]
+        return [explanation for _, explanation in sorted(explained, key=lambda pair: pair[0])]
+
+    def _batches(self, arrays: Sequence) -> list[list[int]]:
+        """The images' positions, grouped into batches of one input size (a photo's own, with
+        `resize='keep'`), in order."""
+        if self.loaded.preprocess.fixed_size:
+            return [list(range(len(arrays)))]
+        groups: dict[tuple, list[int]] = {}
+        for i, array in enumerate(arrays):
+            groups.setdefault(tuple(array.shape), []).append(i)
+        return list(groups.values())
+
+    def _stacked(self, arrays: Sequence) -> torch.Tensor:
         if any(isinstance(array, torch.Tensor) for array in arrays):  # decoded on the device
             batch = torch.stack([torch.as_tensor(a).to(self.device) for a in arrays])
         else:
             batch = torch.from_numpy(np.stack(arrays))
         if batch.device.type == "cpu" and self.device.type == "cuda":  # page-locked, so the
             batch = batch.pin_memory()  # copy overlaps the GPU's work
-        with self.autocast():
-            result = self._explain_tensor(batch.to(self.device, non_blocking=True), classes, topk)
-        request = (tuple(classes or ()), 1 if classes else topk)
-        return [
-            self._image_explanation(i, image, result, source, request)
-            for i, (image, source) in enumerate(zip(images, sources, strict=True))
-        ]
+        return batch.to(self.device, non_blocking=True)
+
+    def _region(self, region: RegionInput, image: Image.Image) -> torch.Tensor:
+        """`region=` on the photo → bool [H, W] in the model's input frame."""
+        mask = region_mask(region, image.size)
+        picture = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+        nearest = replace(self.loaded.preprocess, interpolation="nearest")
+        return torch.from_numpy(np.asarray(nearest.model_view(picture)) >= 128)
 
     def __call__(
         self, x: torch.Tensor, targets: Sequence[int | str] | None = None, topk: int = 1
@@ -291,7 +359,14 @@ class Explainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self._amp_dtype)
 
-    def _explain_tensor(self, batch: torch.Tensor, classes, topk: int):
+    def _explain_tensor(
+        self,
+        batch: torch.Tensor,
+        classes,
+        topk: int,
+        min_score: float | None = None,
+        regions: torch.Tensor | None = None,
+    ):
         return explain_batch(
             self.model,
             batch,
@@ -302,35 +377,88 @@ class Explainer:
             outputs_probabilities=self.probe.outputs_probabilities,
             aug_smooth=self.aug_smooth,
             eigen_smooth=self.eigen_smooth,
+            task=self.task,
+            min_score=min_score,
+            regions=regions,
         )
 
     def _image_explanation(
         self, i: int, image: Image.Image, result, source: str | None = None, request=((), 1)
     ) -> ImageExplanation:
         probabilities, scores = result.probabilities[i], result.scores[i]
-        top = probabilities.topk(min(5, probabilities.numel())).indices.tolist()
+        crop_box = self.loaded.preprocess.crop_box(*image.size)
+        frame = self.loaded.preprocess.model_input_size(*image.size)
+        ranking = result.ranking[i] if result.ranking is not None else probabilities
+        if result.null_slot is not None:  # never a prediction
+            ranking = ranking[: result.null_slot]
+        top = ranking.topk(min(5, ranking.numel())).indices.tolist()
+        top = [slot for slot in top if result.null_slot is None or ranking[slot] > 0] or top[:1]
         predictions = [
-            Prediction.make(c, self.label(c), probabilities[c].item(), scores[c].item())
-            for c in top
+            Prediction.make(**self._slot(slot, details, probabilities, scores, crop_box, frame))
+            for slot, details in zip(top, result.describe(i, top), strict=True)
         ]
+        slots = result.targets[i].tolist()
+        ranks = [rank for rank, slot in enumerate(slots) if slot != result.null_slot]
+        details = result.describe(i, [slots[rank] for rank in ranks])
         targets = [
-            TargetRef.make(c, self.label(c), probabilities[c].item(), scores[c].item())
-            for c in result.targets[i].tolist()
+            TargetRef.make(**self._slot(slots[rank], found, probabilities, scores, crop_box, frame))
+            for rank, found in zip(ranks, details, strict=True)
         ]
         maps = {
             (target.index, layer): layer_maps[i, rank].numpy()
             for layer, layer_maps in result.maps.items()
-            for rank, target in enumerate(targets)
+            for rank, target in zip(ranks, targets, strict=True)
         }
         guided = {
             (target.index, layer): layer_images[i, rank].numpy()
             for layer, layer_images in result.guided.items()
-            for rank, target in enumerate(targets)
+            for rank, target in zip(ranks, targets, strict=True)
         }
-        box = self.loaded.preprocess.crop_box(*image.size)
+        regions = {
+            target.index: found.region
+            for target, found in zip(targets, details, strict=True)
+            if found is not None and found.region is not None
+        }
         return ImageExplanation(
-            image, box, predictions, targets, maps, guided, self.method.name, source, self, request
+            image,
+            crop_box,
+            predictions,
+            targets,
+            maps,
+            guided,
+            self.method.name,
+            source,
+            self,
+            request,
+            regions=regions,
         )
+
+    def _slot(
+        self,
+        slot: int,
+        details: TargetDetails | None,
+        probabilities: torch.Tensor,
+        scores: torch.Tensor,
+        crop_box: tuple[float, float, float, float],
+        frame: tuple[int, int],
+    ) -> dict[str, Any]:
+        """Prediction.make's / TargetRef.make's arguments for a slot: a class, or what the
+        task says it is (a detection's class and box on the photo, a class's pixel share)."""
+        found: dict[str, Any] = {
+            "index": slot,
+            "label": self.label(slot),
+            "probability": probabilities[slot].item(),
+            "score": scores[slot].item(),
+        }
+        if details is None:
+            return found
+        found["probability"] = details.probability
+        found["pixel_share"] = details.pixel_share
+        if details.box is not None:  # a detection: index numbers it, class_index is its class
+            found["label"] = self.label(details.class_index)
+            found["class_index"] = details.class_index
+            found["box"] = _box_on_photo(details.box, crop_box, frame)
+        return found
 
     # -- what a report records, and saving -------------------------------------------------
 
@@ -338,7 +466,7 @@ class Explainer:
         """What a run's report records about this explainer: model, method, layers, device,
         preprocessing and method options (`outputs.new_report`)."""
         return {
-            "model": self.loaded.describe(),
+            "model": {**self.loaded.describe(), "task": self.task.name},
             "method": self.method.name,
             "layers": [str(ref) for ref in self.layers],
             "device": str(self.device),
@@ -383,6 +511,55 @@ class Explainer:
         )
         save_explanations(self.describe(), explanations, options)
         return Path(out) / options.report_name
+
+
+RegionInput = str | os.PathLike | Image.Image | np.ndarray
+
+
+def check_target_options(task: str, min_score: float | None, region: object) -> None:
+    """min_score= is for detectors (0–1), region= for segmentation models."""
+    if min_score is not None:
+        if task != "detection":
+            raise UsageError(f"min_score= is for detectors; this model's task is {task}")
+        if not 0.0 <= min_score <= 1.0:
+            raise UsageError(f"min_score= is a detection score, 0 to 1; got {min_score}")
+    if region is not None and task != "segmentation":
+        raise UsageError(f"region= is for segmentation models; this model's task is {task}")
+
+
+def region_mask(region: RegionInput, size: tuple[int, int]) -> np.ndarray:
+    """A region (bool array, PIL image or mask file; non-zero is inside) → bool [H, W], which
+    must be the photo's `size` (width, height)."""
+    if isinstance(region, (str, os.PathLike)):
+        from .errors import ImageReadError
+        from .localization import read_mask
+
+        try:
+            return read_mask(os.fspath(region), size)
+        except ImageReadError as exc:  # an option's value: a usage error, found before any image
+            raise UsageError(f"region= {exc}") from None
+    array = np.asarray(region.convert("L") if isinstance(region, Image.Image) else region)
+    if array.ndim == 3:
+        array = array.max(axis=2)
+    if array.ndim != 2 or (array.shape[1], array.shape[0]) != tuple(size):
+        shape = "×".join(map(str, array.shape[1::-1])) if array.ndim >= 2 else str(array.shape)
+        raise UsageError(
+            f"region= is {shape} but the photo is {size[0]}×{size[1]}; the region must be "
+            "a mask in the photo's own frame"
+        )
+    return array > 0
+
+
+def _box_on_photo(
+    box: tuple[float, float, float, float],
+    crop_box: tuple[float, float, float, float],
+    frame: tuple[int, int],
+) -> list[float]:
+    """A box in the model's input pixels → in the photo's pixels, through the crop box."""
+    x0, y0, x1, y1 = crop_box
+    height, width = frame
+    sx, sy = (x1 - x0) / width, (y1 - y0) / height
+    return [x0 + box[0] * sx, y0 + box[1] * sy, x0 + box[2] * sx, y0 + box[3] * sy]
 
 
 def _device_for(model: nn.Module, device: str | torch.device | None) -> torch.device:

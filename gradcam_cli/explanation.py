@@ -25,11 +25,13 @@ from .errors import TargetError, UsageError
 from .localization import Localization, localize
 from .render import (
     colormap_lut,
+    draw_box,
     guided_picture,
     heatmap_image,
     normalize_map,
     overlay_image,
     place_map,
+    region_picture,
 )
 from .report import Prediction, TargetRef
 
@@ -63,6 +65,9 @@ class ImageExplanation:
     # `save` records about the model, method, layers and options.
     explainer: Maker | None = field(default=None, repr=False, compare=False)
     request: tuple[tuple[int, ...], int] = field(default=((), 1), repr=False, compare=False)
+    # Segmentation: target index → the pixels its logits were summed over, bool [h, w] on the
+    # model's output grid (which covers crop_box).
+    regions: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def save(
         self,
@@ -137,10 +142,8 @@ class ImageExplanation:
         placed once for both."""
         values, inside = self.placed(target, layer, options)
         lut = colormap_lut(options.colormap)
-        return (
-            overlay_image(self.image, values, inside, lut, options.alpha),
-            heatmap_image(values, inside, lut),
-        )
+        overlay = overlay_image(self.image, values, inside, lut, options.alpha)
+        return self._boxed(overlay, target), heatmap_image(values, inside, lut)
 
     def overlay(
         self,
@@ -150,9 +153,33 @@ class ImageExplanation:
     ) -> Image.Image:
         """The overlay alone (no heatmap is rendered)."""
         values, inside = self.placed(target, layer, options)
-        return overlay_image(
+        overlay = overlay_image(
             self.image, values, inside, colormap_lut(options.colormap), options.alpha
         )
+        return self._boxed(overlay, target)
+
+    def target(self, target: TargetRef | int | None = None) -> TargetRef:
+        """The TargetRef explained for `target` (an index, or None: the first)."""
+        index = self._index(target)
+        return next(t for t in self.targets if t.index == index)
+
+    def _boxed(self, overlay: Image.Image, target: TargetRef | int | None) -> Image.Image:
+        """A detection's overlay with its box and label drawn; others as they are."""
+        found = self.target(target)
+        if found.box is None:
+            return overlay
+        caption = found.label
+        if found.probability is not None:
+            caption += f" {found.probability:.2f}"
+        return draw_box(overlay, found.box, caption)
+
+    def region(self, target: TargetRef | int | None = None) -> np.ndarray | None:
+        """Segmentation: the pixels the target's logits were summed over, bool [H, W] on the
+        photo (outside what the model saw: False); None for other models."""
+        grid = self.regions.get(self._index(target))
+        if grid is None:
+            return None
+        return region_picture(grid, self.image.size, self.crop_box)
 
     def encoded_overlay(
         self,

@@ -24,8 +24,8 @@ from torch import nn
 
 from .errors import LayerError, UnknownLayerError, UsageError, did_you_mean, running_user_code
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
-from .logits import extract_logits
 from .modelstate import frozen_eval, removing
+from .tasks import Task, get_task
 
 __all__ = [
     "LayerRef",
@@ -175,6 +175,8 @@ class Probe:
     # Bytes of every tensor the leaf modules output for one image: what a forward writes, an
     # upper bound of its working set (batchsize.py sizes batches by it).
     activation_bytes: int = 0
+    # The module whose layers the automatic choice picks from (`Task.default_scope`).
+    scope: str | None = None
 
     def get(self, name: str) -> LayerInfo:
         for info in self.layers:
@@ -183,8 +185,12 @@ class Probe:
         raise KeyError(name)
 
     def default_layer(self) -> str:
-        """The last layer, in forward order, with a spatial output that the logits depend on."""
+        """The last layer, in forward order, with a spatial output that the logits depend on
+        (inside `scope`, when the task names one: a detector's backbone)."""
         candidates = [i for i in self.layers if i.usable and i.kind not in _NOT_DEFAULT]
+        if self.scope:
+            inside = [i for i in candidates if i.name.startswith(self.scope + ".")]
+            candidates = inside or candidates
         if not self.depends_on_input:
             raise LayerError(
                 "the model's outputs do not depend on the input image at all (every gradient is "
@@ -209,8 +215,13 @@ def probe_layers(
     device: torch.device | str = "cpu",
     *,
     model_name: str | None = None,
+    task: Task | str | None = None,
 ) -> Probe:
     """Run one image through the model and record what every module outputs.
+
+    `task` (default classification) says what the output is: the probe differentiates a
+    random mix of its scores (a segmentation model's logits at every pixel, a detector's
+    backbone features), and a detector's layers are read at the size it resized the image to.
 
     A full backward from a random mix of the logits tells which outputs the logits depend on.
     It is done once per run, on one image, so its cost does not matter. What the model's code
@@ -241,6 +252,7 @@ def probe_layers(
 
         return hook
 
+    task = get_task(task)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, *input_size, generator=generator).to(device).requires_grad_(True)
     paths = _paths_by_name(model)
@@ -253,7 +265,7 @@ def probe_layers(
             "(--verbose shows the traceback)"
         )
         with running_user_code(doing, advice):
-            logits = extract_logits(model(x))
+            logits, frame = task.probe_output(model, x)
         mix = torch.randn(logits.shape, generator=generator).to(logits.device)
         with running_user_code(doing.replace("running", "the backward pass of", 1), _FIX_IT):
             found: Sequence[torch.Tensor | None] = (
@@ -266,15 +278,16 @@ def probe_layers(
     input_gradient, *grads = found
     gradients = dict(zip([name for name, _ in outputs], grads, strict=True))
     infos = [
-        _layer_info(name, path, records.get(name), gradients.get(name), input_size)
+        _layer_info(name, path, records.get(name), gradients.get(name), frame or input_size)
         for name, path in paths.items()
     ]
     return Probe(
         infos,
-        num_outputs=logits.shape[1],
+        num_outputs=task.num_classes(model, logits),
         outputs_probabilities=_ends_in_probabilities(last_leaf, logits),
         depends_on_input=input_gradient is not None and bool((input_gradient != 0).any()),
         activation_bytes=written[0],
+        scope=task.default_scope(model),
     )
 
 

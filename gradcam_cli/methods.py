@@ -79,14 +79,15 @@ class LayerView:
 
     activations: Tensor  # A [B, C, h, w], the layer's output as the module returned it
     gradients: list[Tensor]  # per target rank, g [B, C, h, w]; empty unless needs_gradients
-    targets: Tensor  # [B, K] class indices
-    scores: Tensor  # [B, num_classes] the images' class scores
+    targets: Tensor  # [B, K] slots: class indices, or a detector's detections (tasks/)
+    scores: Tensor  # [B, T] the images' scores of every slot
     images: Tensor  # [B, 3, H, W] the model's input
     # The model after the layer, on activations we supply: (rows [N, C, h, w], image index [N])
     # → class scores [N, num_classes]. The engine runs the head alone where it can.
     head: Callable[[Tensor, Tensor], Tensor]
-    # The whole model without gradients: images [N, 3, H, W] → class scores [N, num_classes].
-    forward: Callable[[Tensor], Tensor]
+    # The whole model without gradients: (images [N, 3, H, W], which image each is a copy of
+    # [N]) → scores [N, T].
+    forward: Callable[[Tensor, Tensor], Tensor]
     guided_gradients: list[Tensor]  # per rank, guided ∂y/∂x [B, 3, H, W]; guided methods only
     layer: str = ""
     eigen_smooth: bool = False
@@ -334,7 +335,8 @@ def _masked_scores(view: LayerView) -> Tensor:
             low = masks.amin(dim=(1, 2), keepdim=True)
             high = masks.amax(dim=(1, 2), keepdim=True)
             masks = (masks - low) / (high - low + 1e-8)  # a constant channel masks everything
-            parts.append(view.forward(images[b] * masks[:, None].to(images.dtype)).float())
+            rows = torch.full((masks.shape[0],), b, dtype=torch.long, device=images.device)
+            parts.append(view.forward(images[b] * masks[:, None].to(images.dtype), rows).float())
         per_image.append(torch.cat(parts))
     return torch.stack(per_image)
 

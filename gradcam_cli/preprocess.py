@@ -1,6 +1,6 @@
 """The model's preprocessing, and the geometry that maps its input back onto the photo.
 
-Three ways to make a photo the model's input size (`--resize`, `RESIZE_MODES`):
+Four ways to make a photo the model's input (`--resize`, `RESIZE_MODES`):
 
 - crop: the shorter side resized, then the centre cropped (torchvision's weights transforms,
   timm's data config with crop_mode 'center'); the photo's sides are lost;
@@ -55,10 +55,15 @@ RESAMPLING = {
     "bicubic": Image.Resampling.BICUBIC,
 }
 
-ResizeMode = Literal["shorter", "squash", "pad"]
+ResizeMode = Literal["shorter", "squash", "pad", "keep"]
 # The `resize=` choices (`--resize`), and the `Preprocess.resize_mode` each is: crop is called
 # "shorter" there, the name reports written before `--resize` existed record.
-RESIZE_MODES: dict[str, ResizeMode] = {"crop": "shorter", "squash": "squash", "pad": "pad"}
+RESIZE_MODES: dict[str, ResizeMode] = {
+    "crop": "shorter",
+    "squash": "squash",
+    "pad": "pad",
+    "keep": "keep",
+}
 
 # The most pixels of any picture a run makes (see the module's docstring): Pillow's default
 # Image.MAX_IMAGE_PIXELS, the limit that already bounds the photo. A constant, not read from
@@ -97,6 +102,10 @@ class Preprocess:
       cropped or padded to `input_size` with the mean colour, 0 once normalised: a letterbox of
       the whole photo when `resize_shorter == min(input_size)` (timm's 'border').
 
+    - "keep": the photo's shorter side resized to `resize_shorter`, aspect kept, nothing
+      cropped or padded; `resize_shorter` 0 leaves the photo at its own size (a detector's input,
+      which the model resizes itself). `input_size` is then only the size of the probe image.
+
     Where a crop reaches past the resized photo in the other modes, the model sees black there,
     as torchvision's CenterCrop pads.
     """
@@ -112,12 +121,17 @@ class Preprocess:
         if self.interpolation not in RESAMPLING:
             raise ValueError(f"interpolation must be one of {sorted(RESAMPLING)}")
         if self.resize_mode not in RESIZE_MODES.values():
-            raise ValueError("resize_mode must be 'shorter', 'squash' or 'pad'")
+            raise ValueError("resize_mode must be 'shorter', 'squash', 'pad' or 'keep'")
 
     @property
     def resize(self) -> str:
-        """The mode as `resize=` names it: crop, squash or pad."""
+        """The mode as `resize=` names it: crop, squash, pad or keep."""
         return "crop" if self.resize_mode == "shorter" else self.resize_mode
+
+    @property
+    def fixed_size(self) -> bool:
+        """Every photo becomes an input of `input_size` (all modes but keep): inputs stack."""
+        return self.resize_mode != "keep"
 
     def with_resize(self, mode: str) -> Preprocess:
         """This preprocessing in `resize=` mode `mode`: crop keeps the model's resize-to-crop
@@ -125,6 +139,8 @@ class Preprocess:
         check_resize(mode)
         if mode == "crop":
             return replace(self, resize_mode="shorter")
+        if mode == "keep":
+            return replace(self, resize_mode="keep")
         return replace(self, resize_mode=RESIZE_MODES[mode], resize_shorter=min(self.input_size))
 
     # -- geometry ---------------------------------------------------------------------------
@@ -143,6 +159,8 @@ class Preprocess:
             fit_width, fit_height = self._scaled_input()
             ratio = max(width / fit_width, height / fit_height)  # timm's ResizeKeepRatio
             return max(1, round(width / ratio)), max(1, round(height / ratio))
+        if self.resize_mode == "keep" and self.resize_shorter == 0:
+            return width, height
         short, long = (width, height) if width <= height else (height, width)
         new_short = self.resize_shorter
         new_long = int(new_short * long / short)
@@ -150,6 +168,8 @@ class Preprocess:
 
     def crop_offset(self, width: int, height: int) -> tuple[int, int]:
         """(left, top) of the model's input inside the resized photo; negative means padding."""
+        if self.resize_mode == "keep":
+            return 0, 0
         rw, rh = self.resized_size(width, height)
         ch, cw = self.input_size
         return _centred(rw, cw), _centred(rh, ch)
@@ -158,9 +178,18 @@ class Preprocess:
         """(x0, y0, x1, y1) of the model's input that the resized photo fills, in input pixels;
         the rest is padding."""
         rw, rh = self.resized_size(width, height)
+        if self.resize_mode == "keep":
+            return 0, 0, rw, rh
         left, top = self.crop_offset(width, height)
         ch, cw = self.input_size
         return max(-left, 0), max(-top, 0), min(rw - left, cw), min(rh - top, ch)
+
+    def model_input_size(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) of the model's input for a photo of this size."""
+        if self.resize_mode == "keep":
+            rw, rh = self.resized_size(width, height)
+            return rh, rw
+        return self.input_size
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The model's input as a box (x0, y0, x1, y1) in the original photo's pixel coordinates.
@@ -170,7 +199,7 @@ class Preprocess:
         """
         rw, rh = self.resized_size(width, height)
         left, top = self.crop_offset(width, height)
-        ch, cw = self.input_size
+        ch, cw = self.model_input_size(width, height)
         sx, sy = width / rw, height / rh
         return left * sx, top * sy, (left + cw) * sx, (top + ch) * sy
 
@@ -205,6 +234,8 @@ class Preprocess:
         if reason is not None:
             raise ImageReadError(reason)
         rw, rh = self.resized_size(width, height)
+        if (rw, rh) == (width, height) and self.resize_mode == "keep":
+            return image  # a detector's input: the photo as it is
         if rw * rh > WHOLE_RESIZE_PIXELS:
             return self._resample_crop_region(image)
         left, top = self.crop_offset(width, height)
@@ -233,6 +264,8 @@ class Preprocess:
     def _framed(self, part: Image.Image, x0: int, y0: int) -> Image.Image:
         """The model's view: `part`, the resized photo's part in it (`photo_region`), at
         (x0, y0), with padding around it."""
+        if self.resize_mode == "keep":
+            return part
         ch, cw = self.input_size
         if part.size == (cw, ch):
             return part

@@ -19,7 +19,7 @@ uncoloured and dims them, the heatmap makes them transparent.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -457,3 +457,38 @@ def guided_picture(
 
 if __name__ == "__main__":  # python -m gradcam_cli.render: rewrite the stored colormap tables
     _write_stored_colormaps()
+
+
+# -- segmentation regions and detection boxes ---------------------------------------------------
+
+BOX_COLOUR = (255, 255, 255)  # on any colormap: a white line edged in black
+BOX_EDGE = (0, 0, 0)
+
+
+def region_picture(grid: np.ndarray, photo_size: tuple[int, int], box: Box) -> np.ndarray:
+    """A bool region [h, w] over `box` → bool [H, W] on the photo (nearest cell; False where
+    the model saw nothing of the photo)."""
+    values, inside = place_map(np.asarray(grid, dtype=np.float32), photo_size, box, "nearest")
+    return (values >= 0.5) & inside
+
+
+def draw_box(picture: Image.Image, box: Sequence[float], caption: str) -> Image.Image:
+    """A copy of `picture` with a detection's box (photo pixels) and its caption drawn: a white
+    line edged in black, the caption on a black tab above the box (inside it at the top edge)."""
+    from PIL import ImageDraw, ImageFont
+
+    drawn = picture.convert("RGB")
+    draw = ImageDraw.Draw(drawn)
+    side = min(drawn.size)
+    line = max(1, round(side / 250))
+    x0, y0, x1, y1 = (float(v) for v in box)
+    draw.rectangle((x0 - line, y0 - line, x1 + line, y1 + line), outline=BOX_EDGE, width=line)
+    draw.rectangle((x0, y0, x1, y1), outline=BOX_COLOUR, width=line)
+    font = ImageFont.load_default(size=max(10, round(side / 40)))
+    left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+    pad = max(1, line)
+    height = bottom - top + 2 * pad
+    tab_top = y0 - height if y0 - height >= 0 else y0
+    draw.rectangle((x0, tab_top, x0 + right - left + 2 * pad, tab_top + height), fill=BOX_EDGE)
+    draw.text((x0 + pad - left, tab_top + pad - top), caption, fill=BOX_COLOUR, font=font)
+    return drawn

@@ -507,6 +507,7 @@ class _Measure:
         seed: int,
     ):
         from .engine import _layer_refs, _Settings
+        from .tasks import TargetRequest
 
         self.explainer, self.stages, self.mode, self.seed = explainer, stages, mode, seed
         model = explainer.model
@@ -515,6 +516,8 @@ class _Measure:
             _layer_refs(model, explainer.layers),
             explainer.probe.outputs_probabilities,
             False,
+            explainer.task,
+            TargetRequest(),  # each image's top class, unless targets are given
         )
         # The caller's weights, read (never written) to start each batch's cascade from: no
         # third copy of the model.
@@ -578,12 +581,8 @@ class _Measure:
         model = self.explainer.model
         if isinstance(targets, int):
             targets = torch.full((x.shape[0], 1), targets, device=x.device, dtype=torch.long)
-
-        def pick(scores: torch.Tensor) -> torch.Tensor:
-            return scores.topk(1, dim=1).indices if targets is None else targets
-
         with frozen_eval(model), torch.enable_grad():
-            view = _explain_view(model, x, self.settings, pick)
+            view = _explain_view(model, x, self.settings, targets)
         maps = next(iter(view.maps.values()))[:, 0].detach().float()  # [B, h, w]
         size = tuple(x.shape[2:])
         if tuple(maps.shape[1:]) != size:

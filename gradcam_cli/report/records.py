@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 __all__ = ["Prediction", "TargetRef", "ExplanationRecord", "ImageResult", "gate_record"]
@@ -18,32 +18,84 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _box(box: Sequence[float] | None) -> list[float] | None:
+    return None if box is None else [round(float(v), 2) for v in box]
+
+
 @dataclass(frozen=True)
 class Prediction:
+    """What the model found: a class of a classifier (its probability and logit), a class of
+    a segmentation model (its share of the pixels, the mean probability over them, the summed
+    logits), or a detection (`index` numbers it; its class, box in photo pixels, score)."""
+
     index: int
     label: str
     probability: float | None
     score: float | None
+    class_index: int | None = None  # detection: the class (index numbers the detection)
+    box: list[float] | None = None  # detection: [x0, y0, x1, y1] in the photo's pixels
+    pixel_share: float | None = None  # segmentation: share of the pixels predicted as it
 
     @classmethod
-    def make(cls, index: int, label: str, probability: float, score: float) -> Prediction:
-        return cls(int(index), label, _finite(probability), _finite(score))
+    def make(
+        cls,
+        index: int,
+        label: str,
+        probability: float,
+        score: float,
+        *,
+        class_index: int | None = None,
+        box: Sequence[float] | None = None,
+        pixel_share: float | None = None,
+    ) -> Prediction:
+        return cls(
+            int(index),
+            label,
+            _finite(probability),
+            _finite(score),
+            class_index,
+            _box(box),
+            None if pixel_share is None else _finite(pixel_share),
+        )
 
 
 @dataclass(frozen=True)
 class TargetRef:
-    """The class an explanation is for, with the model's probability and score (logit) for it
-    on that image, whether it was among the top-k or given with --target; None: not finite (or
-    a report written before these were recorded)."""
+    """What an explanation is for, with the model's probability and score for it on that
+    image, whether it was among the top-k or given with --target; None: not finite (or a report
+    written before these were recorded). A class of a classifier or of a segmentation model
+    (`pixel_share`), or a detection: `index` numbers it among the image's detections, by
+    score, `class_index` is its class and `box` where it is."""
 
     index: int
     label: str
     probability: float | None = None
     score: float | None = None
+    class_index: int | None = None
+    box: list[float] | None = None
+    pixel_share: float | None = None
 
     @classmethod
-    def make(cls, index: int, label: str, probability: float, score: float) -> TargetRef:
-        return cls(int(index), label, _finite(probability), _finite(score))
+    def make(
+        cls,
+        index: int,
+        label: str,
+        probability: float,
+        score: float,
+        *,
+        class_index: int | None = None,
+        box: Sequence[float] | None = None,
+        pixel_share: float | None = None,
+    ) -> TargetRef:
+        return cls(
+            int(index),
+            label,
+            _finite(probability),
+            _finite(score),
+            class_index,
+            _box(box),
+            None if pixel_share is None else _finite(pixel_share),
+        )
 
 
 @dataclass(frozen=True)
@@ -64,6 +116,9 @@ class ExplanationRecord:
     faithfulness: dict[str, object] | None = None
     # with --gate: {"passed": bool, "shortfalls": [...]} over the gate's rules, else null
     gate: dict[str, object] | None = None
+    # segmentation: the pixels the target's logits are summed over (those predicted as the
+    # class, or --region), a PNG in the photo's frame; else null
+    region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +165,7 @@ def _target_from_dict(data: Mapping[str, Any], predictions: list[Prediction]) ->
     found = next((p for p in predictions if p.index == target.index), None)
     if found is None:
         return target
-    return TargetRef(target.index, target.label, found.probability, found.score)
+    return replace(target, probability=found.probability, score=found.score)
 
 
 def _known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:

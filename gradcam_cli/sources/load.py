@@ -35,6 +35,7 @@ class LoadedModel:
     weights: str
     preprocess: Preprocess
     labels: list[str] | None = None
+    task: str = "classification"  # or segmentation, detection (`tasks`)
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "source": self.source, "weights": self.weights}
@@ -92,7 +93,9 @@ def load_model(
         preprocess, input_size=input_size, mean=mean, std=std, resize=resize
     )
     model.eval()
-    return LoadedModel(model, name, source.prefix, provenance, preprocess, labels)
+    return LoadedModel(
+        model, name, source.prefix, provenance, preprocess, labels, task=source.task(name)
+    )
 
 
 def _source_of(spec: str) -> tuple[Source, str]:

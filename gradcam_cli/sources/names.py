@@ -157,26 +157,33 @@ def _printed_names(
     matches: Callable[[str], bool] | None = None,
     pretrained: bool = False,
     prefixes: Collection[str] | None = None,
+    task: str | None = None,
 ) -> list[str]:
     """`LIBRARY:NAME` for every model `--model` accepts from the libraries `prefixes` names
-    (all when None), of those `matches` keeps: the demo model, timm's, torchvision's
-    classifiers, in that order."""
+    (all when None), of those `matches` keeps, doing `task` (any when None): the demo model,
+    timm's, torchvision's, in that order."""
     keep = matches or (lambda printed: True)
     names: list[str] = []
     for library in registered():
         if prefixes is None or library.prefix in prefixes:
-            printed = (f"{library.prefix}:{name}" for name in library.names(pretrained))
+            bare = library.names(pretrained)
+            if task is not None:
+                bare = [name for name in bare if library.task(name) == task]
+            printed = (f"{library.prefix}:{name}" for name in bare)
             names += [name for name in printed if keep(name)]
     return names
 
 
-def list_model_names(pattern: str = "*", pretrained: bool = False) -> list[str]:
+def list_model_names(
+    pattern: str = "*", pretrained: bool = False, task: str | None = None
+) -> list[str]:
     """`SOURCE:NAME` for every model `--model` accepts whose printed name matches `pattern`:
-    the demo model, timm's, torchvision's classifiers. A bare word (no `*?[`) finds the names
-    that contain it, in any case (`vit`, `timm:conv`); a shell pattern matches the names as
-    printed (`timm:resnet5*`, `*demo*`) or without their prefix (`resnet5*`). `pretrained`:
-    only those with pretrained weights, timm's with their tags (`timm:resnet50.a1_in1k`)."""
-    return _printed_names(_name_matcher(pattern), pretrained)
+    the demo model, timm's, torchvision's. A bare word (no `*?[`) finds the names that contain
+    it, in any case (`vit`, `timm:conv`); a shell pattern matches the names as printed
+    (`timm:resnet5*`, `*demo*`) or without their prefix (`resnet5*`). `pretrained`: only those
+    with pretrained weights, timm's with their tags (`timm:resnet50.a1_in1k`). `task`: only
+    the classifiers, segmentation models or detectors."""
+    return _printed_names(_name_matcher(pattern), pretrained, task=task)
 
 
 def _close_names(word: str, choices: Iterable[str], n: int = 3) -> list[str]:

@@ -55,6 +55,10 @@ class Source:
     def labels(self, model: nn.Module, name: str) -> list[str] | None:
         return None
 
+    def task(self, name: str) -> str:
+        """What the model does: classification, segmentation or detection (`tasks`)."""
+        return "classification"
+
 
 _REGISTRY: dict[str, Source] = {}
 

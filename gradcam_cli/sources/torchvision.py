@@ -1,10 +1,14 @@
-"""torchvision: `torchvision:NAME`, and the second library a bare `NAME` is looked up in. Only
-its image classifiers: its detection, segmentation, video and optical-flow models are refused by
-kind. Preprocessing and labels come from the weights enum's transforms and metadata.
+"""torchvision: `torchvision:NAME`, and the second library a bare `NAME` is looked up in: its
+image classifiers, its semantic segmentation models (fcn, deeplabv3, lraspp) and its detectors
+(Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS, SSD); its video, optical-flow and quantized models
+are refused by kind. Preprocessing and labels come from the weights enum's transforms and
+metadata: a segmentation model's photo is resized (shorter side) and not cropped, a detector's
+is given as it is (the model resizes and normalises it itself).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownModelError, UsageError
@@ -29,13 +33,16 @@ class TorchvisionSource(Source):
     bare = True
 
     def has(self, name: str) -> bool:
-        return name in _classifiers()
+        return name in _by_task()
 
     def names(self, pretrained: bool = False) -> list[str]:
         from torchvision.models import get_model_weights
 
-        names = sorted(_classifiers())
+        names = sorted(_by_task())
         return [name for name in names if not pretrained or list(get_model_weights(name))]
+
+    def task(self, name: str) -> str:
+        return _by_task().get(name, "classification")
 
     def refusal(self, name: str) -> UnknownModelError | None:
         from torchvision.models import list_models
@@ -43,8 +50,9 @@ class TorchvisionSource(Source):
         if name not in list_models():
             return None
         return UnknownModelError(
-            f"'{name}' is a torchvision detection, segmentation, video or optical-flow model; "
-            "gradcam explains image classifiers. List them with `gradcam models PATTERN`"
+            f"'{name}' is a torchvision video, optical-flow or quantized model; gradcam "
+            "explains image classifiers, segmentation models and detectors. List them with "
+            "`gradcam models PATTERN`"
         )
 
     def build(
@@ -54,6 +62,8 @@ class TorchvisionSource(Source):
 
         kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
         enum = _weights_enum(name)
+        if self.task(name) != "classification":
+            kwargs["weights_backbone"] = None  # the ImageNet backbone would be downloaded
         if not pretrained:
             if name in AUX_HEADS:
                 kwargs.update(aux_logits=False, init_weights=True)
@@ -77,9 +87,27 @@ class TorchvisionSource(Source):
 
     def preprocess(self, model: nn.Module, name: str) -> Preprocess:
         enum = _weights_enum(name)
+        task = self.task(name)
+        if task == "detection":  # [0, 1] pixels as they are; the model resizes and normalises
+            return Preprocess(
+                input_size=DETECTOR_PROBE_SIZE,
+                resize_shorter=0,
+                resize_mode="keep",
+                mean=(0.0, 0.0, 0.0),
+                std=(1.0, 1.0, 1.0),
+            )
         if enum is None:
             return Preprocess()
         t = enum.transforms()
+        if task == "segmentation":  # SemanticSegmentation: shorter side resized, no crop
+            side = t.resize_size[0] if t.resize_size else SEGMENTATION_SIDE
+            return Preprocess(
+                input_size=(side, side),
+                resize_shorter=side,
+                resize_mode="keep",
+                mean=tuple(t.mean),
+                std=tuple(t.std),
+            )
         crop = t.crop_size[0]
         interpolation = getattr(t.interpolation, "value", "bilinear")
         return Preprocess(
@@ -95,13 +123,23 @@ class TorchvisionSource(Source):
         return list(enum.meta["categories"]) if enum is not None else None
 
 
-def _classifiers() -> list[str]:
-    """torchvision's image classifiers: not its detection, segmentation, video, optical-flow
-    or quantized models, which live in sub-modules of torchvision.models."""
-    import torchvision
+# The probe image of a detector (it resizes any input itself), and a segmentation model's
+# shorter side when its weights say none.
+DETECTOR_PROBE_SIZE = (320, 320)
+SEGMENTATION_SIDE = 520
+
+
+@functools.cache
+def _by_task() -> dict[str, str]:
+    """Every torchvision model gradcam explains → its task: the image classifiers (in
+    torchvision.models itself), segmentation and detection models (in their sub-modules)."""
+    import torchvision.models as models
     from torchvision.models import list_models
 
-    return list_models(module=torchvision.models)
+    found = dict.fromkeys(list_models(module=models), "classification")
+    found.update(dict.fromkeys(list_models(module=models.segmentation), "segmentation"))
+    found.update(dict.fromkeys(list_models(module=models.detection), "detection"))
+    return found
 
 
 def _weights_enum(name: str) -> WeightsEnum | None:
