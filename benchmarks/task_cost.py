@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/task_cost.py [--repeats 3] [--warmups 1] [--rounds 1]
                                              [--photo sample_images/photos/coffee.jpg]
+                                             [--allocator tuned|untuned]
 
 Two torchvision models with seeded random weights (nothing is downloaded), on the CPU with as
 many torch threads as this process has cores, each given one 640×480 photo (PHOTO cropped to 4:3
@@ -19,15 +20,21 @@ and resized, `ImageOps.fit`):
 Three ways to get there, each timed from the PIL photo to its result:
 
 - `inference`: a `torch.no_grad()` forward (and the predicted mask's argmax): the floor;
-- `split Grad-CAM`: `gradcam_cli.Explainer(model, layers=..., task=...).explain([photo], topk=1)`;
+- `split Grad-CAM`: `gradcam_cli.Explainer(model, layers=..., task=..., preprocess=...)
+  .explain([photo], topk=1)` (min_score=0.0 for the detector), with the library's own
+  preprocessing for that torchvision model;
 - `full-backward Grad-CAM`: the textbook recipe written here, what pytorch-grad-cam does: a
   forward hook keeps the layer's output and a tensor hook its gradient, the parameters require
   grad as loaded, `score.backward()` on the same target scalar; map = ReLU(Σ_k mean(dA_k) A_k).
 
 Every (model, approach) runs in its own fresh subprocess, so peaks do not mix. Each child builds
-the model (and the Explainer: its set-up probe is part of loading), measures the peak RSS of ONE
-cold call above what was resident before it (`compare.cpu_peak_mib`), then WARMUPS calls, then
-REPEATS timed calls, and reports their median. With ROUNDS > 1 the cells run in interleaved
+the model, then measures the peak RSS of the set-up (hooks; the Explainer, whose layer probe runs
+a forward) and ONE cold call above what was resident after loading the model
+(`compare.cpu_peak_mib`), then runs WARMUPS calls, then REPEATS timed calls, and reports their
+median. The library tunes glibc's allocator at its first call (gradcam_cli/allocator.py: freed
+buffers stay in the heap, so later forwards do not fault their pages in again); every child
+applies the same setting before it builds the model (`--allocator untuned`: none does), so the
+approaches differ in nothing but what they compute. With ROUNDS > 1 the cells run in interleaved
 rounds and each figure is the best round's (noise only ever adds). The split and full-backward
 children save their map; the two are compared (max |split − full| / max |full|): the split is
 exact, so they must agree to float tolerance.
@@ -147,6 +154,20 @@ def inference_call(model, preprocess, task: str, image):
     return call
 
 
+def photo_part(cam, padded: tuple[int, int], size: tuple[int, int]):
+    """A detector's map [h, w] over its padded input (`padded`, H × W) → over the part that is
+    the resized photo (`size`), resampled to the cells that part spans (RoIAlign, half-pixel
+    aligned): the frame the library gives a detection's map in, so the two compare."""
+    import torch
+    from torchvision.ops import roi_align
+
+    (height, width), (rh, rw), (h, w) = padded, size, cam.shape
+    x1, y1 = w * rw / width, h * rh / height
+    box = torch.tensor([[0.0, 0.0, 0.0, x1, y1]], dtype=cam.dtype)
+    out = (max(1, round(y1)), max(1, round(x1)))
+    return roi_align(cam[None, None], box, out, 1.0, 2, aligned=True)[0, 0]
+
+
 def full_backward_call(model, preprocess, spec: Spec, image):
     """The textbook Grad-CAM: hooks on the layer, a backward through the whole model."""
     import torch.nn.functional as F
@@ -157,7 +178,13 @@ def full_backward_call(model, preprocess, spec: Spec, image):
         kept["A"] = output
         output.register_hook(lambda grad: kept.__setitem__("dA", grad))
 
+    def resized(module, inputs, output):  # a detector's own transform: what the backbone saw
+        images = output[0]
+        kept["frame"] = (tuple(images.tensors.shape[-2:]), tuple(images.image_sizes[0]))
+
     model.get_submodule(spec.layer).register_forward_hook(keep)
+    if spec.task == "detection":
+        model.transform.register_forward_hook(resized)
 
     def call():
         model.zero_grad(set_to_none=True)  # as pytorch-grad-cam does before each backward
@@ -168,22 +195,35 @@ def full_backward_call(model, preprocess, spec: Spec, image):
         score.backward()
         a, g = kept.pop("A").detach(), kept.pop("dA")
         cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1))[0]
+        if spec.task == "detection":
+            cam = photo_part(cam, *kept.pop("frame"))
         return cam.numpy(), target
 
     return call
 
 
-def split_call(model, spec: Spec, image):
-    """The library's split: the backward runs through what follows the layer only."""
-    from gradcam_cli import Explainer
+def split_call(model, name: str, spec: Spec, image):
+    """The library's split: the backward runs through what follows the layer only.
 
-    explainer = Explainer(model, layers=spec.layer, task=spec.task)
+    The preprocessing is the library's own for this torchvision model (what `--model
+    torchvision:NAME` uses: shorter side to 520 for deeplabv3, the photo as it is for the
+    detector), passed explicitly: an nn.Module given as it is gets the defaults for a user's
+    own classifier (a 224² centre crop) whatever its task."""
+    from gradcam_cli import Explainer, load_model
+
+    preprocess = load_model(f"torchvision:{name}", pretrained=False).preprocess
+    explainer = Explainer(model, layers=spec.layer, task=spec.task, preprocess=preprocess)
     options = {"min_score": 0.0} if spec.task == "detection" else {}
 
     def call():
         [result] = explainer.explain([image], topk=1, **options)
-        target = result.targets[0]
-        return result.raw(), {"class": target.index, "target": repr(target)}
+        t = result.targets[0]
+        if spec.task == "segmentation":
+            target = {"class": t.index, "pixel share": round(t.pixel_share, 4)}
+        else:
+            box = [round(v, 1) for v in t.box]
+            target = {"class": t.class_index, "score": round(t.score, 4), "box": box}
+        return result.raw(), target
 
     return call
 
@@ -194,21 +234,33 @@ def child(name: str, approach: str, args) -> None:
     import numpy as np
     import torch
 
+    from gradcam_cli.allocator import OPT_OUT_VARIABLE, tune_allocator
+
+    if args.allocator == "untuned":
+        os.environ[OPT_OUT_VARIABLE] = "0"  # the library leaves glibc's allocator alone
+    else:
+        tune_allocator()  # what the library does at its first call, done for every approach
     warnings.filterwarnings("ignore")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     spec = MODELS[name]
     model, preprocess = build(name)
     image = photo(args.photo)
-    if approach == "inference":
-        call = inference_call(model, preprocess, spec.task, image)
-    elif approach == "split Grad-CAM":
-        call = split_call(model, spec, image)
-    else:
-        call = full_backward_call(model, preprocess, spec, image)
+    made: dict = {}
+
+    def first():  # the set-up (hooks; the Explainer and its probe) and one cold call
+        if approach == "inference":
+            made["call"] = inference_call(model, preprocess, spec.task, image)
+        elif approach == "split Grad-CAM":
+            made["call"] = split_call(model, name, spec, image)
+        else:
+            made["call"] = full_backward_call(model, preprocess, spec, image)
+        made["call"]()
+
     seen: list = []  # the backbone's input size (h, w): the model's view of the photo
     hook = model.backbone.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].shape))
-    peak = cpu_peak_mib(call)
+    peak = cpu_peak_mib(first)  # above the RSS after loading the model
     hook.remove()
+    call = made["call"]
     for _ in range(args.warmups):
         call()
     times = []
@@ -219,7 +271,7 @@ def child(name: str, approach: str, args) -> None:
     if args.map:
         np.save(args.map, np.asarray(cam, dtype=np.float32))
     result = {"seconds": statistics.median(times), "peak_mib": peak, "target": target}
-    print(json.dumps(result | {"backbone_input": list(seen[0][-2:]) if seen else None}))
+    print(json.dumps(result | {"backbone_input": list(seen[-1][-2:]) if seen else None}))
 
 
 # -- the parent: every child, then the table ----------------------------------------------------
@@ -228,7 +280,7 @@ def child(name: str, approach: str, args) -> None:
 def run_child(name: str, approach: str, args, map_path: Path | None) -> dict:
     command = [sys.executable, __file__, "--child", name, "--approach", approach]
     command += ["--repeats", str(args.repeats), "--warmups", str(args.warmups)]
-    command += ["--photo", str(args.photo)]
+    command += ["--photo", str(args.photo), "--allocator", args.allocator]
     if map_path is not None:
         command += ["--map", str(map_path)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -316,6 +368,13 @@ def main() -> None:
     parser.add_argument("--warmups", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--photo", type=Path, default=PHOTO)
+    parser.add_argument(
+        "--allocator",
+        choices=("tuned", "untuned"),
+        default="tuned",
+        help="glibc's allocator as the library tunes it at its first call (allocator.py), "
+        "in every approach's process; untuned: as glibc comes, in every process",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--approach", help=argparse.SUPPRESS)
     parser.add_argument("--map", help=argparse.SUPPRESS)
@@ -326,7 +385,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    started = time.perf_counter()
+    started, load = time.perf_counter(), os.getloadavg()[0]
     rounds: dict[tuple[str, str], list[dict]] = {}
     agreements: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="gradcam-task-cost-") as work:
@@ -347,11 +406,13 @@ def main() -> None:
         f"the backbones see {views(results)}. Median wall time per image of "
         f"{args.repeats} calls after {args.warmups} warm-up(s), from the PIL photo to the "
         f"result; best of {args.rounds} round(s); peak memory: the peak RSS of one cold call "
-        "above what was resident after loading the model; each cell a fresh process. "
+        "(with the set-up: hooks, the Explainer's probe) above what was resident after loading "
+        f"the model; each cell a fresh process; glibc's allocator {args.allocator}. "
         "Ratios are against inference (time · memory). The last column is "
         "max |split − full| / max |full| of the two raw maps.\n"
         f"`python benchmarks/task_cost.py {' '.join(sys.argv[1:])}` "
-        f"({time.perf_counter() - started:.0f} s in all)\n\n"
+        f"({time.perf_counter() - started:.0f} s in all; 1-minute load average "
+        f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)\n\n"
         + table(results, agreements)
         + "\n\n"
         + targets(results)
