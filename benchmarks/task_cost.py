@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import cpu_peak_mib, machine  # noqa: E402
+from compare import cpu_peak_mib, machine, rss_mib  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "task_cost.md"
 PHOTO = Path(__file__).resolve().parent.parent / "sample_images" / "photos" / "coffee.jpg"
@@ -234,7 +234,7 @@ def child(name: str, approach: str, args) -> None:
     import numpy as np
     import torch
 
-    from gradcam_cli.allocator import OPT_OUT_VARIABLE, tune_allocator
+    from gradcam_cli.allocator import OPT_OUT_VARIABLE, release_memory, tune_allocator
 
     if args.allocator == "untuned":
         os.environ[OPT_OUT_VARIABLE] = "0"  # the library leaves glibc's allocator alone
@@ -247,20 +247,22 @@ def child(name: str, approach: str, args) -> None:
     image = photo(args.photo)
     made: dict = {}
 
-    def first():  # the set-up (hooks; the Explainer and its probe) and one cold call
+    def set_up():  # hooks; the Explainer, whose layer probe runs a forward and a backward
         if approach == "inference":
             made["call"] = inference_call(model, preprocess, spec.task, image)
         elif approach == "split Grad-CAM":
             made["call"] = split_call(model, name, spec, image)
         else:
             made["call"] = full_backward_call(model, preprocess, spec, image)
-        made["call"]()
 
+    loaded = rss_mib()  # the baseline: the model loaded
+    setup_peak = cpu_peak_mib(set_up, loaded)
+    release_memory()  # the set-up's freed heap back to the kernel: the call's peak is its own
+    call = made["call"]
     seen: list = []  # the backbone's input size (h, w): the model's view of the photo
     hook = model.backbone.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].shape))
-    peak = cpu_peak_mib(first)  # above the RSS after loading the model
+    peak = cpu_peak_mib(call, loaded)  # one cold call
     hook.remove()
-    call = made["call"]
     for _ in range(args.warmups):
         call()
     times = []
@@ -271,7 +273,8 @@ def child(name: str, approach: str, args) -> None:
     if args.map:
         np.save(args.map, np.asarray(cam, dtype=np.float32))
     result = {"seconds": statistics.median(times), "peak_mib": peak, "target": target}
-    print(json.dumps(result | {"backbone_input": list(seen[-1][-2:]) if seen else None}))
+    result |= {"setup_peak_mib": setup_peak, "backbone_input": list(seen[-1][-2:])}
+    print(json.dumps(result))
 
 
 # -- the parent: every child, then the table ----------------------------------------------------
@@ -299,6 +302,7 @@ def best(runs: list[dict]) -> dict:
         "peak_mib": min(r["peak_mib"] for r in ok),
         "target": ok[0]["target"],
         "backbone_input": ok[0]["backbone_input"],
+        "setup_peak_mib": min(r["setup_peak_mib"] for r in ok),
     }
 
 
@@ -350,6 +354,19 @@ def views(results: dict) -> str:
         if size:
             seen.append(f"{size[1]}×{size[0]} ({name}, {PREPROCESSING[spec.task]})")
     return "; ".join(seen) or "(not measured)"
+
+
+def setup_table(results: dict) -> str:
+    """The set-up's peak above the loaded model: hooks, and the Explainer's layer probe."""
+    lines = [
+        "| model | " + " | ".join(f"set-up before the first image: {a}" for a in APPROACHES) + " |",
+        "|---|---|---|---|",
+    ]
+    for name in MODELS:
+        cells = [results[(name, a)] for a in APPROACHES]
+        shown = ("" if "error" in r else f"{r['setup_peak_mib']:.0f} MiB" for r in cells)
+        lines.append(f"| {name} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
 
 
 def targets(results: dict) -> str:
@@ -406,14 +423,17 @@ def main() -> None:
         f"the backbones see {views(results)}. Median wall time per image of "
         f"{args.repeats} calls after {args.warmups} warm-up(s), from the PIL photo to the "
         f"result; best of {args.rounds} round(s); peak memory: the peak RSS of one cold call "
-        "(with the set-up: hooks, the Explainer's probe) above what was resident after loading "
-        f"the model; each cell a fresh process; glibc's allocator {args.allocator}. "
+        "above what was resident after loading the model (what the set-up — hooks, the "
+        "Explainer and its layer probe — freed handed back first; its own peak is the second "
+        f"table); each cell a fresh process; glibc's allocator {args.allocator}. "
         "Ratios are against inference (time · memory). The last column is "
         "max |split − full| / max |full| of the two raw maps.\n"
         f"`python benchmarks/task_cost.py {' '.join(sys.argv[1:])}` "
         f"({time.perf_counter() - started:.0f} s in all; 1-minute load average "
         f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)\n\n"
         + table(results, agreements)
+        + "\n\n"
+        + setup_table(results)
         + "\n\n"
         + targets(results)
         + "\n"
