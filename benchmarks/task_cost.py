@@ -28,8 +28,10 @@ Three ways to get there, each timed from the PIL photo to its result:
   grad as loaded, `score.backward()` on the same target scalar; map = ReLU(Σ_k mean(dA_k) A_k).
 
 Every (model, approach) runs in its own fresh subprocess, so peaks do not mix. Each child builds
-the model, then measures the peak RSS of the set-up (hooks; the Explainer, whose layer probe runs
-a forward) and ONE cold call above what was resident after loading the model
+the model and takes what is resident then as its baseline. It measures the peak RSS above it of
+the set-up (hooks; for the split, the Explainer, whose layer probe runs a forward and a backward
+through the whole model), hands the memory the set-up freed back to the kernel (allocator.
+release_memory), measures the peak RSS above the same baseline of ONE cold call
 (`compare.cpu_peak_mib`), then runs WARMUPS calls, then REPEATS timed calls, and reports their
 median. The library tunes glibc's allocator at its first call (gradcam_cli/allocator.py: freed
 buffers stay in the heap, so later forwards do not fault their pages in again); every child
@@ -202,16 +204,20 @@ def full_backward_call(model, preprocess, spec: Spec, image):
     return call
 
 
-def split_call(model, name: str, spec: Spec, image):
-    """The library's split: the backward runs through what follows the layer only.
+def library_preprocess(name: str):
+    """The library's own preprocessing for a torchvision model (what `--model torchvision:NAME`
+    uses: shorter side to 520 for deeplabv3, the photo as it is for the detector). Passed to
+    the Explainer explicitly: an nn.Module given as it is gets the defaults for a user's own
+    classifier (a 224² centre crop) whatever its task."""
+    from gradcam_cli import load_model
 
-    The preprocessing is the library's own for this torchvision model (what `--model
-    torchvision:NAME` uses: shorter side to 520 for deeplabv3, the photo as it is for the
-    detector), passed explicitly: an nn.Module given as it is gets the defaults for a user's
-    own classifier (a 224² centre crop) whatever its task."""
-    from gradcam_cli import Explainer, load_model
+    return load_model(f"torchvision:{name}", pretrained=False).preprocess  # a random-init copy
 
-    preprocess = load_model(f"torchvision:{name}", pretrained=False).preprocess
+
+def split_call(model, preprocess, spec: Spec, image):
+    """The library's split: the backward runs through what follows the layer only."""
+    from gradcam_cli import Explainer
+
     explainer = Explainer(model, layers=spec.layer, task=spec.task, preprocess=preprocess)
     options = {"min_score": 0.0} if spec.task == "detection" else {}
 
@@ -229,6 +235,7 @@ def split_call(model, name: str, spec: Spec, image):
 
 
 def child(name: str, approach: str, args) -> None:
+    import gc
     import warnings
 
     import numpy as np
@@ -246,16 +253,21 @@ def child(name: str, approach: str, args) -> None:
     model, preprocess = build(name)
     image = photo(args.photo)
     made: dict = {}
+    split_preprocess = library_preprocess(name) if approach == "split Grad-CAM" else None
 
     def set_up():  # hooks; the Explainer, whose layer probe runs a forward and a backward
         if approach == "inference":
             made["call"] = inference_call(model, preprocess, spec.task, image)
         elif approach == "split Grad-CAM":
-            made["call"] = split_call(model, name, spec, image)
+            made["call"] = split_call(model, split_preprocess, spec, image)
         else:
             made["call"] = full_backward_call(model, preprocess, spec, image)
 
-    loaded = rss_mib()  # the baseline: the model loaded
+    # The baseline: the model loaded (what loading freed, such as the copy the split's
+    # preprocessing was read from, handed back to the kernel first).
+    gc.collect()
+    release_memory()
+    loaded = rss_mib()
     setup_peak = cpu_peak_mib(set_up, loaded)
     release_memory()  # the set-up's freed heap back to the kernel: the call's peak is its own
     call = made["call"]
