@@ -1,6 +1,6 @@
 """Grad-CAM's cost on a segmentation and a detection model: inference, the split, a full backward.
 
-    .venv/bin/python benchmarks/task_cost.py [--repeats 3] [--warmups 1] [--rounds 1]
+    .venv/bin/python benchmarks/task_cost.py [--repeats 3] [--warmups 1]
                                              [--photo sample_images/photos/coffee.jpg]
                                              [--allocator tuned|untuned]
 
@@ -27,19 +27,24 @@ Three ways to get there, each timed from the PIL photo to its result:
   forward hook keeps the layer's output and a tensor hook its gradient, the parameters require
   grad as loaded, `score.backward()` on the same target scalar; map = ReLU(Σ_k mean(dA_k) A_k).
 
-Every (model, approach) runs in its own fresh subprocess, so peaks do not mix. Each child builds
-the model and takes what is resident then as its baseline. It measures the peak RSS above it of
-the set-up (hooks; for the split, the Explainer, whose layer probe runs a forward and a backward
-through the whole model), hands the memory the set-up freed back to the kernel (allocator.
-release_memory), measures the peak RSS above the same baseline of ONE cold call
-(`compare.cpu_peak_mib`), then runs WARMUPS calls, then REPEATS timed calls, and reports their
-median. The library tunes glibc's allocator at its first call (gradcam_cli/allocator.py: freed
-buffers stay in the heap, so later forwards do not fault their pages in again); every child
-applies the same setting before it builds the model (`--allocator untuned`: none does), so the
-approaches differ in nothing but what they compute. With ROUNDS > 1 the cells run in interleaved
-rounds and each figure is the best round's (noise only ever adds). The split and full-backward
-children save their map; the two are compared (max |split − full| / max |full|): the split is
-exact, so they must agree to float tolerance.
+Memory: every (model, approach) runs in its own fresh subprocess, so peaks do not mix. Each
+child builds the model and takes what is resident then as its baseline. It measures the peak RSS
+above it of the set-up (hooks; for the split, the Explainer, whose layer probe runs a forward
+and a backward through the whole model), hands the memory the set-up freed back to the kernel
+(allocator.release_memory), then measures the peak RSS above the same baseline of ONE cold call
+(`compare.cpu_peak_mib`). The split's and the full backward's children save their map; the two
+are compared (max |split − full| / max |full|): the split is exact, so they must agree to float
+tolerance.
+
+Time: one more process per model sets up all three approaches and interleaves their calls:
+WARMUPS calls of each, then REPEATS rounds, each in another order; the median per approach.
+Other processes' load (this machine's 2 cores are shared) then falls on the three alike, so
+the ratios hold where the absolute times do not; the header gives the load average.
+
+The library tunes glibc's allocator at its first call (gradcam_cli/allocator.py: freed buffers
+stay in the heap, so later forwards do not fault their pages in again); every child applies
+the same setting before it builds the model (`--allocator untuned`: none does), so the
+approaches differ in nothing but what they compute.
 
 Prints a markdown table and writes benchmarks/results/task_cost.md. Not a test.
 """
@@ -177,8 +182,9 @@ def full_backward_call(model, preprocess, spec: Spec, image):
     kept: dict = {}
 
     def keep(module, inputs, output):
-        kept["A"] = output
-        output.register_hook(lambda grad: kept.__setitem__("dA", grad))
+        if output.requires_grad:  # not in the other approaches' calls (timing_child)
+            kept["A"] = output
+            output.register_hook(lambda grad: kept.__setitem__("dA", grad))
 
     def resized(module, inputs, output):  # a detector's own transform: what the backbone saw
         images = output[0]
@@ -234,14 +240,13 @@ def split_call(model, preprocess, spec: Spec, image):
     return call
 
 
-def child(name: str, approach: str, args) -> None:
-    import gc
+def prepare(args) -> None:
+    """What every child does first: the allocator as asked, warnings off, torch threads."""
     import warnings
 
-    import numpy as np
     import torch
 
-    from gradcam_cli.allocator import OPT_OUT_VARIABLE, release_memory, tune_allocator
+    from gradcam_cli.allocator import OPT_OUT_VARIABLE, tune_allocator
 
     if args.allocator == "untuned":
         os.environ[OPT_OUT_VARIABLE] = "0"  # the library leaves glibc's allocator alone
@@ -249,19 +254,33 @@ def child(name: str, approach: str, args) -> None:
         tune_allocator()  # what the library does at its first call, done for every approach
     warnings.filterwarnings("ignore")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+
+def make_call(approach: str, name: str, model, preprocess, image, split_preprocess=None):
     spec = MODELS[name]
+    if approach == "inference":
+        return inference_call(model, preprocess, spec.task, image)
+    if approach == "split Grad-CAM":
+        return split_call(model, split_preprocess or library_preprocess(name), spec, image)
+    return full_backward_call(model, preprocess, spec, image)
+
+
+def memory_child(name: str, approach: str, args) -> None:
+    """One approach's set-up and one cold call in this fresh process: their peaks; the map."""
+    import gc
+
+    import numpy as np
+
+    from gradcam_cli.allocator import release_memory
+
+    prepare(args)
     model, preprocess = build(name)
     image = photo(args.photo)
-    made: dict = {}
     split_preprocess = library_preprocess(name) if approach == "split Grad-CAM" else None
+    made: dict = {}
 
     def set_up():  # hooks; the Explainer, whose layer probe runs a forward and a backward
-        if approach == "inference":
-            made["call"] = inference_call(model, preprocess, spec.task, image)
-        elif approach == "split Grad-CAM":
-            made["call"] = split_call(model, split_preprocess, spec, image)
-        else:
-            made["call"] = full_backward_call(model, preprocess, spec, image)
+        made["call"] = make_call(approach, name, model, preprocess, image, split_preprocess)
 
     # The baseline: the model loaded (what loading freed, such as the copy the split's
     # preprocessing was read from, handed back to the kernel first).
@@ -270,29 +289,53 @@ def child(name: str, approach: str, args) -> None:
     loaded = rss_mib()
     setup_peak = cpu_peak_mib(set_up, loaded)
     release_memory()  # the set-up's freed heap back to the kernel: the call's peak is its own
-    call = made["call"]
     seen: list = []  # the backbone's input size (h, w): the model's view of the photo
     hook = model.backbone.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].shape))
-    peak = cpu_peak_mib(call, loaded)  # one cold call
+    made["out"] = None
+
+    def cold():
+        made["out"] = made["call"]()
+
+    peak = cpu_peak_mib(cold, loaded)
     hook.remove()
-    for _ in range(args.warmups):
-        call()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        cam, target = call()
-        times.append(time.perf_counter() - start)
+    cam, target = made["out"]
     if args.map:
         np.save(args.map, np.asarray(cam, dtype=np.float32))
-    result = {"seconds": statistics.median(times), "peak_mib": peak, "target": target}
-    result |= {"setup_peak_mib": setup_peak, "backbone_input": list(seen[-1][-2:])}
-    print(json.dumps(result))
+    found = {"peak_mib": peak, "setup_peak_mib": setup_peak, "target": target}
+    print(json.dumps(found | {"backbone_input": list(seen[-1][-2:])}))
+
+
+def timing_child(name: str, args) -> None:
+    """Every approach in this one process, their calls interleaved: WARMUPS of each, then
+    REPEATS rounds, each in another order; the median per approach. Load from other
+    processes then falls on all three alike, and the ratios hold even on a busy machine."""
+    prepare(args)
+    model, preprocess = build(name)
+    image = photo(args.photo)
+    calls, failed = {}, {}
+    for approach in APPROACHES:
+        try:
+            calls[approach] = make_call(approach, name, model, preprocess, image)
+        except Exception as exc:  # reported in its cell; the others are still timed
+            failed[approach] = f"{type(exc).__name__}: {exc}"
+    for _ in range(args.warmups):
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {approach: [] for approach in calls}
+    for round_ in range(args.repeats):
+        order = list(calls)[round_ % len(calls) :] + list(calls)[: round_ % len(calls)]
+        for approach in order:
+            start = time.perf_counter()
+            calls[approach]()
+            times[approach].append(time.perf_counter() - start)
+    seconds = {approach: statistics.median(t) for approach, t in times.items()}
+    print(json.dumps({"seconds": seconds, "failed": failed}))
 
 
 # -- the parent: every child, then the table ----------------------------------------------------
 
 
-def run_child(name: str, approach: str, args, map_path: Path | None) -> dict:
+def run_child(name: str, approach: str, args, map_path: Path | None = None) -> dict:
     command = [sys.executable, __file__, "--child", name, "--approach", approach]
     command += ["--repeats", str(args.repeats), "--warmups", str(args.warmups)]
     command += ["--photo", str(args.photo), "--allocator", args.allocator]
@@ -302,20 +345,6 @@ def run_child(name: str, approach: str, args, map_path: Path | None) -> dict:
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def best(runs: list[dict]) -> dict:
-    """The fastest round's time and the smallest round's memory (both only grow with noise)."""
-    ok = [r for r in runs if "error" not in r]
-    if not ok:
-        return runs[0]
-    return {
-        "seconds": min(r["seconds"] for r in ok),
-        "peak_mib": min(r["peak_mib"] for r in ok),
-        "target": ok[0]["target"],
-        "backbone_input": ok[0]["backbone_input"],
-        "setup_peak_mib": min(r["setup_peak_mib"] for r in ok),
-    }
 
 
 def agreement(maps: dict[str, Path]) -> str:
@@ -334,16 +363,25 @@ def agreement(maps: dict[str, Path]) -> str:
     return f"{float(np.abs(split - full).max()) / scale:.1e}"
 
 
+def _ratio(value: float | None, floor: float | None) -> str:
+    return "" if value is None or not floor else f" ({value / floor:.2f}×)"
+
+
 def cell(result: dict, floor: dict) -> str:
-    if "error" in result:
-        return f"failed: {result['error']}"
-    text = f"{result['seconds']:.2f} s · {result['peak_mib']:.0f} MiB"
-    if result is floor or "error" in floor:
-        return text
-    return (
-        f"{text} ({result['seconds'] / floor['seconds']:.2f}× · "
-        f"{result['peak_mib'] / floor['peak_mib']:.2f}×)"
+    """'time (× inference) · memory (× inference)', or why a part is missing."""
+    seconds, peak = result.get("seconds"), result.get("peak_mib")
+    first = result is floor
+    time_text = (
+        f"time failed: {result.get('time_error')}"
+        if seconds is None
+        else f"{seconds:.2f} s" + ("" if first else _ratio(seconds, floor.get("seconds")))
     )
+    memory_text = (
+        f"memory failed: {result.get('error')}"
+        if peak is None
+        else f"{peak:.0f} MiB" + ("" if first else _ratio(peak, floor.get("peak_mib")))
+    )
+    return f"{time_text} · {memory_text}"
 
 
 def table(results: dict, agreements: dict) -> str:
@@ -359,7 +397,7 @@ def table(results: dict, agreements: dict) -> str:
 
 
 def views(results: dict) -> str:
-    """The backbone's input (h × w) per model, as the inference child saw it."""
+    """The backbone's input (w × h) per model, as the inference child saw it."""
     seen = []
     for name, spec in MODELS.items():
         size = results[(name, "inference")].get("backbone_input")
@@ -371,12 +409,12 @@ def views(results: dict) -> str:
 def setup_table(results: dict) -> str:
     """The set-up's peak above the loaded model: hooks, and the Explainer's layer probe."""
     lines = [
-        "| model | " + " | ".join(f"set-up before the first image: {a}" for a in APPROACHES) + " |",
+        "| set-up before the first image (peak above the model) | " + " | ".join(APPROACHES) + " |",
         "|---|---|---|---|",
     ]
     for name in MODELS:
-        cells = [results[(name, a)] for a in APPROACHES]
-        shown = ("" if "error" in r else f"{r['setup_peak_mib']:.0f} MiB" for r in cells)
+        cells = [results[(name, a)].get("setup_peak_mib") for a in APPROACHES]
+        shown = ("" if peak is None else f"{peak:.0f} MiB" for peak in cells)
         lines.append(f"| {name} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
@@ -385,17 +423,33 @@ def targets(results: dict) -> str:
     lines = []
     for name in MODELS:
         for approach in MAPPED:
-            r = results[(name, approach)]
-            if "error" not in r:
-                lines.append(f"- {name}, {approach}: target {json.dumps(r['target'])}")
+            target = results[(name, approach)].get("target")
+            if target is not None:
+                lines.append(f"- {name}, {approach}: target {json.dumps(target)}")
     return "\n".join(lines)
+
+
+def measure(name: str, args, work: Path) -> tuple[dict, str]:
+    """One model: a memory child per approach, then the timing child; the maps compared."""
+    maps = {a: work / f"{name}-{a.split()[0]}.npy" for a in MAPPED}
+    results = {}
+    for approach in APPROACHES:
+        results[approach] = run_child(name, approach, args, maps.get(approach))
+        print(f"{name:<24} {approach:<23} memory {results[approach]}", flush=True)
+    timing = run_child(name, "timing", args)
+    print(f"{name:<24} {'all, interleaved':<23} time {timing}", flush=True)
+    for approach, result in results.items():
+        seconds = timing.get("seconds", {}).get(approach)
+        if seconds is None:
+            result["time_error"] = timing.get("error") or timing["failed"].get(approach)
+        result["seconds"] = seconds
+    return results, agreement(maps)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmups", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--photo", type=Path, default=PHOTO)
     parser.add_argument(
         "--allocator",
@@ -409,37 +463,33 @@ def main() -> None:
     parser.add_argument("--map", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.approach, args)
+        if args.approach == "timing":
+            timing_child(args.child, args)
+        else:
+            memory_child(args.child, args.approach, args)
         return
     import torch
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     started, load = time.perf_counter(), os.getloadavg()[0]
-    rounds: dict[tuple[str, str], list[dict]] = {}
+    results: dict[tuple[str, str], dict] = {}
     agreements: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="gradcam-task-cost-") as work:
-        for round_ in range(args.rounds):
-            for name in MODELS:
-                maps = {a: Path(work) / f"{name}-{a.split()[0]}.npy" for a in MAPPED}
-                for approach in APPROACHES:
-                    result = run_child(name, approach, args, maps.get(approach))
-                    rounds.setdefault((name, approach), []).append(result)
-                    print(f"round {round_ + 1} {name:<24} {approach:<23} {result}", flush=True)
-                if round_ == 0:
-                    agreements[name] = agreement(maps)
-    results = {key: best(runs) for key, runs in rounds.items()}
+        for name in MODELS:
+            found, agreements[name] = measure(name, args, Path(work))
+            results |= {(name, approach): result for approach, result in found.items()}
     w, h = PHOTO_SIZE
     text = (
         f"# Grad-CAM cost on a segmentation and a detection model (random init, CPU)\n\n"
         f"{machine('cpu')}. One {w}×{h} photo ({args.photo.name} fitted to {w}×{h}); "
-        f"the backbones see {views(results)}. Median wall time per image of "
+        f"the backbones see {views(results)}. Time: the median wall time per image of "
         f"{args.repeats} calls after {args.warmups} warm-up(s), from the PIL photo to the "
-        f"result; best of {args.rounds} round(s); peak memory: the peak RSS of one cold call "
-        "above what was resident after loading the model (what the set-up — hooks, the "
-        "Explainer and its layer probe — freed handed back first; its own peak is the second "
-        f"table); each cell a fresh process; glibc's allocator {args.allocator}. "
-        "Ratios are against inference (time · memory). The last column is "
-        "max |split − full| / max |full| of the two raw maps.\n"
+        "result, the three approaches' calls interleaved in one process per model. Memory: "
+        "the peak RSS of one cold call above what was resident after loading the model, each "
+        "approach in a fresh process (what its set-up — hooks; the Explainer and its layer "
+        "probe — freed handed back first; the set-up's own peak is the second table). glibc's "
+        f"allocator {args.allocator} in every process. Ratios are against inference. The last "
+        "column is max |split − full| / max |full| of the two raw maps.\n"
         f"`python benchmarks/task_cost.py {' '.join(sys.argv[1:])}` "
         f"({time.perf_counter() - started:.0f} s in all; 1-minute load average "
         f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)\n\n"
