@@ -54,6 +54,16 @@ def target_text(target: Mapping, predictions: Sequence[Mapping]) -> str:
     """`281 tabby (0.873)`: the target's own probability, or, in a report written before
     targets carried one, the probability among the predictions listed (none when absent)."""
     text = f"{target.get('index')} {target.get('label')}"
+    if target.get("box") is not None:  # a detection: numbered, then its class
+        box = ", ".join(f"{v:.0f}" for v in target["box"])
+        text = (
+            f"detection {target.get('index')}: {target.get('class_index')} {target.get('label')} "
+            f"({probability_text(target.get('probability'))}) at [{box}]"
+        )
+        return text
+    if target.get("pixel_share") is not None:  # a segmentation class
+        share = _number(target["pixel_share"])
+        return f"{text} ({probability_text(target.get('probability'))}, pixel share {share})"
     if "probability" in target:
         return f"{text} ({probability_text(target.get('probability'))})"
     for prediction in predictions:

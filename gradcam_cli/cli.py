@@ -185,6 +185,8 @@ DeviceOpt = Annotated[
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
+# tasks.TASKS's names, spelt here so that --help does not import torch (test_cli checks them).
+TASK_NAMES = ("classification", "segmentation", "detection")
 # The gates of a comparison (`gradcam compare`, `gradcam explain --baseline`).
 MinCorrOpt = Annotated[
     float | None,
@@ -343,9 +345,41 @@ def explain(
     topk: Annotated[
         int,
         typer.Option(
-            "--topk", "-k", metavar="K", help="Explain each image's K most probable classes."
+            "--topk",
+            "-k",
+            metavar="K",
+            help="Explain each image's K most probable classes (a segmentation model's K "
+            "classes covering the most pixels, a detector's K best detections).",
         ),
     ] = 1,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            metavar="TASK",
+            help=f"What the model does: {', '.join(TASK_NAMES)}. Default: what it is known to "
+            "be (torchvision's segmentation models and detectors), else classification; give it "
+            "for your own segmentation model or detector.",
+        ),
+    ] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option(
+            "--min-score",
+            metavar="0..1",
+            help="Detectors: explain only detections scoring at least this (with -t: of those "
+            "classes; with --topk: the K best of them).",
+        ),
+    ] = None,
+    region: Annotated[
+        Path | None,
+        typer.Option(
+            "--region",
+            metavar="MASK",
+            help="Segmentation: sum each target class's logits over this mask (an image of the "
+            "photo's size, non-zero inside) instead of over the pixels predicted as the class.",
+        ),
+    ] = None,
     out: Annotated[
         Path,
         typer.Option(
@@ -686,6 +720,9 @@ def explain(
             amp=amp,
             targets=target or (),
             topk=topk,
+            task=task,
+            min_score=min_score,
+            region=region,
             colormap=colormap,
             alpha=alpha,
             interpolation=interpolation,
@@ -881,6 +918,14 @@ def layers(
     usable: Annotated[
         bool, typer.Option("--usable", help="List only layers that can be explained.")
     ] = False,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            metavar="TASK",
+            help=f"What the model does ({', '.join(TASK_NAMES)}), as for explain --task.",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """List a model's layers: dotted path, type, output shape, the map it gives (tokens and
@@ -905,15 +950,21 @@ def layers(
             num_classes=num_classes,
             input_size=input_size,
         )
-        probe = probe_layers(loaded.model, loaded.preprocess.input_size, model_name=loaded.title)
+        probe = probe_layers(
+            loaded.model,
+            loaded.preprocess.input_size,
+            model_name=loaded.title,
+            task=task if task is not None else loaded.task,
+        )
         try:
             default = probe.default_layer()
         except GradcamError as exc:
             default = None
             _log(f"no default layer: {exc}")
         h, w = loaded.preprocess.input_size
+        kind = "" if (task or loaded.task) == "classification" else f" ({task or loaded.task})"
         stdout.write(
-            f"# {loaded.source}:{loaded.name}, input 3×{h}×{w}; "
+            f"# {loaded.source}:{loaded.name}{kind}, input 3×{h}×{w}; "
             "* = usable target, > = default; map = C×h×w explained\n"
         )
         for line in layer_table(probe, default, usable_only=usable):
@@ -942,14 +993,30 @@ def models(
             "(timm:resnet50.a1_in1k), each a valid --model.",
         ),
     ] = False,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            metavar="TASK",
+            help=f"Only the models doing this: {', '.join(TASK_NAMES)}.",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """List the model names --model accepts, with their library: the demo model, timm, and
-    torchvision's image classifiers. Exit 1 when nothing matches."""
+    torchvision's classifiers, segmentation models and detectors. Exit 1 when nothing
+    matches."""
     with _exit_codes(verbose), data_stdout() as stdout:
         from .sources import list_model_names, no_model_matches
 
-        names = list_model_names(pattern, pretrained=pretrained)
+        if task is not None and task not in TASK_NAMES:
+            from .errors import UsageError, did_you_mean
+
+            raise UsageError(
+                f"--task takes {', '.join(TASK_NAMES)}, got '{task}'."
+                + did_you_mean(task, TASK_NAMES)
+            )
+        names = list_model_names(pattern, pretrained=pretrained, task=task)
         for name in names:
             stdout.write(name + "\n")
         if not names:

@@ -272,7 +272,7 @@ def _explain_view(
     scores = scoring.bind(output)
     if targets is None:
         targets = scoring.choose(scores.detach())
-    if not scores.requires_grad:
+    if not scores.requires_grad and targets.shape[1] > 0:
         raise LayerError(
             f"the model's {settings.task.name} scores do not depend on layer "
             f"'{captures[0].ref}'; choose a layer that its output is computed from"

@@ -134,6 +134,9 @@ PARAMETER_FLAGS = {
     "max_energy_moved": "--max-energy-moved",
     "max_top1_changes": "--max-top1-changes",
     "allow_method_change": "--allow-method-change",
+    "task": "--task",
+    "min_score": "--min-score",
+    "region": "--region",
 }
 _NEGATED_FLAGS = {"pretrained": "--no-pretrained"}  # name=False
 _BOOLEAN_FLAGS = {"eigen_smooth", "aug_smooth", "require_hit", "save_raw", "allow_method_change"}

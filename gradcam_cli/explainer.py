@@ -46,7 +46,7 @@ from .outputs import RunOptions, save_explanations
 from .preprocess import Preprocess
 from .report import Prediction, TargetRef
 from .sources import LoadedModel, as_loaded_model
-from .tasks import TargetDetails, Task, get_task
+from .tasks import SegmentationTask, TargetDetails, Task, get_task
 
 __all__ = ["Explainer", "resolve_device"]
 
@@ -117,7 +117,8 @@ class Explainer:
         amp: str | None = None,
         task: str | Task | None = None,
     ):
-        loaded = as_loaded_model(model, preprocess=preprocess, labels=labels)
+        name = task.name if isinstance(task, Task) else task
+        loaded = as_loaded_model(model, preprocess=preprocess, labels=labels, task=name)
         self.loaded = loaded
         self.task = get_task(task if task is not None else loaded.task)
         if aug_smooth and self.task.name != "classification":
@@ -145,6 +146,8 @@ class Explainer:
         self.layers = [self._checked_layer(name) for name in names]
         self.num_classes = self._class_count(loaded.labels)
         self.labels = self._checked_labels(loaded.labels)
+        if isinstance(self.task, SegmentationTask) and self.labels:
+            self.task = SegmentationTask(background=background_classes(self.labels))
         if self.method.requires_gap_linear_head:
             self._check_method_on_a_probe_image()
 
@@ -391,7 +394,7 @@ class Explainer:
         ranking = result.ranking[i] if result.ranking is not None else probabilities
         if result.null_slot is not None:  # never a prediction
             ranking = ranking[: result.null_slot]
-        top = ranking.topk(min(5, ranking.numel())).indices.tolist()
+        top = ranking.argsort(descending=True, stable=True)[:5].tolist()  # ties: in slot order
         top = [slot for slot in top if result.null_slot is None or ranking[slot] > 0] or top[:1]
         predictions = [
             Prediction.make(**self._slot(slot, details, probabilities, scores, crop_box, frame))
@@ -465,8 +468,9 @@ class Explainer:
     def describe(self) -> dict[str, Any]:
         """What a run's report records about this explainer: model, method, layers, device,
         preprocessing and method options (`outputs.new_report`)."""
+        task = {} if self.task.name == "classification" else {"task": self.task.name}
         return {
-            "model": {**self.loaded.describe(), "task": self.task.name},
+            "model": {**self.loaded.describe(), **task},  # a classifier's says nothing new
             "method": self.method.name,
             "layers": [str(ref) for ref in self.layers],
             "device": str(self.device),
@@ -525,6 +529,12 @@ def check_target_options(task: str, min_score: float | None, region: object) -> 
             raise UsageError(f"min_score= is a detection score, 0 to 1; got {min_score}")
     if region is not None and task != "segmentation":
         raise UsageError(f"region= is for segmentation models; this model's task is {task}")
+
+
+def background_classes(labels: Sequence[str]) -> tuple[int, ...]:
+    """The classes named background (torchvision's `__background__`, `background`, `bg`)."""
+    names = {"background", "bg"}
+    return tuple(i for i, label in enumerate(labels) if label.strip(" _").casefold() in names)
 
 
 def region_mask(region: RegionInput, size: tuple[int, int]) -> np.ndarray:

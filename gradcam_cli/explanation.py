@@ -143,7 +143,7 @@ class ImageExplanation:
         values, inside = self.placed(target, layer, options)
         lut = colormap_lut(options.colormap)
         overlay = overlay_image(self.image, values, inside, lut, options.alpha)
-        return self._boxed(overlay, target), heatmap_image(values, inside, lut)
+        return self.with_box(overlay, target), heatmap_image(values, inside, lut)
 
     def overlay(
         self,
@@ -156,14 +156,14 @@ class ImageExplanation:
         overlay = overlay_image(
             self.image, values, inside, colormap_lut(options.colormap), options.alpha
         )
-        return self._boxed(overlay, target)
+        return self.with_box(overlay, target)
 
     def target(self, target: TargetRef | int | None = None) -> TargetRef:
         """The TargetRef explained for `target` (an index, or None: the first)."""
         index = self._index(target)
         return next(t for t in self.targets if t.index == index)
 
-    def _boxed(self, overlay: Image.Image, target: TargetRef | int | None) -> Image.Image:
+    def with_box(self, overlay: Image.Image, target: TargetRef | int | None) -> Image.Image:
         """A detection's overlay with its box and label drawn; others as they are."""
         found = self.target(target)
         if found.box is None:

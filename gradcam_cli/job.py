@@ -77,6 +77,12 @@ class JobOptions:
     # What to explain: these classes (indices or labels), or each image's top-k.
     targets: Sequence[str | int] = ()
     topk: int = 1
+    # What the model does (tasks/): None, what it is known to be, else classification; a
+    # detector's detections kept from this score (0–1); a segmentation target's pixels (a mask
+    # in the photo's frame) instead of those predicted as the class.
+    task: str | None = None
+    min_score: float | None = None
+    region: Path | None = None
     # The pictures and files written.
     colormap: str = "jet"
     alpha: float = 0.5
@@ -152,6 +158,14 @@ class JobOptions:
             raise UsageError("targets= and topk= exclude each other: name classes or ask for top-k")
         check_input_size(self.input_size)
         check_resize(self.resize)
+        if self.task is not None:
+            from .tasks import get_task
+
+            object.__setattr__(self, "task", get_task(self.task).name)
+        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
+            raise UsageError(f"min_score= is a detection score, 0 to 1; got {self.min_score}")
+        if self.region is not None:
+            object.__setattr__(self, "region", Path(self.region))
         check_num_classes(self.num_classes)
         if self.shard is not None:
             shard = self.shard if isinstance(self.shard, str) else "/".join(map(str, self.shard))
@@ -222,6 +236,8 @@ class JobOptions:
             out_dir=self.out,
             classes=classes,
             topk=self.topk,
+            min_score=self.min_score,
+            region=self.region,
             batch_size=batch_size,
             save_raw=self.save_raw or self.baseline is not None,  # the comparison reads them
             masks=masks,
@@ -305,10 +321,11 @@ def prepare_job(
 
         baseline = read_baseline(options.baseline, out=options.out, shard=options.share)
     explainer = _explainer(model, options)
+    _check_task_options(explainer, options, items)
     classes = tuple(explainer.resolve_targets(list(options.targets)))
     if options.baseline is not None:  # ... and of the method and layers about to run
         check_baseline(baseline, explainer)
-    if options.topk > explainer.num_classes:
+    if options.topk > explainer.num_classes and explainer.task.name != "detection":
         raise UsageError(
             f"topk={options.topk} is more than the model's {explainer.num_classes} classes; "
             f"give 1–{explainer.num_classes}"
@@ -421,6 +438,7 @@ def _explainer(model: str | LoadedModel | nn.Module, options: JobOptions) -> Exp
             mean=options.mean,
             std=options.std,
             resize=options.resize,
+            task=options.task,
         )
     return Explainer(
         model,
@@ -430,4 +448,27 @@ def _explainer(model: str | LoadedModel | nn.Module, options: JobOptions) -> Exp
         aug_smooth=options.aug_smooth,
         eigen_smooth=options.eigen_smooth,
         amp=options.amp,
+        task=options.task,
     )
+
+
+def _check_task_options(
+    explainer: Explainer, options: JobOptions, items: Sequence[InputItem]
+) -> None:
+    """Options that only some tasks honour, and a region that must fit every photo: refused
+    before any image is explained."""
+    from .explainer import check_target_options, region_mask
+    from .inputs import photo_size
+
+    task = explainer.task.name
+    check_target_options(task, options.min_score, options.region)
+    if options.metrics and task != "classification":
+        raise UsageError(
+            f"metrics= perturb the image and re-score a class; a {task} model's targets "
+            "(regions, detections) are not measured that way yet: drop metrics="
+        )
+    if options.region is not None:
+        for item in items:
+            size = photo_size(item.path) if item.path is not None else None
+            if size is not None:
+                region_mask(options.region, size)

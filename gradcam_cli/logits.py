@@ -25,6 +25,11 @@ def extract_logits(output: object) -> torch.Tensor:
     elif isinstance(output, dict) and output:
         logits = output.get("logits", next(iter(output.values())))
         return extract_logits(logits)
+    elif isinstance(output, list | tuple) and output and _detections(output):
+        raise LayerError(
+            "the model returned detections (dicts of boxes, labels and scores), not class "
+            "scores; explain a detector with task='detection'"
+        )
     elif isinstance(output, list | tuple) and output:
         return extract_logits(output[0])
     else:
@@ -36,6 +41,11 @@ def extract_logits(output: object) -> torch.Tensor:
         logits = logits.flatten(1)  # a 1×1 conv head: [B, C, 1, 1]
     if logits.dim() == 1:
         logits = logits.unsqueeze(1)  # one logit per image
+    if logits.dim() == 4:
+        raise LayerError(
+            f"the model's output has shape {list(logits.shape)}: per-pixel scores, not "
+            "[batch, classes]; explain a segmentation model with task='segmentation'"
+        )
     if logits.dim() != 2:
         raise LayerError(
             f"the model's output has shape {list(logits.shape)}, not "
@@ -59,3 +69,7 @@ def class_probabilities(outputs: torch.Tensor, probabilities: bool = False) -> t
     if probabilities:
         return scores
     return torch.sigmoid(scores) if outputs.shape[1] == 1 else scores.softmax(dim=1)
+
+
+def _detections(output: list | tuple) -> bool:
+    return all(isinstance(d, dict) and {"boxes", "scores"} <= d.keys() for d in output)

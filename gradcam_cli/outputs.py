@@ -69,6 +69,11 @@ NONFINITE_MAP_WARNING = (
     "the map had NaN or infinite values (from the model's gradients at this layer); "
     "they were set to 0"
 )
+NO_TARGETS = (
+    "nothing to explain: the model kept no detection here (none scored above its own "
+    "threshold, or none was of the --target classes and scored at least --min-score), or no "
+    "pixel of --region is on the photo"
+)
 NONFINITE_SCORES = (
     "the model's scores for this image are NaN or infinite, so there is nothing to explain; "
     "check the model and its preprocessing on this input"
@@ -83,6 +88,8 @@ class RunOptions:
     out_dir: Path
     classes: tuple[int, ...] = ()
     topk: int = 1
+    min_score: float | None = None  # detectors: the detections kept score at least this
+    region: Path | None = None  # segmentation: the targets' pixels, a mask on the photo
     batch_size: int = 8
     save_raw: bool = False
     render: RenderOptions = RenderOptions()
@@ -153,11 +160,22 @@ def save_explanations(
     return report
 
 
+def _task_options(options: RunOptions) -> dict[str, object]:
+    """--min-score and --region as given: a classifier's report is what it was without them."""
+    given = {"min_score": options.min_score, "region": options.region}
+    return {
+        key: value if key != "region" else str(value)
+        for key, value in given.items()
+        if value is not None
+    }
+
+
 def _options_record(options: RunOptions) -> dict[str, object]:
     render = options.render
     return {
         "classes": list(options.classes),
         "topk": options.topk,
+        **_task_options(options),
         "batch_size": options.batch_size,
         "save_raw": options.save_raw,
         "colormap": render.colormap,
@@ -198,6 +216,8 @@ def save_image(
             predictions=explanation.predictions,
             warnings=list(warnings),
         )
+    if not explanation.targets:  # a detector that kept no detection: nothing to draw
+        warnings = [*warnings, NO_TARGETS]
     try:
         records = _save_explanations(item, explanation, options, measured)
     except Exception as exc:  # one image's failure must not end the run
@@ -221,6 +241,7 @@ def _save_explanations(
     records = []
     masks = _MaskCache(options.masks, explanation.image.size)
     guided_images = _GuidedImages(item.key, explanation, options)
+    regions = _Regions(item.key, explanation, options.out_dir)
     for (index, layer), raw in explanation.maps.items():
         target = next(t for t in explanation.targets if t.index == index)
         stem = artifact_stem(item.key, index, target.label, layer)
@@ -234,9 +255,10 @@ def _save_explanations(
         guided_picture, guided = guided_images.save(target, layer, stem)
         localization = masks.measure(item.key, target, raw, explanation.crop_box, options.gate)
         mask, mask_path = masks.save(item.key, target, options.out_dir)
+        region, region_path = regions.save(target)
         faithfulness = _save_metrics((measured or {}).get((index, layer)), stem, options)
         gate = gate_record(options.gates, {**(localization or {}), **(faithfulness or {})})
-        pictures = replace(pictures, guided=guided_picture, mask=mask)
+        pictures = replace(pictures, guided=guided_picture, mask=mask, region=region)
         panel = _save_panel(
             item,
             explanation,
@@ -263,9 +285,29 @@ def _save_explanations(
                 mask_path,
                 faithfulness,
                 gate,
+                region_path,
             )
         )
     return records
+
+
+class _Regions:
+    """Segmentation: the pixels each target's logits were summed over, written once per image
+    and target as `KEY.INDEX-LABEL.region.png` (255 inside, the photo's size)."""
+
+    def __init__(self, key: str, explanation: ImageExplanation, out_dir: Path):
+        self.key, self.explanation, self.out_dir = key, explanation, out_dir
+        self.written: dict[int, tuple[np.ndarray, str]] = {}
+
+    def save(self, target: TargetRef) -> tuple[np.ndarray | None, str | None]:
+        if target.index not in self.written:
+            region = self.explanation.region(target)
+            if region is None:
+                return None, None
+            path = f"{_target_stem(self.key, target.index, target.label)}.region.png"
+            _write_png(self.out_dir, path, Image.fromarray(region.astype(np.uint8) * 255, "L"))
+            self.written[target.index] = region, path
+        return self.written[target.index]
 
 
 def _save_metrics(measured: Measured | None, stem: str, options: RunOptions) -> dict | None:
@@ -421,6 +463,7 @@ def _render(explanation: ImageExplanation, index: int, layer: str, options: RunO
     overlay = explanation.encoded_overlay(index, layer, render)
     if overlay is None:
         overlay = overlay_image(explanation.image, values, inside, lut, render.alpha)
+        overlay = explanation.with_box(overlay, index)  # a detection's box and label
     heatmap = None
     if options.heatmap or options.panel:
         heatmap = heatmap_palette_image(values, inside, lut)

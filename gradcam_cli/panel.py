@@ -80,12 +80,14 @@ class Pictures:
     heatmap: Image.Image | None
     guided: Image.Image | None = None  # RGBA; guided-backprop / guided-gradcam only
     mask: np.ndarray | None = None  # bool [H, W]: the true mask as measured (--mask)
+    # bool [H, W]: segmentation, the pixels the target's logits were summed over
+    region: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class Panel:
     image: Image.Image
-    # "photo", "heatmap", "overlay" (and "guided", "mask") → where each was drawn
+    # "photo", "heatmap", "overlay" (and "region", "guided", "mask") → where each was drawn
     tiles: dict[str, Box]
     colorbar: Box
     caption: Box
@@ -223,6 +225,8 @@ def _line_height(font) -> int:
 def _tiles(pictures: Pictures, height: int) -> list[tuple[str, Image.Image]]:
     photo = _resized(pictures.photo, height)
     tiles = [("photo", photo)]
+    if pictures.region is not None:
+        tiles.append(("region", mask_tile(photo, pictures.region)))
     if pictures.heatmap is not None:
         # RGBA first: Pillow resizes a palette image with nearest-neighbour sampling only
         heatmap = pictures.heatmap.convert("RGBA")

@@ -123,6 +123,18 @@ class Preprocess:
         if self.resize_mode not in RESIZE_MODES.values():
             raise ValueError("resize_mode must be 'shorter', 'squash', 'pad' or 'keep'")
 
+    @classmethod
+    def as_given(cls, probe_size: tuple[int, int] = (320, 320)) -> Preprocess:
+        """The photo as it is, pixels in [0, 1]: a detector's input (torchvision's detectors
+        resize and normalise it themselves). `probe_size`: the probe image's size only."""
+        return cls(
+            input_size=probe_size,
+            resize_shorter=0,
+            resize_mode="keep",
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+        )
+
     @property
     def resize(self) -> str:
         """The mode as `resize=` names it: crop, squash, pad or keep."""

@@ -220,6 +220,8 @@ def _splitter(explainer: Explainer, options: RunOptions) -> BatchSplitter:
             arrays=[d.array for d in chunk],
             classes=options.classes or None,
             topk=options.topk,
+            min_score=options.min_score,
+            region=options.region,
         )
 
     def release() -> None:

@@ -484,6 +484,12 @@ def _explainer(work: LoadedModel, layer, method: str) -> Explainer:
         raise UsageError(
             f"layer={layer!r}: the sanity check compares one map per image; give one layer"
         )
+    if work.task != "classification":  # a randomised detector's detections are other ones
+        raise UsageError(
+            f"the sanity check compares a class's maps as the weights are randomised; "
+            f"{work.title} is a {work.task} model, whose targets (regions, detections) would "
+            "change with them: not supported yet"
+        )
     return Explainer(work, layer, method=method)
 
 

@@ -243,9 +243,19 @@ def random_model(spec: str) -> nn.Module:
 def textbook_hooks(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int]):
     """A, ∂y/∂A and the logits the textbook way: a forward hook and a tensor hook, then
     loss.backward() through a copy of the whole model with every parameter trainable."""
-    import copy
-
     import torch
+
+    def selected(logits):
+        return logits[torch.arange(len(classes)), torch.tensor(classes)].sum()
+
+    activations, gradients, logits = textbook_backward(model, x, layer, selected)
+    return activations, gradients, logits.detach()
+
+
+def textbook_backward(model: nn.Module, x: torch.Tensor, layer: str, target):
+    """A, ∂t/∂A and the model's output for the scalar `t = target(output)`, the textbook way
+    (`textbook_hooks`): for outputs that are not logits (a segmentation model's, a detector's)."""
+    import copy
 
     model = copy.deepcopy(model).eval()
     for param in model.parameters():
@@ -257,10 +267,10 @@ def textbook_hooks(model: nn.Module, x: torch.Tensor, layer: str, classes: list[
         output.register_hook(lambda grad: store.__setitem__("dA", grad.detach().clone()))
 
     handle = dict(model.named_modules())[layer].register_forward_hook(hook)
-    logits = model(x)
+    output = model(x)
     handle.remove()
-    logits[torch.arange(len(classes)), torch.tensor(classes)].sum().backward()
-    return store["A"], store["dA"], logits.detach()
+    target(output).backward()
+    return store["A"], store["dA"], output
 
 
 def reference_gradcam(

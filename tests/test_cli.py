@@ -799,10 +799,12 @@ def test_models_lists_names_with_their_library(run):
     assert "timm:vit_tiny_patch16_224" in run("models", "*VIT_TINY*").stdout.splitlines()
 
 
-def test_models_lists_only_torchvision_classifiers(run):
-    lines = run("models", "*resnet50*").stdout.splitlines()
-    assert "torchvision:resnet50" in lines
+def test_models_task_classification_lists_only_classifiers(run):
+    lines = run("models", "*resnet50*", "--task", "classification").stdout.splitlines()
+    assert "torchvision:resnet50" in lines and "timm:resnet50" in lines
     assert not [line for line in lines if "rcnn" in line or "deeplab" in line or "fcn" in line]
+    everything = run("models", "*resnet50*").stdout.splitlines()
+    assert "torchvision:fasterrcnn_resnet50_fpn" in everything  # explained too, since issue 21
 
 
 def test_models_pretrained_lists_timm_tags_each_a_valid_model(run):
@@ -820,12 +822,12 @@ def test_models_without_a_match_exits_1_with_a_suggestion(run):
     assert "'resnet50'" in line
 
 
-@pytest.mark.parametrize("model", ["torchvision:maskrcnn_resnet50_fpn", "fcn_resnet50"])
-def test_a_torchvision_model_that_is_no_classifier_is_refused_by_kind(run, tmp_path, model):
+@pytest.mark.parametrize("model", ["torchvision:raft_small", "mc3_18"])
+def test_a_torchvision_video_or_flow_model_is_refused_by_kind(run, tmp_path, model):
     result = run("explain", "photos/wide.jpg", "-m", model, "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
     [line] = result.stderr.strip().splitlines()
-    assert "segmentation" in line and "gradcam explains image classifiers" in line
+    assert "video, optical-flow or quantized model" in line and "detectors" in line
 
 
 # -- start-up, entry points, help texts --------------------------------------------------------

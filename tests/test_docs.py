@@ -136,8 +136,16 @@ def test_readme_python_example_runs_as_shown(example_folder):
     assert Path("runs/star/predictions.json").is_file()
 
 
+def test_tasks_python_example_runs_as_shown(example_folder):
+    namespace = run_python_examples(page("tasks.md"), "docs/tasks.md")
+    seg, det = namespace["seg"], namespace["det"]
+    assert 0 < seg.targets[0].pixel_share <= 1 and seg.region().shape == (150, 200)
+    assert len(namespace["boxes"]) == 3 and all(len(box) == 4 for box in namespace["boxes"])
+    assert namespace["boxed"].size == (200, 150) and det.targets[0].class_index is not None
+
+
 def test_every_python_example_in_the_docs_is_run_by_a_test():
-    tested = {"python-api.md", "sanity.md", "compare.md"}
+    tested = {"python-api.md", "sanity.md", "compare.md", "tasks.md"}
     with_python = {p.name for p in DOCS.glob("*.md") if fenced_blocks(p.read_text(), "python")}
     assert with_python == tested
 

@@ -41,7 +41,9 @@ def test_one_logit_per_image_becomes_a_column():
         ("text", "returned str, not logits"),
         ({}, "returned dict, not logits"),
         ((), "returned tuple, not logits"),
-        (torch.zeros(2, 3, 4, 4), r"shape \[2, 3, 4, 4\], not \[batch, classes\]"),
+        (torch.zeros(2, 3, 4, 4), r"shape \[2, 3, 4, 4\].*task='segmentation'"),
+        (torch.zeros(2, 3, 4), r"shape \[2, 3, 4\], not \[batch, classes\]"),
+        ([{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0)}], "task='detection'"),
     ],
 )
 def test_what_is_no_logits_is_refused_with_the_reason(output, message):

@@ -12,7 +12,13 @@ Nothing here imports torch.
 """
 
 from .decodewarnings import recorded_warnings
-from .decoding import DecodedImage, decode_image, load_image, refuse_over_pixel_limit
+from .decoding import (
+    DecodedImage,
+    decode_image,
+    load_image,
+    photo_size,
+    refuse_over_pixel_limit,
+)
 from .filekinds import IMAGE_EXTENSIONS, MISSING, open_regular
 from .finding import InputItem, collect_inputs
 from .keys import output_keys
@@ -30,6 +36,7 @@ __all__ = [
     "decode_reason",
     "load_image",
     "open_regular",
+    "photo_size",
     "refuse_over_pixel_limit",
     "recorded_warnings",
     "parse_shard",

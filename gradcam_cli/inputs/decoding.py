@@ -17,6 +17,8 @@ from ..errors import ImageReadError
 from .filekinds import open_regular
 from .reasons import decode_reason
 
+EXIF_ORIENTATION = 0x0112  # the tag whose values 5–8 turn a photo a quarter turn
+
 _WHITE = (255, 255, 255)
 
 
@@ -34,6 +36,18 @@ def load_image(path: Path) -> Image.Image:
     See `decode_image`, which also returns the warnings (such as "first frame only").
     """
     return decode_image(path).image
+
+
+def photo_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of the photo at `path` as `decode_image` turns it upright (EXIF
+    orientation), from its header; None when it cannot be read (its decoding will say why)."""
+    try:
+        with open_regular(path) as handle, Image.open(handle) as image:
+            width, height = image.size
+            turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    except Exception:  # a damaged or hostile file: decode_image reports it, with its reason
+        return None
+    return (height, width) if turned else (width, height)
 
 
 def decode_image(path: Path) -> DecodedImage:

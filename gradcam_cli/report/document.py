@@ -7,11 +7,11 @@ Artifact paths are relative to the output folder, so the folder can be moved or 
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import metadata
 
 from .jsonfile import report_text
-from .records import ExplanationRecord, ImageResult
+from .records import ExplanationRecord, ImageResult, result_dict
 from .summary import (
     RunFacts,
     faithfulness_totals,
@@ -65,7 +65,7 @@ class Report:
         return sum(result.status != "ok" for result in self.results)
 
     def to_dict(self) -> dict[str, object]:
-        results = [asdict(result) for result in self.results]
+        results = [result_dict(result) for result in self.results]
         return {
             "schema_version": SCHEMA_VERSION,
             "model": self.model,

@@ -8,18 +8,49 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["Prediction", "TargetRef", "ExplanationRecord", "ImageResult", "gate_record"]
+__all__ = [
+    "Prediction",
+    "TargetRef",
+    "ExplanationRecord",
+    "ImageResult",
+    "gate_record",
+    "result_dict",
+]
+
+# Keys only a segmentation model's or a detector's records fill: left out where null, so that a
+# classifier's report is what it was before those models could be explained.
+TASK_KEYS = ("class_index", "box", "pixel_share")
+TASK_FILES = ("region",)
 
 
 def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _box(box: Sequence[float] | None) -> list[float] | None:
-    return None if box is None else [round(float(v), 2) for v in box]
+def _fields(
+    index: int,
+    label: str,
+    probability: float,
+    score: float,
+    *,
+    class_index: int | None = None,
+    box: Sequence[float] | None = None,
+    pixel_share: float | None = None,
+) -> tuple:
+    """A Prediction's or a TargetRef's fields, in order: numbers finite or None, a box's
+    coordinates to the hundredth of a pixel."""
+    return (
+        int(index),
+        label,
+        _finite(probability),
+        _finite(score),
+        class_index,
+        None if box is None else [round(float(v), 2) for v in box],
+        None if pixel_share is None else _finite(pixel_share),
+    )
 
 
 @dataclass(frozen=True)
@@ -37,26 +68,9 @@ class Prediction:
     pixel_share: float | None = None  # segmentation: share of the pixels predicted as it
 
     @classmethod
-    def make(
-        cls,
-        index: int,
-        label: str,
-        probability: float,
-        score: float,
-        *,
-        class_index: int | None = None,
-        box: Sequence[float] | None = None,
-        pixel_share: float | None = None,
-    ) -> Prediction:
-        return cls(
-            int(index),
-            label,
-            _finite(probability),
-            _finite(score),
-            class_index,
-            _box(box),
-            None if pixel_share is None else _finite(pixel_share),
-        )
+    def make(cls, index: int, label: str, probability: float, score: float, **task) -> Prediction:
+        """With finite numbers or None; `task`: class_index, box, pixel_share."""
+        return cls(*_fields(index, label, probability, score, **task))
 
 
 @dataclass(frozen=True)
@@ -76,26 +90,9 @@ class TargetRef:
     pixel_share: float | None = None
 
     @classmethod
-    def make(
-        cls,
-        index: int,
-        label: str,
-        probability: float,
-        score: float,
-        *,
-        class_index: int | None = None,
-        box: Sequence[float] | None = None,
-        pixel_share: float | None = None,
-    ) -> TargetRef:
-        return cls(
-            int(index),
-            label,
-            _finite(probability),
-            _finite(score),
-            class_index,
-            _box(box),
-            None if pixel_share is None else _finite(pixel_share),
-        )
+    def make(cls, index: int, label: str, probability: float, score: float, **task) -> TargetRef:
+        """As Prediction.make."""
+        return cls(*_fields(index, label, probability, score, **task))
 
 
 @dataclass(frozen=True)
@@ -154,6 +151,23 @@ class ImageResult:
             for e in data.get("explanations") or []
         ]
         return cls(**values)
+
+
+def result_dict(result: ImageResult) -> dict[str, Any]:
+    """A result as the report writes it: `asdict`, without the null task-only keys."""
+    data = asdict(result)
+    for prediction in data["predictions"]:
+        _drop_nulls(prediction, TASK_KEYS)
+    for record in data["explanations"]:
+        _drop_nulls(record["target"], TASK_KEYS)
+        _drop_nulls(record, TASK_FILES)
+    return data
+
+
+def _drop_nulls(data: dict[str, Any], keys: Sequence[str]) -> None:
+    for key in keys:
+        if data.get(key, 0) is None:
+            del data[key]
 
 
 def _target_from_dict(data: Mapping[str, Any], predictions: list[Prediction]) -> TargetRef:

@@ -61,8 +61,12 @@ def load_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     resize: str | None = None,
+    task: str | None = None,
 ) -> LoadedModel:
     """Build the model a `--model` spec names, with its preprocessing and labels.
+
+    `task`: what the model does, when it is not known from its library (your own detector:
+    it then gets a detector's input, the photo as it is in [0, 1]; `Preprocess.as_given`).
 
     `resize`: how a photo becomes the input size, 'crop', 'squash' or 'pad' (`Preprocess`);
     None keeps the model's own convention (timm's data config, torchvision's weights
@@ -79,6 +83,9 @@ def load_model(
         input_size=input_size,
     )
     preprocess = source.preprocess(model, name)
+    task = task or source.task(name)
+    if task == "detection" and source.task(name) != "detection":
+        preprocess = Preprocess.as_given()
     labels = source.labels(model, name) if num_classes is None else None
     if weights is not None:
         state = read_state_dict(weights)
@@ -93,9 +100,7 @@ def load_model(
         preprocess, input_size=input_size, mean=mean, std=std, resize=resize
     )
     model.eval()
-    return LoadedModel(
-        model, name, source.prefix, provenance, preprocess, labels, task=source.task(name)
-    )
+    return LoadedModel(model, name, source.prefix, provenance, preprocess, labels, task=task)
 
 
 def _source_of(spec: str) -> tuple[Source, str]:
@@ -135,18 +140,22 @@ def as_loaded_model(
     *,
     preprocess: Preprocess | None = None,
     labels: Sequence[str] | None = None,
+    task: str | None = None,
 ) -> LoadedModel:
     """What `Explainer` accepts, made a LoadedModel: a `--model` spec is loaded (load_model), a
     LoadedModel is kept, and an nn.Module you built is taken as it is (weights, mode, device:
     nothing is changed), with the preprocessing of its timm data config when it has one, else
     the documented defaults for your own model (`custom_preprocess`). `preprocess` and
-    `labels` replace what the model comes with."""
+    `labels` replace what the model comes with. `task` as for load_model: a detector you built
+    gets a detector's input unless `preprocess` says otherwise."""
     if isinstance(model, str):
-        loaded = load_model(model)
+        loaded = load_model(model, task=task)
     elif isinstance(model, LoadedModel):
         loaded = model
     elif isinstance(model, nn.Module):
         loaded = _your_module(model)
+        if task == "detection":
+            loaded = replace(loaded, preprocess=Preprocess.as_given(), task=task)
     else:
         raise UsageError(
             f"model= takes an nn.Module, a name such as 'torchvision:resnet50' or a LoadedModel, "

@@ -89,13 +89,7 @@ class TorchvisionSource(Source):
         enum = _weights_enum(name)
         task = self.task(name)
         if task == "detection":  # [0, 1] pixels as they are; the model resizes and normalises
-            return Preprocess(
-                input_size=DETECTOR_PROBE_SIZE,
-                resize_shorter=0,
-                resize_mode="keep",
-                mean=(0.0, 0.0, 0.0),
-                std=(1.0, 1.0, 1.0),
-            )
+            return Preprocess.as_given()
         if enum is None:
             return Preprocess()
         t = enum.transforms()
@@ -123,9 +117,7 @@ class TorchvisionSource(Source):
         return list(enum.meta["categories"]) if enum is not None else None
 
 
-# The probe image of a detector (it resizes any input itself), and a segmentation model's
-# shorter side when its weights say none.
-DETECTOR_PROBE_SIZE = (320, 320)
+# A segmentation model's shorter side when its weights say none.
 SEGMENTATION_SIDE = 520
 
 

@@ -147,6 +147,8 @@ class _DetectionScoring(Scoring):
         from torchvision.ops import roi_align
 
         (height, width), (h, w) = self.padded, maps.shape[2:]
+        if all(size == self.padded for size in self.sizes):  # nothing padded: the maps as they are
+            return maps
         framed = []
         for image, (rh, rw) in enumerate(self.sizes[: maps.shape[0]]):
             x1, y1 = w * rw / width, h * rh / height  # the photo's part, in map cells
@@ -155,7 +157,8 @@ class _DetectionScoring(Scoring):
             cells = maps[image].unsqueeze(0).transpose(0, 1).contiguous()  # [K, 1, h, w]
             boxes = box.expand(cells.shape[0], -1).clone()
             boxes[:, 0] = torch.arange(cells.shape[0], dtype=maps.dtype)
-            framed.append(roi_align(cells, boxes, size, 1.0, 2, aligned=True)[:, 0])
+            # one bilinear sample per output cell, at its centre: a near-identity resampling
+            framed.append(roi_align(cells, boxes, size, 1.0, 1, aligned=True)[:, 0])
         return torch.stack(framed)
 
     def details(self, image: int, slots: Sequence[int]) -> list[TargetDetails | None]:

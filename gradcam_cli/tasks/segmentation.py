@@ -42,8 +42,8 @@ def segmentation_logits(output: object) -> torch.Tensor:
 
 
 class _SegmentationScoring(Scoring):
-    def __init__(self, request: TargetRequest):
-        self.request = request
+    def __init__(self, request: TargetRequest, background: tuple[int, ...]):
+        self.request, self.background = request, background
         self.masks: torch.Tensor | None = None  # [B, C, h, w] float 0/1: each class's region
         self.shares: torch.Tensor | None = None  # [B, C]
         self.confidence: torch.Tensor | None = None  # [B, C] mean probability on its pixels
@@ -94,10 +94,14 @@ class _SegmentationScoring(Scoring):
                 )
             wanted = torch.as_tensor(self.request.classes, device=scores.device)
             return wanted.unsqueeze(0).expand(scores.shape[0], -1)
-        # The classes covering the most pixels, only those that cover any.
+        # The classes covering the most pixels, only those that cover any; the background
+        # after every other class present (the only one explained when nothing else is there).
         shares = self.shares.to(scores.device)
+        foreground = torch.ones(classes, dtype=torch.bool, device=shares.device)
+        foreground[[c for c in self.background if 0 <= c < classes]] = False
+        rank = torch.where(shares > 0, shares + foreground.float(), 0.0)
         k = min(self.request.topk, classes)
-        top = shares.topk(k, dim=1)
+        top = rank.topk(k, dim=1)
         chosen = torch.where(top.values > 0, top.indices, torch.full_like(top.indices, classes))
         kept = int((top.values > 0).sum(dim=1).max())
         return chosen[:, : max(kept, 1)]
@@ -129,10 +133,16 @@ class _SegmentationScoring(Scoring):
 
 
 class SegmentationTask(Task):
+    """`background`: the classes top-k explains only after every other class present (a
+    "background" class: what a user asks about is what is in front of it)."""
+
     name = "segmentation"
 
+    def __init__(self, background: tuple[int, ...] = ()):
+        self.background = background
+
     def scoring(self, request: TargetRequest, outputs_probabilities: bool) -> Scoring:
-        return _SegmentationScoring(request)
+        return _SegmentationScoring(request, self.background)
 
     def probe_output(
         self, model: nn.Module, x: torch.Tensor
