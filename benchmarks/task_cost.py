@@ -164,7 +164,9 @@ def inference_call(model, preprocess, task: str, image):
 def photo_part(cam, padded: tuple[int, int], size: tuple[int, int]):
     """A detector's map [h, w] over its padded input (`padded`, H × W) → over the part that is
     the resized photo (`size`), resampled to the cells that part spans (RoIAlign, half-pixel
-    aligned): the frame the library gives a detection's map in, so the two compare."""
+    aligned, one bilinear sample per cell): the frame the library gives a detection's map in
+    (tasks/detection.py, `frame`), so the two compare. Geometry, not Grad-CAM: a change to the
+    library's framing shows here as a disagreement (2 samples per cell against its 1: 0.36)."""
     import torch
     from torchvision.ops import roi_align
 
@@ -172,7 +174,9 @@ def photo_part(cam, padded: tuple[int, int], size: tuple[int, int]):
     x1, y1 = w * rw / width, h * rh / height
     box = torch.tensor([[0.0, 0.0, 0.0, x1, y1]], dtype=cam.dtype)
     out = (max(1, round(y1)), max(1, round(x1)))
-    return roi_align(cam[None, None], box, out, 1.0, 2, aligned=True)[0, 0]
+    if (rh, rw) == (height, width):  # nothing padded: the library leaves the map as it is
+        return cam
+    return roi_align(cam[None, None], box, out, 1.0, 1, aligned=True)[0, 0]
 
 
 def full_backward_call(model, preprocess, spec: Spec, image):
