@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint docs demo demo-model demo-eval seg-demo clean
+.PHONY: help install test lint docs demo demo-model demo-eval seg-demo bench-tasks clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ demo-eval: install  ## the demo model's accuracy and localization on 300 held-ou
 seg-demo: install  ## train a segmentation model on the demo scenes (~5 min) and explain held-out ones
 	$(BIN)/python benchmarks/seg_demo.py --single 200 --pairs 100 --out seg_demo_out
 	@echo "weights, labels, example scene and the table (seg_demo.md) in seg_demo_out/"
+
+bench-tasks: install  ## Grad-CAM's cost on deeplabv3 and Faster R-CNN, CPU (~4 min on 2 cores when idle)
+	$(BIN)/python benchmarks/task_cost.py
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf demo_out seg_demo_out gradcam_out site .pytest_cache .ruff_cache .mypy_cache

@@ -68,6 +68,25 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def rss_mib() -> float:
+    """The process's resident memory now, in MiB."""
+    return _rss_kib("VmRSS") / 1024
+
+
+def cpu_peak_mib(call, baseline_mib: float | None = None) -> float:
+    """Run `call` once; the process's peak RSS during it above the RSS before it (or above
+    `baseline_mib`, a `rss_mib()` taken earlier), in MiB. The peak, VmHWM, is reset to the
+    current RSS through /proc/self/clear_refs first."""
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+    before = _rss_kib("VmRSS") / 1024 if baseline_mib is None else baseline_mib
+    call()
+    return _rss_kib("VmHWM") / 1024 - before
+
+
 def _make_call(approach: str, model, layer_name: str, x):
     import torch
 
@@ -153,14 +172,7 @@ def child(approach: str, batch: int, device: str, repeats: int, model_name: str,
         synced()
         peak = (torch.cuda.max_memory_allocated() - before) / 2**20
     else:
-        import gc
-
-        gc.collect()
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")  # resets the peak RSS (VmHWM) to the current RSS
-        before = _rss_kib("VmRSS")
-        synced()
-        peak = (_rss_kib("VmHWM") - before) / 1024
+        peak = cpu_peak_mib(synced)
     for _ in range(2):
         synced()
     times = []
