@@ -296,6 +296,7 @@ def _explain_view(
             guided_gradients=guided_gradients,
             layer=str(capture.ref),
             eigen_smooth=settings.eigen_smooth,
+            frame=scoring.frame,
         )
         maps[str(capture.ref)] = scoring.frame(method.maps(view))
     return _ViewResult(scoring, scores, targets, maps, guided_gradients)

@@ -160,6 +160,12 @@ class JobOptions:
             from .tasks import get_task
 
             object.__setattr__(self, "task", get_task(self.task).name)
+        if self.targets and self.topk != 1 and self.task != "detection":
+            raise UsageError(
+                "targets= and topk= exclude each other: name classes or ask for top-k (a "
+                "detector takes both, its top-k detections of those classes: add "
+                "task='detection')"
+            )
         if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
             raise UsageError(f"min_score= is a detection score, 0 to 1; got {self.min_score}")
         if self.region is not None:
@@ -460,10 +466,7 @@ def _check_task_options(
 
     task = explainer.task.name
     if options.targets and options.topk != 1 and task != "detection":
-        raise UsageError(
-            "targets= and topk= exclude each other: name classes or ask for top-k (a "
-            "detector takes both: its top-k detections of those classes)"
-        )
+        raise UsageError(f"targets= and topk= exclude each other for a {task} model")
     check_target_options(task, options.min_score, options.region)
     if options.metrics and task != "classification":
         raise UsageError(

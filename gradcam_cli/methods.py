@@ -91,6 +91,9 @@ class LayerView:
     guided_gradients: list[Tensor]  # per rank, guided ∂y/∂x [B, 3, H, W]; guided methods only
     layer: str = ""
     eigen_smooth: bool = False
+    # Maps [B, K, h, w] → the part of them over the images (a detector pads the input it
+    # resizes: Score-CAM's masks must cover the image, not the padding). Identity otherwise.
+    frame: Callable[[Tensor], Tensor] = lambda maps: maps
 
 
 class CamMethod:
@@ -330,7 +333,7 @@ def _masked_scores(view: LayerView) -> Tensor:
     for b in range(images.shape[0]):
         parts = []
         for start in range(0, activations.shape[1], FORWARD_CHUNK):
-            chunk = activations[b : b + 1, start : start + FORWARD_CHUNK]
+            chunk = view.frame(activations[b : b + 1, start : start + FORWARD_CHUNK])
             masks = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)[0]
             low = masks.amin(dim=(1, 2), keepdim=True)
             high = masks.amax(dim=(1, 2), keepdim=True)

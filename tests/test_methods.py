@@ -647,3 +647,37 @@ def test_cli_refuses_eigen_smooth_with_guided_backprop_before_loading_a_model(ph
     )
     assert result.exit_code == 2
     assert "--eigen-smooth" in result.output and "no-such-model" not in result.output
+
+
+def test_score_cam_masks_the_image_with_the_activations_over_the_image_only():
+    """A detector's layer covers its padded input: the frame cuts the padding off before the
+    activations become masks of the image (else each mask would be shifted and stretched)."""
+    import torch.nn.functional as F
+
+    from gradcam_cli.methods import LayerView, _masked_scores
+
+    activations = torch.rand(1, 2, 4, 4)
+    images = torch.rand(1, 3, 8, 8)
+    seen = []
+
+    def forward(masked, rows):
+        seen.append(masked)
+        return torch.zeros(len(masked), 1)
+
+    view = LayerView(
+        activations=activations,
+        gradients=[],
+        targets=torch.zeros(1, 1, dtype=torch.long),
+        scores=torch.zeros(1, 1),
+        images=images,
+        head=lambda rows, index: rows,
+        forward=forward,
+        guided_gradients=[],
+        frame=lambda maps: maps[..., :2, :],  # the image is the top half of the layer's grid
+    )
+    _masked_scores(view)
+    upsampled = F.interpolate(activations[:, :, :2], size=(8, 8), mode="bilinear")[0]
+    low = upsampled.amin(dim=(1, 2), keepdim=True)
+    high = upsampled.amax(dim=(1, 2), keepdim=True)
+    expected = images[0] * ((upsampled - low) / (high - low + 1e-8))[:, None]
+    torch.testing.assert_close(torch.cat(seen), expected)
