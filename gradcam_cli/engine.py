@@ -439,8 +439,8 @@ class _HeadRunner:
         self.head_only = False
         warnings.warn(
             f"method='{self.method_name}' at layer '{self.ref}': {reason} (something from before "
-            "the layer reaches the classifier, e.g. a skip connection); using full forward "
-            "passes instead: correct, but slower",
+            "the layer reaches the output, e.g. a skip connection or a detector's FPN); using "
+            "full forward passes instead: correct, but slower",
             HeadOnlyFallbackWarning,
             stacklevel=4,
         )
