@@ -253,6 +253,48 @@ class EigenGradCAM(CamMethod):
         return view.gradients[rank].float() * view.activations.float()
 
 
+@register_method
+class SegEigenCAM(CamMethod):
+    """Chung & Ying 2025, for segmentation models (pytorch-grad-cam's SegEigenCAM): the first
+    principal component of |g| ⊙ A, its sign chosen so that the larger extreme is positive."""
+
+    name = "seg-eigencam"
+    summary = "Seg-Eigen-CAM: first principal component of |g| ⊙ A, larger extreme positive"
+    formula = "ReLU(±PC1(|g| ⊙ A)), the sign that makes max ≥ |min|"
+    supports_eigen_smooth = False  # it always projects, with a sign rule of its own
+
+    def contributions(self, view: LayerView, rank: int) -> Tensor:
+        return view.gradients[rank].float().abs() * view.activations.float()
+
+    def combine(self, view: LayerView, contributions: Tensor) -> Tensor:
+        import torch
+
+        projection = first_principal_component(contributions)  # [B, h, w]
+        low = projection.flatten(1).amin(dim=1).abs()
+        high = projection.flatten(1).amax(dim=1).abs()
+        sign = torch.where(low > high, -1.0, 1.0)[:, None, None]  # the paper's Eq. 13
+        return (projection * sign).clamp(min=0)
+
+
+@register_method
+class FEM(CamMethod):
+    """Fuad et al. 2020, the Feature Explanation Method (pytorch-grad-cam's FEM): each channel
+    weighted by the share of its positions where it exceeds its own mean by K_SIGMA standard
+    deviations. No gradients: the same map for every class."""
+
+    name = "fem"
+    summary = "FEM: each channel weighted by its share of positions above mean + 2σ (no gradients)"
+    formula = "ReLU(Σ_k w_k A_k), w_k = mean_ij [A_k,ij > μ_k + 2σ_k]"
+    needs_gradients = False
+    K_SIGMA = 2.0  # pytorch-grad-cam's default k
+
+    def weights(self, view: LayerView, rank: int) -> Tensor:
+        activations = view.activations.float()
+        mean = activations.mean(dim=(2, 3), keepdim=True)
+        spread = activations.std(dim=(2, 3), correction=0, keepdim=True)  # NumPy's std
+        return (activations > mean + self.K_SIGMA * spread).float().mean(dim=(2, 3))
+
+
 # -- methods that re-run part of the model -----------------------------------------------------
 
 

@@ -39,6 +39,8 @@ PGC_METHODS = {
     "gradcam-elementwise": pgc.GradCAMElementWise,
     "eigencam": pgc.EigenCAM,
     "eigengradcam": pgc.EigenGradCAM,
+    "seg-eigencam": pgc.SegEigenCAM,  # its sign rule is ours for it: no orientation needed
+    "fem": pgc.FEM,
 }
 SIZE = 160
 
@@ -153,6 +155,11 @@ def test_gradient_and_eigen_methods_agree_with_pytorch_grad_cam(name, layer, met
         # An SVD's sign is arbitrary (theirs is whatever LAPACK returns); ours is fixed.
         a, g = textbook(net, x, layer, target)
         reference = oriented(reference, a if method == "eigencam" else g * a)
+    if method == "fem" and name == "densenet121":
+        # DenseNet's block output is not ReLU'd: FEM's weighted sum is negative everywhere here,
+        # for both, so both maps are 0 after the ReLU (no agreement to measure beyond that)
+        assert reference.max() < 0 and not our_map(net, x, layer, target, method).any()
+        return
     assert_agree(our_map(net, x, layer, target, method), np.maximum(reference, 0))
 
 
