@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 from . import progress
 from .clihelp import ReadableCommand, examples_epilog
 from .errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, GradcamError, as_cli_flags, first_line
-from .methods import METHODS
+from .methods import METHODS, method_option_help
 from .render import INTERPOLATIONS, NORMALIZATIONS
 from .signals import EXIT_INTERRUPTED, EXIT_TERMINATED, StopState, signal_received, stop_signals
 from .stdio import EXIT_PIPE_CLOSED, StdoutClosed, data_stdout, silence_stdout
@@ -330,6 +330,18 @@ def explain(
             "instead of their sum.",
         ),
     ] = False,
+    k_sigma: Annotated[
+        float | None,
+        typer.Option("--k-sigma", metavar="K", help=f"{method_option_help('k_sigma')}."),
+    ] = None,
+    kernel: Annotated[
+        str | None,
+        typer.Option("--kernel", metavar="NAME", help=f"{method_option_help('kernel')}."),
+    ] = None,
+    kernel_gamma: Annotated[
+        float | None,
+        typer.Option("--kernel-gamma", metavar="G", help=f"{method_option_help('kernel_gamma')}."),
+    ] = None,
     target: Annotated[
         list[str] | None,
         typer.Option(
@@ -716,6 +728,9 @@ def explain(
             method=method,
             aug_smooth=aug_smooth,
             eigen_smooth=eigen_smooth,
+            k_sigma=k_sigma,
+            kernel=kernel,
+            kernel_gamma=kernel_gamma,
             device=device,
             amp=amp,
             targets=target or (),

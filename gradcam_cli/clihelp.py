@@ -10,7 +10,16 @@ Only typer is imported here: `gradcam --help` stays fast.
 
 from __future__ import annotations
 
+import textwrap
+
+import typer._click._textwrap
 from typer.core import TyperCommand
+
+# Typer's Click wraps help text with textwrap, which breaks words at hyphens: `guided-` at the
+# end of one line, `backprop` on the next. Method names, flags and file names are copied from
+# --help as they read, so its lines break only at spaces: the wrapper splits words as textwrap
+# does without break_on_hyphens.
+typer._click._textwrap.TextWrapper.wordsep_re = textwrap.TextWrapper.wordsep_simple_re
 
 __all__ = ["ReadableCommand", "EXAMPLES", "examples_epilog", "example_commands"]
 

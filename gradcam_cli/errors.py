@@ -135,6 +135,9 @@ PARAMETER_FLAGS = {
     "max_top1_changes": "--max-top1-changes",
     "allow_method_change": "--allow-method-change",
     "task": "--task",
+    "k_sigma": "--k-sigma",
+    "kernel": "--kernel",
+    "kernel_gamma": "--kernel-gamma",
     "min_score": "--min-score",
     "region": "--region",
 }

@@ -101,6 +101,8 @@ class Explainer:
     `preprocess`, `labels`: replace the model's own (timm models carry their data config).
     `task`: classification, segmentation or detection (tasks/); None: what the model is
     known to be (torchvision's segmentation models and detectors), else classification.
+    `method_settings`: the method's own options (`methods.MethodOption`: fem's k_sigma,
+    kpcacam's kernel and kernel_gamma), checked now.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class Explainer:
         eigen_smooth: bool = False,
         amp: str | None = None,
         task: str | Task | None = None,
+        method_settings: dict[str, object] | None = None,
     ):
         name = task.name if isinstance(task, Task) else task
         loaded = as_loaded_model(model, preprocess=preprocess, labels=labels, task=name)
@@ -126,7 +129,9 @@ class Explainer:
                 f"aug_smooth=True is for classifiers: a {self.task.name} model's targets "
                 "(regions, boxes) would have to be flipped and rescaled with the image"
             )
-        self.method = check_method_options(method, eigen_smooth=eigen_smooth)
+        self.method = check_method_options(
+            method, eigen_smooth=eigen_smooth, **(method_settings or {})
+        )
         self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
         self.device = _device_for(loaded.model, device)
         self.amp = amp
@@ -480,6 +485,7 @@ class Explainer:
             "method_options": {
                 "aug_smooth": self.aug_smooth,
                 "eigen_smooth": self.eigen_smooth,
+                **self.method.given,  # the method's own options, where given (kernel=...)
                 "amp": self.amp,
             },
         }

@@ -72,6 +72,10 @@ class JobOptions:
     method: str = "gradcam"
     aug_smooth: bool = False
     eigen_smooth: bool = False
+    # The method's own options (methods.MethodOption), None where not given.
+    k_sigma: float | None = None
+    kernel: str | None = None
+    kernel_gamma: float | None = None
     device: str = "auto"
     amp: str | None = None
     # What to explain: these classes (indices or labels), or each image's top-k.
@@ -146,7 +150,7 @@ class JobOptions:
         from .render import check_alpha, check_interpolation, check_normalization, colormap_lut
         from .sources import check_input_size, check_num_classes
 
-        check_method_options(self.method, eigen_smooth=self.eigen_smooth)
+        check_method_options(self.method, eigen_smooth=self.eigen_smooth, **self.method_settings)
         check_interpolation(self.interpolation)
         check_normalization(self.normalize)
         colormap_lut(self.colormap)
@@ -208,6 +212,12 @@ class JobOptions:
 
         settings = self.metric_settings or MetricSettings()
         return MetricOptions(tuple(self.metrics), tuple(self.baselines), settings)
+
+    @property
+    def method_settings(self) -> dict[str, object]:
+        """The method's own options that were given (the others keep their defaults)."""
+        given = {"k_sigma": self.k_sigma, "kernel": self.kernel, "kernel_gamma": self.kernel_gamma}
+        return {name: value for name, value in given.items() if value is not None}
 
     @property
     def share(self) -> tuple[int, int] | None:
@@ -451,6 +461,7 @@ def _explainer(model: str | LoadedModel | nn.Module, options: JobOptions) -> Exp
         device=options.device,
         aug_smooth=options.aug_smooth,
         eigen_smooth=options.eigen_smooth,
+        method_settings=options.method_settings,
         amp=options.amp,
         task=options.task,
     )

@@ -14,6 +14,7 @@ Every map is combined over channels by a plain sum, or, for the eigen methods an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CamMethod",
+    "MethodOption",
     "LayerView",
     "METHODS",
     "register_method",
@@ -51,20 +53,71 @@ def register_method(cls: type[CamMethod]) -> type[CamMethod]:
     return cls
 
 
-def get_method(name: str) -> CamMethod:
+def get_method(name: str, **settings: object) -> CamMethod:
+    """The method named `name`, with its own options (`CamMethod.options`) where given."""
     try:
-        return METHODS[name]()
+        cls = METHODS[name]
     except KeyError:
         raise UsageError(
             f"unknown method='{name}'."
             + did_you_mean(name, METHODS, n=1)
             + f" Choose one of: {', '.join(METHODS)}"
         ) from None
+    return cls(**settings)
 
 
-def check_method_options(name: str, *, eigen_smooth: bool = False) -> CamMethod:
-    """The method named `name`, checked against the smoothing options before any work starts."""
-    method = get_method(name)
+@dataclass(frozen=True)
+class MethodOption:
+    """A method's own setting (`CamMethod.options`): a keyword of Explainer's
+    `method_settings` and a flag of `gradcam explain` (`--k-sigma`), a number or a choice."""
+
+    name: str
+    default: float | str | None
+    help: str
+    choices: tuple[str, ...] = ()
+
+    def checked(self, method: str, value: object) -> float | str:
+        if self.choices:
+            if value not in self.choices:
+                raise UsageError(
+                    f"{self.name}='{value}' is not one of {', '.join(self.choices)} for "
+                    f"method='{method}'." + did_you_mean(str(value), self.choices, n=1)
+                )
+            return str(value)
+        try:
+            number = float(value)  # type: ignore[arg-type]  # anything float() takes
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not (math.isfinite(number) and number > 0):
+            raise UsageError(f"{self.name}= must be a positive number, got {value}")
+        return number
+
+
+def method_option_names() -> list[str]:
+    """Every registered method's own options, by keyword (the CLI's flags for them)."""
+    return list(dict.fromkeys(option.name for cls in METHODS.values() for option in cls.options))
+
+
+def method_option_help(name: str) -> str:
+    """The help of a method's own option, with its choices and default (`--help`)."""
+    option = next(o for cls in METHODS.values() for o in cls.options if o.name == name)
+    choices = f": {', '.join(option.choices)}" if option.choices else ""
+    default = "" if option.default is None else f"; default {option.default}"
+    return f"{option.help}{choices}{default}"
+
+
+def check_method_options(name: str, *, eigen_smooth: bool = False, **settings: object) -> CamMethod:
+    """The method named `name` with its `settings` checked, and against the smoothing options,
+    before any work starts: a setting of another method is refused, naming whose it is."""
+    cls = get_method(name).__class__
+    own = {option.name: option for option in cls.options}
+    for key, value in settings.items():
+        if key not in own:
+            owners = [m for m, c in METHODS.items() if key in {o.name for o in c.options}]
+            whose = f"an option of method={'/'.join(owners)}" if owners else "no method's option"
+            raise UsageError(f"{key}= is {whose}, not of method='{name}'")
+        settings[key] = own[key].checked(name, value)
+    method = cls(**settings)
     if eigen_smooth and not method.supports_eigen_smooth:
         raise UsageError(
             f"eigen_smooth=True combines a layer's channels, and method='{name}' has no layer "
@@ -110,6 +163,13 @@ class CamMethod:
     requires_gap_linear_head: ClassVar[bool] = False  # CAM's architecture after the layer
     projects: ClassVar[bool] = False  # always combines channels by their principal component
     supports_eigen_smooth: ClassVar[bool] = True
+    options: ClassVar[tuple[MethodOption, ...]] = ()  # its own settings, with their defaults
+
+    def __init__(self, **settings: object):
+        """`settings`: values for `options` (checked by check_method_options)."""
+        self.settings: dict[str, object] = {option.name: option.default for option in self.options}
+        self.settings.update(settings)
+        self.given = dict(settings)  # what a report records: the settings given
 
     def maps(self, view: LayerView) -> Tensor:
         import torch
@@ -283,16 +343,51 @@ class FEM(CamMethod):
     deviations. No gradients: the same map for every class."""
 
     name = "fem"
-    summary = "FEM: each channel weighted by its share of positions above mean + 2σ (no gradients)"
-    formula = "ReLU(Σ_k w_k A_k), w_k = mean_ij [A_k,ij > μ_k + 2σ_k]"
+    summary = "FEM: each channel weighted by its share of positions above mean + kσ (no gradients)"
+    formula = "ReLU(Σ_k w_k A_k), w_k = mean_ij [A_k,ij > μ_k + k σ_k], k = 2"
     needs_gradients = False
-    K_SIGMA = 2.0  # pytorch-grad-cam's default k
+    options = (
+        MethodOption(
+            "k_sigma",
+            2.0,  # pytorch-grad-cam's k
+            "fem: a position counts for its channel where it exceeds the channel's mean by "
+            "this many standard deviations",
+        ),
+    )
 
     def weights(self, view: LayerView, rank: int) -> Tensor:
         activations = view.activations.float()
         mean = activations.mean(dim=(2, 3), keepdim=True)
         spread = activations.std(dim=(2, 3), correction=0, keepdim=True)  # NumPy's std
-        return (activations > mean + self.K_SIGMA * spread).float().mean(dim=(2, 3))
+        k = float(self.settings["k_sigma"])  # type: ignore[arg-type]  # a checked number
+        return (activations > mean + k * spread).float().mean(dim=(2, 3))
+
+
+KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
+
+
+@register_method
+class KPCACAM(CamMethod):
+    """Karmani et al. 2024, KPCA-CAM (pytorch-grad-cam's KPCA_CAM): Eigen-CAM with kernel PCA,
+    scikit-learn's definition (kernel centred, first component scaled by √λ, the sign that
+    makes the largest value positive), computed here with torch. No gradients."""
+
+    name = "kpcacam"
+    summary = "KPCA-CAM: first kernel principal component of A (no gradients, any class)"
+    formula = "ReLU(KPC1(A)), kernel sigmoid: tanh(γ a·b + 1), γ = 1/C"
+    needs_gradients = False
+    supports_eigen_smooth = False  # it is a projection already
+    options = (
+        MethodOption("kernel", "sigmoid", "kpcacam: the kernel", choices=KERNELS),
+        MethodOption("kernel_gamma", None, "kpcacam: the kernel's γ (default 1 / channels)"),
+    )
+
+    def contributions(self, view: LayerView, rank: int) -> Tensor:
+        return view.activations.float()
+
+    def combine(self, view: LayerView, contributions: Tensor) -> Tensor:
+        kernel, gamma = str(self.settings["kernel"]), self.settings["kernel_gamma"]
+        return kernel_principal_component(contributions, kernel, gamma).clamp(min=0)
 
 
 # -- methods that re-run part of the model -----------------------------------------------------
@@ -509,6 +604,39 @@ class GuidedGradCAM(GradCAM):
 
 
 # -- shared pieces -----------------------------------------------------------------------------
+
+
+def kernel_principal_component(contributions: Tensor, kernel: str, gamma: object) -> Tensor:
+    """[B, C, h, w] → [B, h, w]: each position's coordinate on the first kernel principal
+    component of the positions' C-vectors (centred first, as pytorch-grad-cam does), scaled by
+    √λ, its sign so that the value largest in size is positive (scikit-learn's KernelPCA with
+    its svd_flip). An h·w × h·w eigenproblem per image."""
+    import torch
+
+    b, c, h, w = contributions.shape
+    x = torch.nan_to_num(contributions.double()).reshape(b, c, h * w).transpose(1, 2)
+    x = x - x.mean(dim=1, keepdim=True)
+    g = 1.0 / c if gamma is None else float(gamma)  # type: ignore[arg-type]  # a checked number
+    dots = x @ x.transpose(1, 2)
+    if kernel == "linear":
+        k = dots
+    elif kernel == "poly":
+        k = (g * dots + 1.0) ** 3
+    elif kernel == "sigmoid":
+        k = torch.tanh(g * dots + 1.0)
+    elif kernel == "rbf":
+        squares = dots.diagonal(dim1=1, dim2=2)
+        k = torch.exp(-g * (squares[:, :, None] + squares[:, None, :] - 2 * dots).clamp(min=0))
+    else:  # cosine
+        unit = x / x.norm(dim=2, keepdim=True).clamp(min=1e-12)
+        k = unit @ unit.transpose(1, 2)
+    n = h * w
+    centring = torch.eye(n, dtype=k.dtype, device=k.device) - 1.0 / n
+    k = centring @ k @ centring  # the kernel of the centred features
+    values, vectors = torch.linalg.eigh(k)
+    vector = vectors[:, :, -1] * values[:, -1:].clamp(min=0).sqrt()  # [B, n]
+    largest = vector.gather(1, vector.abs().argmax(dim=1, keepdim=True))
+    return (vector * torch.where(largest < 0, -1.0, 1.0)).reshape(b, h, w).float()
 
 
 def first_principal_component(contributions: Tensor) -> Tensor:

@@ -12,7 +12,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_state, invoke, model_state, random_model, textbook_hooks
+from helpers import (
+    SCENES,
+    assert_same_state,
+    invoke,
+    model_state,
+    random_model,
+    textbook_hooks,
+)
 from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
@@ -65,6 +72,7 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
         "guided-gradcam",
         "seg-eigencam",  # issue 22
         "fem",
+        "kpcacam",
     }
     assert set(METHODS) == wanted
     assert next(iter(METHODS)) == "gradcam"
@@ -685,3 +693,59 @@ def test_score_cam_masks_the_image_with_the_activations_over_the_image_only():
     high = upsampled.amax(dim=(1, 2), keepdim=True)
     expected = images[0] * ((upsampled - low) / (high - low + 1e-8))[:, None]
     torch.testing.assert_close(torch.cat(seen), expected)
+
+
+# -- a method's own options ------------------------------------------------------------------------
+
+
+def test_a_method_s_own_options_are_checked_and_change_its_map(gap_linear_model):
+    from gradcam_cli import Explainer
+    from gradcam_cli.errors import UsageError
+    from gradcam_cli.methods import check_method_options
+
+    with pytest.raises(UsageError, match="kernel= is an option of method=kpcacam, not of"):
+        check_method_options("gradcam", kernel="rbf")
+    with pytest.raises(UsageError, match="kernel='rbff' is not one of .* Did you mean 'rbf'"):
+        check_method_options("kpcacam", kernel="rbff")
+    with pytest.raises(UsageError, match="k_sigma= must be a positive number, got nan"):
+        check_method_options("fem", k_sigma=float("nan"))
+    assert check_method_options("fem").settings == {"k_sigma": 2.0}
+    assert check_method_options("kpcacam", kernel_gamma="0.5").settings["kernel_gamma"] == 0.5
+    x = noise(1, 3, 32, 32)
+    maps = {
+        k: Explainer(gap_linear_model, method="fem", method_settings={"k_sigma": k})(x)
+        for k in (0.5, 1.5)
+    }
+    assert not torch.equal(maps[0.5], maps[1.5])  # fewer positions count at 1.5σ
+
+
+def test_a_method_s_options_are_flags_and_recorded_only_when_given(tmp_path):
+    scene = str(SCENES / "two_circle_star.png")
+    plain = invoke(
+        "explain", scene, "-m", "demo:shapes", "--method", "kpcacam", "--out", str(tmp_path / "a")
+    )
+    assert plain.exit_code == 0, plain.output
+    recorded = json.loads((tmp_path / "a" / "predictions.json").read_text())["method_options"]
+    assert set(recorded) == {"aug_smooth", "eigen_smooth", "amp"}
+    given = invoke(
+        "explain",
+        scene,
+        "-m",
+        "demo:shapes",
+        "--method",
+        "kpcacam",
+        "--kernel",
+        "poly",
+        "--kernel-gamma",
+        "0.25",
+        "--out",
+        str(tmp_path / "b"),
+    )
+    assert given.exit_code == 0, given.output
+    recorded = json.loads((tmp_path / "b" / "predictions.json").read_text())["method_options"]
+    assert (recorded["kernel"], recorded["kernel_gamma"]) == ("poly", 0.25)
+    wrong = invoke(
+        "explain", scene, "-m", "demo:shapes", "--k-sigma", "3", "--out", str(tmp_path / "c")
+    )
+    assert wrong.exit_code == 2
+    assert "--k-sigma is an option of --method fem, not of --method gradcam" in wrong.output

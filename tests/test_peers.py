@@ -41,6 +41,7 @@ PGC_METHODS = {
     "eigengradcam": pgc.EigenGradCAM,
     "seg-eigencam": pgc.SegEigenCAM,  # its sign rule is ours for it: no orientation needed
     "fem": pgc.FEM,
+    "kpcacam": pgc.KPCA_CAM,  # its sign (scikit-learn's svd_flip) is ours for it
 }
 SIZE = 160
 
@@ -160,6 +161,20 @@ def test_gradient_and_eigen_methods_agree_with_pytorch_grad_cam(name, layer, met
         # for both, so both maps are 0 after the ReLU (no agreement to measure beyond that)
         assert reference.max() < 0 and not our_map(net, x, layer, target, method).any()
         return
+    assert_agree(our_map(net, x, layer, target, method), np.maximum(reference, 0))
+
+
+@pytest.mark.parametrize(
+    ("kernel", "gamma"),
+    [("rbf", None), ("rbf", 0.05), ("poly", None), ("linear", None), ("cosine", None)],
+)
+def test_kpca_cam_agrees_with_pytorch_grad_cam_for_every_kernel(kernel, gamma):
+    from gradcam_cli.methods import get_method
+
+    net, x, layer = model("resnet18"), image(), "layer3"
+    target = predicted(net, x)
+    reference = pgc_raw(pgc.KPCA_CAM, net, layer, x, target, kernel=kernel, gamma=gamma)
+    method = get_method("kpcacam", kernel=kernel, kernel_gamma=gamma)
     assert_agree(our_map(net, x, layer, target, method), np.maximum(reference, 0))
 
 
