@@ -342,6 +342,10 @@ def explain(
         float | None,
         typer.Option("--kernel-gamma", metavar="G", help=f"{method_option_help('kernel_gamma')}."),
     ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", metavar="N", help=f"{method_option_help('seed')}."),
+    ] = None,
     target: Annotated[
         list[str] | None,
         typer.Option(
@@ -731,6 +735,7 @@ def explain(
             k_sigma=k_sigma,
             kernel=kernel,
             kernel_gamma=kernel_gamma,
+            seed=seed,
             device=device,
             amp=amp,
             targets=target or (),

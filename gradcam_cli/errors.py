@@ -138,6 +138,7 @@ PARAMETER_FLAGS = {
     "k_sigma": "--k-sigma",
     "kernel": "--kernel",
     "kernel_gamma": "--kernel-gamma",
+    "seed": "--seed",
     "min_score": "--min-score",
     "region": "--region",
 }

@@ -656,10 +656,9 @@ def _conjugate_gradients(
 def random_map(shape: tuple[int, int], seed: int = 0) -> Tensor:
     """Uniform noise in [0, 1), one value a pixel, from a generator seeded with `seed`. To compare
     with a CAM at its own resolution, make it at the CAM's size and place it like one."""
-    import torch
+    from .methods import seeded_uniform
 
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(tuple(shape), generator=generator)
+    return seeded_uniform(tuple(shape), seed)
 
 
 def center_map(shape: tuple[int, int], sigma: float | None = None) -> Tensor:

@@ -76,6 +76,7 @@ class JobOptions:
     k_sigma: float | None = None
     kernel: str | None = None
     kernel_gamma: float | None = None
+    seed: int | None = None
     device: str = "auto"
     amp: str | None = None
     # What to explain: these classes (indices or labels), or each image's top-k.
@@ -216,7 +217,12 @@ class JobOptions:
     @property
     def method_settings(self) -> dict[str, object]:
         """The method's own options that were given (the others keep their defaults)."""
-        given = {"k_sigma": self.k_sigma, "kernel": self.kernel, "kernel_gamma": self.kernel_gamma}
+        given = {
+            "k_sigma": self.k_sigma,
+            "kernel": self.kernel,
+            "kernel_gamma": self.kernel_gamma,
+            "seed": self.seed,
+        }
         return {name: value for name, value in given.items() if value is not None}
 
     @property

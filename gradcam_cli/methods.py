@@ -75,6 +75,7 @@ class MethodOption:
     default: float | str | None
     help: str
     choices: tuple[str, ...] = ()
+    integer: bool = False  # a whole number, 0 and up (a seed); else a positive number
 
     def checked(self, method: str, value: object) -> float | str:
         if self.choices:
@@ -88,6 +89,10 @@ class MethodOption:
             number = float(value)  # type: ignore[arg-type]  # anything float() takes
         except (TypeError, ValueError):
             number = float("nan")
+        if self.integer:
+            if not (math.isfinite(number) and number >= 0 and number == int(number)):
+                raise UsageError(f"{self.name}= must be a whole number, 0 or more, got {value}")
+            return int(number)
         if not (math.isfinite(number) and number > 0):
             raise UsageError(f"{self.name}= must be a positive number, got {value}")
         return number
@@ -361,6 +366,38 @@ class FEM(CamMethod):
         spread = activations.std(dim=(2, 3), correction=0, keepdim=True)  # NumPy's std
         k = float(self.settings["k_sigma"])  # type: ignore[arg-type]  # a checked number
         return (activations > mean + k * spread).float().mean(dim=(2, 3))
+
+
+@register_method
+class RandomCAM(CamMethod):
+    """pytorch-grad-cam's RandomCAM, a baseline: channel weights drawn uniformly from [−1, 1)
+    (`seeded_uniform`, the same seeded draw as the faithfulness metrics' random map), one set
+    per target rank, the same for every image (pytorch-grad-cam draws one per image of the
+    batch: a map would then depend on the batch). A map no better than it explains nothing."""
+
+    name = "randomcam"
+    summary = "Random-CAM: random channel weights in [−1, 1), seeded (a baseline)"
+    formula = "ReLU(Σ_k w_k A_k), w_k ~ U[−1, 1) seeded"
+    needs_gradients = False
+    options = (MethodOption("seed", 0, "randomcam: the seed of its weights", integer=True),)
+
+    def weights(self, view: LayerView, rank: int) -> Tensor:
+        batch, channels = view.activations.shape[:2]
+        seed = int(self.settings["seed"]) + rank  # type: ignore[call-overload]  # a checked int
+        # One draw for every image: a map must not depend on the batch it was explained in.
+        draw = seeded_uniform((1, channels), seed, low=-1.0, high=1.0).expand(batch, -1)
+        return draw.to(view.activations.device)
+
+
+def seeded_uniform(
+    shape: tuple[int, ...], seed: int, low: float = 0.0, high: float = 1.0
+) -> Tensor:
+    """Uniform noise in [low, high) from a CPU generator seeded with `seed`: the same values on
+    every machine and device. Random-CAM's weights and the faithfulness baseline's random map."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return low + (high - low) * torch.rand(shape, generator=generator)
 
 
 KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")

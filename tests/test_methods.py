@@ -73,6 +73,7 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
         "seg-eigencam",  # issue 22
         "fem",
         "kpcacam",
+        "randomcam",
     }
     assert set(METHODS) == wanted
     assert next(iter(METHODS)) == "gradcam"
@@ -749,3 +750,21 @@ def test_a_method_s_options_are_flags_and_recorded_only_when_given(tmp_path):
     )
     assert wrong.exit_code == 2
     assert "--k-sigma is an option of --method fem, not of --method gradcam" in wrong.output
+
+
+def test_random_cam_is_seeded_and_draws_what_the_faithfulness_random_map_draws():
+    from gradcam_cli.engine import explain_batch
+    from gradcam_cli.faithfulness import random_map
+    from gradcam_cli.methods import get_method, seeded_uniform
+
+    net, x = random_model("resnet18"), noise(1, 3, 64, 64)
+
+    def random_cam(seed):
+        method = get_method("randomcam", seed=seed)
+        return explain_batch(net, x, "layer3", method=method, topk=2).maps["layer3"]
+
+    assert torch.equal(random_cam(3), random_cam(3))
+    assert not torch.equal(random_cam(3), random_cam(4))
+    one = random_cam(3)
+    assert not torch.equal(one[:, 0], one[:, 1])  # each target rank draws its own weights
+    torch.testing.assert_close(random_map((5, 7), seed=9), seeded_uniform((5, 7), 9))

@@ -360,3 +360,20 @@ def test_guided_backprop_agrees_with_pytorch_grad_cam(name, layer):
     reference = GuidedBackpropReLUModel(copy.deepcopy(net), device="cpu")(x.clone(), target)
     guided = ours(net, x, layer, target, "guided-backprop").guided[layer][0, 0]
     assert_agree(guided.permute(1, 2, 0).numpy(), reference)
+
+
+def test_random_cam_agrees_with_pytorch_grad_cam_given_the_same_weights(monkeypatch):
+    """pytorch-grad-cam draws its weights from NumPy's global generator; given ours (the same
+    noise), its map is ours."""
+    from pytorch_grad_cam import random_cam
+
+    from gradcam_cli.methods import get_method, seeded_uniform
+
+    net, x, layer = model("resnet18"), image(), "layer3"
+    target = predicted(net, x)
+    channels = 256  # resnet18's layer3
+    weights = seeded_uniform((1, channels), 0, low=-1.0, high=1.0).double().numpy()
+    monkeypatch.setattr(random_cam.np.random, "uniform", lambda *a, **k: weights)
+    reference = pgc_raw(pgc.RandomCAM, net, layer, x, target)
+    ours_map = our_map(net, x, layer, target, get_method("randomcam"))  # seed 0
+    assert_agree(ours_map, np.maximum(reference, 0))
