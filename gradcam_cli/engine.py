@@ -36,7 +36,7 @@ from .layers import LayerRef, resolve_layer
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
 from .methods import CamMethod, LayerView, get_method
 from .modelstate import frozen_eval, removing
-from .tasks import Scoring, TargetDetails, TargetRequest, Task, get_task
+from .tasks import Scoring, TargetDetails, TargetRequest, Task, get_task, no_details
 
 __all__ = [
     "BatchExplanation",
@@ -68,14 +68,10 @@ class BatchExplanation:
     # (image, slots) → what each slot is beyond a class (a detection's box, a segmentation
     # class's region and pixel share); None for a classifier's classes and for padding.
     describe: Callable[[int, Sequence[int]], list[TargetDetails | None]] = field(
-        default=lambda image, slots: _no_details(slots)
+        default=lambda image, slots: no_details(slots)
     )
     null_slot: int | None = None  # the slot that pads images with fewer targets; dropped
     ranking: torch.Tensor | None = None  # [B, T] what predictions are ordered by (None: prob.)
-
-
-def _no_details(slots: Sequence[int]) -> list[TargetDetails | None]:
-    return [None] * len(slots)
 
 
 class _Capture:

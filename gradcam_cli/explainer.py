@@ -47,6 +47,7 @@ from .preprocess import Preprocess
 from .report import Prediction, TargetRef
 from .sources import LoadedModel, as_loaded_model
 from .tasks import SegmentationTask, TargetDetails, Task, get_task
+from .tasks.detection import check_min_score
 
 __all__ = ["Explainer", "resolve_device"]
 
@@ -304,7 +305,7 @@ class Explainer:
         images = [_as_photo(image) for image in images]
         if arrays is None:
             arrays = [self.loaded.preprocess.to_array(image) for image in images]
-        regions = None if region is None else [self._region(region, image) for image in images]
+        regions = None if region is None else self._regions(region, images)
         # What was asked: classes, or top-k; a detector's top-k detections of those classes.
         detections = self.task.name == "detection"
         request = (tuple(classes or ()), topk if detections or not classes else 1)
@@ -341,12 +342,16 @@ class Explainer:
             batch = batch.pin_memory()  # copy overlaps the GPU's work
         return batch.to(self.device, non_blocking=True)
 
-    def _region(self, region: RegionInput, image: Image.Image) -> torch.Tensor:
-        """`region=` on the photo → bool [H, W] in the model's input frame."""
-        mask = region_mask(region, image.size)
-        picture = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+    def _regions(self, region: RegionInput, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """`region=` on each photo → bool [H, W] in the model's input frame; read and placed
+        once per photo size."""
+        placed: dict[tuple[int, int], torch.Tensor] = {}
         nearest = replace(self.loaded.preprocess, interpolation="nearest")
-        return torch.from_numpy(np.asarray(nearest.model_view(picture)) >= 128)
+        for size in dict.fromkeys(image.size for image in images):
+            mask = region_mask(region, size)
+            picture = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+            placed[size] = torch.from_numpy(np.asarray(nearest.model_view(picture)) >= 128)
+        return [placed[image.size] for image in images]
 
     def __call__(
         self, x: torch.Tensor, targets: Sequence[int | str] | None = None, topk: int = 1
@@ -530,11 +535,9 @@ RegionInput = str | os.PathLike | Image.Image | np.ndarray
 
 def check_target_options(task: str, min_score: float | None, region: object) -> None:
     """min_score= is for detectors (0–1), region= for segmentation models."""
-    if min_score is not None:
-        if task != "detection":
-            raise UsageError(f"min_score= is for detectors; this model's task is {task}")
-        if not 0.0 <= min_score <= 1.0:
-            raise UsageError(f"min_score= is a detection score, 0 to 1; got {min_score}")
+    if min_score is not None and task != "detection":
+        raise UsageError(f"min_score= is for detectors; this model's task is {task}")
+    check_min_score(min_score)
     if region is not None and task != "segmentation":
         raise UsageError(f"region= is for segmentation models; this model's task is {task}")
 

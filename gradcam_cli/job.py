@@ -171,8 +171,10 @@ class JobOptions:
                 "detector takes both, its top-k detections of those classes: add "
                 "task='detection')"
             )
-        if self.min_score is not None and not 0.0 <= self.min_score <= 1.0:
-            raise UsageError(f"min_score= is a detection score, 0 to 1; got {self.min_score}")
+        if self.min_score is not None:
+            from .tasks.detection import check_min_score
+
+            check_min_score(self.min_score)
         if self.region is not None:
             object.__setattr__(self, "region", Path(self.region))
         check_num_classes(self.num_classes)
@@ -482,16 +484,14 @@ def _check_task_options(
     from .inputs import photo_size
 
     task = explainer.task.name
-    if options.targets and options.topk != 1 and task != "detection":
-        raise UsageError(f"targets= and topk= exclude each other for a {task} model")
     check_target_options(task, options.min_score, options.region)
     if options.metrics and task != "classification":
         raise UsageError(
             f"metrics= perturb the image and re-score a class; a {task} model's targets "
             "(regions, detections) are not measured that way yet: drop metrics="
         )
-    if options.region is not None:
-        for item in items:
-            size = photo_size(item.path) if item.path is not None else None
-            if size is not None:
+    if options.region is not None:  # the mask read once per photo size, not once per photo
+        sizes = {photo_size(item.path) for item in items if item.path is not None}
+        for size in sizes:
+            if size is not None:  # unreadable: its decoding says why, as its own error
                 region_mask(options.region, size)

@@ -162,12 +162,12 @@ def save_explanations(
 
 def _task_options(options: RunOptions) -> dict[str, object]:
     """--min-score and --region as given: a classifier's report is what it was without them."""
-    given = {"min_score": options.min_score, "region": options.region}
-    return {
-        key: value if key != "region" else str(value)
-        for key, value in given.items()
-        if value is not None
-    }
+    given: dict[str, object] = {}
+    if options.min_score is not None:
+        given["min_score"] = options.min_score
+    if options.region is not None:
+        given["region"] = str(options.region)
+    return given
 
 
 def _options_record(options: RunOptions) -> dict[str, object]:

@@ -4,7 +4,7 @@ class's region of a segmentation model, a detection of a detector (`base` says h
 from __future__ import annotations
 
 from ..errors import UsageError, did_you_mean
-from .base import Scoring, TargetDetails, TargetRequest, Task
+from .base import Scoring, TargetDetails, TargetRequest, Task, no_details
 from .classification import ClassificationTask
 from .detection import DetectionTask
 from .segmentation import SegmentationTask
@@ -14,6 +14,7 @@ __all__ = [
     "Scoring",
     "TargetRequest",
     "TargetDetails",
+    "no_details",
     "TASKS",
     "get_task",
     "ClassificationTask",

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-__all__ = ["Task", "Scoring", "TargetRequest", "TargetDetails"]
+__all__ = ["Task", "Scoring", "TargetRequest", "TargetDetails", "no_details"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,11 @@ class TargetDetails:
     box: tuple[float, float, float, float] | None = None
     pixel_share: float | None = None
     region: Any = None  # np.ndarray [h, w] bool, segmentation only
+
+
+def no_details(slots: Sequence[int]) -> list[TargetDetails | None]:
+    """Slots that are classes and nothing more (a classifier's)."""
+    return [None] * len(slots)
 
 
 class Scoring(ABC):
@@ -93,7 +98,7 @@ class Scoring(ABC):
 
     def details(self, image: int, slots: Sequence[int]) -> list[TargetDetails | None]:
         """Per slot of image `image`: what it is (None: a class, nothing more to say)."""
-        return [None for _ in slots]
+        return no_details(slots)
 
 
 class Task(ABC):

@@ -28,13 +28,19 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from ..errors import LayerError
+from ..errors import LayerError, UsageError
 from ..modelstate import removing
 from .base import Scoring, TargetDetails, TargetRequest, Task
 
-__all__ = ["DetectionTask", "MATCH_IOU", "detections_of"]
+__all__ = ["DetectionTask", "MATCH_IOU", "detections_of", "check_min_score"]
 
 MATCH_IOU = 0.5  # a re-run's detection stands for a slot when it overlaps it at least this much
+
+
+def check_min_score(min_score: float | None) -> None:
+    """min_score= is a detection score: 0 to 1 (None: every detection the model kept)."""
+    if min_score is not None and not 0.0 <= min_score <= 1.0:
+        raise UsageError(f"min_score= is a detection score, 0 to 1; got {min_score}")
 
 
 def detections_of(output: object) -> list[dict[str, torch.Tensor]]:

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LayerError, TargetError
+from ..errors import LayerError
 from .base import Scoring, TargetDetails, TargetRequest, Task
+from .classification import choose_classes
 
 __all__ = ["SegmentationTask", "segmentation_logits"]
 
@@ -79,21 +80,13 @@ class _SegmentationScoring(Scoring):
         assert self.masks is not None, "bind() first"
         logits = segmentation_logits(output)
         masks = self.masks[rows.to(self.masks.device)].to(logits.device, logits.dtype)
-        summed = (logits * masks).sum(dim=(2, 3))
-        return torch.cat([summed, summed.new_zeros(summed.shape[0], 1)], dim=1)  # + null slot
+        return _with_null_slot((logits * masks).sum(dim=(2, 3)))
 
     def choose(self, scores: torch.Tensor) -> torch.Tensor:
         assert self.shares is not None and self.null_slot is not None
         classes = self.null_slot
-        if self.request.classes:
-            bad = [c for c in self.request.classes if not 0 <= c < classes]
-            if bad:
-                raise TargetError(
-                    f"class index {bad[0]} is out of range: the model has {classes} classes "
-                    f"(0–{classes - 1})"
-                )
-            wanted = torch.as_tensor(self.request.classes, device=scores.device)
-            return wanted.unsqueeze(0).expand(scores.shape[0], -1)
+        if self.request.classes:  # as a classifier's: checked, the same for every image
+            return choose_classes(scores[:, :classes], self.request.classes, 1)
         # The classes covering the most pixels, only those that cover any; the background
         # after every other class present (the only one explained when nothing else is there).
         shares = self.shares.to(scores.device)
@@ -108,11 +101,11 @@ class _SegmentationScoring(Scoring):
 
     def probabilities(self) -> torch.Tensor:
         assert self.confidence is not None
-        return torch.cat([self.confidence, self.confidence.new_zeros(len(self.confidence), 1)], 1)
+        return _with_null_slot(self.confidence)
 
     def ranking(self) -> torch.Tensor:
         assert self.shares is not None
-        return torch.cat([self.shares, self.shares.new_zeros(len(self.shares), 1)], 1)
+        return _with_null_slot(self.shares)
 
     def details(self, image: int, slots: Sequence[int]) -> list[TargetDetails | None]:
         assert self.masks is not None and self.shares is not None and self.confidence is not None
@@ -130,6 +123,11 @@ class _SegmentationScoring(Scoring):
                 )
             )
         return found
+
+
+def _with_null_slot(per_class: torch.Tensor) -> torch.Tensor:
+    """[B, C] → [B, C + 1]: the null slot's column, always 0, appended."""
+    return torch.cat([per_class, per_class.new_zeros(per_class.shape[0], 1)], dim=1)
 
 
 class SegmentationTask(Task):
