@@ -54,6 +54,7 @@ from .engine import explain_batch
 from .errors import LayerError, TargetError, UnknownLayerError, UsageError
 from .layers import LayerRef, module_paths, resolve_layer
 from .logits import extract_logits
+from .methods import eigen, gradient, perturbation
 from .modelstate import removing
 
 __all__ = [
@@ -182,7 +183,7 @@ class BaseCAM:
 class _InBatches:
     """Mixin for a method that re-runs the model: at most `batch_size` rows per run."""
 
-    batch_size: int = methods.FORWARD_CHUNK
+    batch_size: int = perturbation.FORWARD_CHUNK
 
     def maps(self, view: methods.LayerView) -> torch.Tensor:
         head, forward = (_in_batches(run, self.batch_size) for run in (view.head, view.forward))
@@ -190,44 +191,44 @@ class _InBatches:
         return super().maps(replace(view, head=head, forward=forward))  # type: ignore[misc]
 
 
-class _BatchedScoreCAM(_InBatches, methods.ScoreCAM):
+class _BatchedScoreCAM(_InBatches, perturbation.ScoreCAM):
     pass
 
 
-class _BatchedAblationCAM(_InBatches, methods.AblationCAM):
+class _BatchedAblationCAM(_InBatches, perturbation.AblationCAM):
     pass
 
 
 class GradCAM(BaseCAM):
-    method = methods.GradCAM
+    method = gradient.GradCAM
 
 
 class GradCAMPlusPlus(BaseCAM):
-    method = methods.GradCAMPlusPlus
+    method = gradient.GradCAMPlusPlus
 
 
 class XGradCAM(BaseCAM):
-    method = methods.XGradCAM
+    method = gradient.XGradCAM
 
 
 class LayerCAM(BaseCAM):
-    method = methods.LayerCAM
+    method = gradient.LayerCAM
 
 
 class HiResCAM(BaseCAM):
-    method = methods.HiResCAM
+    method = gradient.HiResCAM
 
 
 class GradCAMElementWise(BaseCAM):
-    method = methods.GradCAMElementWise
+    method = gradient.GradCAMElementWise
 
 
 class EigenCAM(BaseCAM):
-    method = methods.EigenCAM
+    method = eigen.EigenCAM
 
 
 class EigenGradCAM(BaseCAM):
-    method = methods.EigenGradCAM
+    method = eigen.EigenGradCAM
 
 
 class ScoreCAM(BaseCAM):

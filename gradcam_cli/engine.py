@@ -8,7 +8,7 @@ records only the head. A later target (downstream of an earlier one) is already 
 recorded graph: its output is kept as a graph node and its gradient comes from the same call.
 `torch.autograd.grad` never computes a parameter gradient, so `.grad` is never touched.
 
-The method (methods.py) then turns each layer's A and gradients into maps. Methods that re-run
+The method (methods/) then turns each layer's A and gradients into maps. Methods that re-run
 part of the model get two callables: `head` runs only the part after the layer on activations
 they supply (Ablation-CAM), `forward` the whole model (Score-CAM). Guided methods get their own
 full backward to the pixels, with ReLU gradients clamped (guided.py). `aug_smooth` repeats all

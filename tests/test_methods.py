@@ -667,7 +667,8 @@ def test_score_cam_masks_the_image_with_the_activations_over_the_image_only():
     activations become masks of the image (else each mask would be shifted and stretched)."""
     import torch.nn.functional as F
 
-    from gradcam_cli.methods import LayerView, _masked_scores
+    from gradcam_cli.methods import LayerView
+    from gradcam_cli.methods.perturbation import _masked_scores
 
     activations = torch.rand(1, 2, 4, 4)
     images = torch.rand(1, 3, 8, 8)

@@ -1,0 +1,105 @@
+"""Methods that re-run part of the model on modified inputs: Ablation-CAM (the head alone, one
+channel zeroed) and Score-CAM (the whole model, the image masked by each channel)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import CamMethod, LayerView, register_method
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# Masked images per full forward pass (Score-CAM), as pytorch-grad-cam and torchcam batch them.
+FORWARD_CHUNK = 32
+# Ablated activations per head-only pass: at most this many rows, and about this many bytes.
+HEAD_CHUNK_ROWS = 256
+HEAD_CHUNK_BYTES = 64 << 20
+
+
+@register_method
+class AblationCAM(CamMethod):
+    """Desai & Ramaswamy 2020: the score's relative drop when one channel is zeroed.
+
+    Only the head runs again, on the stored activations with one channel zeroed per row (the
+    engine's `view.head`): the backbone never runs twice.
+    """
+
+    name = "ablationcam"
+    summary = "Ablation-CAM: relative score drop when a channel is zeroed (head-only re-runs)"
+    formula = "ReLU(Σ_k w_k A_k), w_k = (y − y[A_k = 0]) / y"
+    needs_gradients = False
+    uses_head = True
+
+    def maps(self, view: LayerView) -> Tensor:
+        import torch
+
+        ablated = _ablated_scores(view)  # [B, C, num_classes]
+        targets = view.targets  # [B, K]
+        dropped = ablated.gather(2, targets[:, None, :].expand(-1, ablated.shape[1], -1))
+        original = view.scores.float().gather(1, targets)[:, None, :]  # [B, 1, K]
+        safe = torch.where(original == 0, torch.ones_like(original), original)
+        weights = (original - dropped) / safe  # [B, C, K]
+        return self.combine_weighted(view, weights)
+
+
+def _ablated_scores(view: LayerView) -> Tensor:
+    """[B, C, num_classes]: the scores with channel k of A set to zero, for every k."""
+    import torch
+
+    activations = view.activations
+    channels = activations.shape[1]
+    row_bytes = activations[0].numel() * activations.element_size()
+    step = max(1, min(HEAD_CHUNK_ROWS, HEAD_CHUNK_BYTES // max(1, row_bytes)))
+    per_image = []
+    for b in range(activations.shape[0]):
+        parts = []
+        for start in range(0, channels, step):
+            ablate = torch.arange(start, min(channels, start + step), device=activations.device)
+            rows = activations[b].expand(len(ablate), -1, -1, -1).clone()
+            rows[torch.arange(len(ablate)), ablate] = 0
+            index = torch.full((len(ablate),), b, dtype=torch.long, device=activations.device)
+            parts.append(view.head(rows, index).float())
+        per_image.append(torch.cat(parts))
+    return torch.stack(per_image)
+
+
+@register_method
+class ScoreCAM(CamMethod):
+    """Wang et al. 2020: each channel, upsampled and min-max scaled, masks the input."""
+
+    name = "scorecam"
+    summary = "Score-CAM: scores of the image masked by each channel (full forwards)"
+    formula = "ReLU(Σ_k w_k A_k), w = softmax_k y(x ⊙ minmax(up(A_k)))"
+    needs_gradients = False
+    needs_full_forwards = True
+
+    def maps(self, view: LayerView) -> Tensor:
+
+        masked = _masked_scores(view)  # [B, C, num_classes]
+        targets = view.targets
+        selected = masked.gather(2, targets[:, None, :].expand(-1, masked.shape[1], -1))
+        weights = selected.softmax(dim=1)  # over channels; a baseline score would cancel
+        return self.combine_weighted(view, weights)
+
+
+def _masked_scores(view: LayerView) -> Tensor:
+    """[B, C, num_classes]: the scores of each image masked by each of its upsampled channels."""
+    import torch
+    import torch.nn.functional as F
+
+    images, activations = view.images, view.activations.float()
+    size = tuple(images.shape[2:])
+    per_image = []
+    for b in range(images.shape[0]):
+        parts = []
+        for start in range(0, activations.shape[1], FORWARD_CHUNK):
+            chunk = view.frame(activations[b : b + 1, start : start + FORWARD_CHUNK])
+            masks = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)[0]
+            low = masks.amin(dim=(1, 2), keepdim=True)
+            high = masks.amax(dim=(1, 2), keepdim=True)
+            masks = (masks - low) / (high - low + 1e-8)  # a constant channel masks everything
+            rows = torch.full((masks.shape[0],), b, dtype=torch.long, device=images.device)
+            parts.append(view.forward(images[b] * masks[:, None].to(images.dtype), rows).float())
+        per_image.append(torch.cat(parts))
+    return torch.stack(per_image)
