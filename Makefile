@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint docs demo demo-model demo-eval seg-demo bench-tasks clean
+.PHONY: help install test lint docs demo demo-model demo-eval seg-demo bench-tasks bench-methods clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ seg-demo: install  ## train a segmentation model on the demo scenes (~5 min) and
 
 bench-tasks: install  ## Grad-CAM's cost on deeplabv3 and Faster R-CNN, CPU (~4 min on 2 cores when idle)
 	$(BIN)/python benchmarks/task_cost.py
+
+bench-methods: install  ## every method's CPU time per image on resnet50 vs Grad-CAM (README's table; ~15 min)
+	$(BIN)/python benchmarks/method_cost.py
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf demo_out seg_demo_out gradcam_out site .pytest_cache .ruff_cache .mypy_cache

@@ -31,6 +31,7 @@ from .base import (
     method_option_help,
     method_option_names,
     methods_table,
+    readme_table,
     register_method,
 )
 from .projection import first_principal_component, kernel_principal_component
@@ -47,6 +48,7 @@ __all__ = [
     "method_option_help",
     "method_option_names",
     "methods_table",
+    "readme_table",
     "first_principal_component",
     "kernel_principal_component",
     "seeded_uniform",

@@ -17,6 +17,7 @@ class FEM(CamMethod):
     deviations. No gradients: the same map for every class."""
 
     name = "fem"
+    paper = "Fuad et al. 2020"
     summary = "FEM: each channel weighted by its share of positions above mean + kσ (no gradients)"
     formula = "ReLU(Σ_k w_k A_k), w_k = mean_ij [A_k,ij > μ_k + k σ_k], k = 2"
     needs_gradients = False
@@ -45,6 +46,7 @@ class RandomCAM(CamMethod):
     batch: a map would then depend on the batch). A map no better than it explains nothing."""
 
     name = "randomcam"
+    paper = "a baseline (pytorch-grad-cam's)"
     summary = "Random-CAM: random channel weights in [−1, 1), seeded (a baseline)"
     formula = "ReLU(Σ_k w_k A_k), w_k ~ U[−1, 1) seeded"
     needs_gradients = False

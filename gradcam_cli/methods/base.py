@@ -134,6 +134,7 @@ class CamMethod:
     """A method: `maps(view)` → [B, K, h, w] float32 >= 0. Capabilities are class attributes."""
 
     name: ClassVar[str]
+    paper: ClassVar[str] = ""  # who defined it, and when: "Selvaraju et al. 2017" (README table)
     summary: ClassVar[str]
     formula: ClassVar[str]  # one line, for docs/methods.md's table
     needs_gradients: ClassVar[bool] = True  # g = ∂y/∂A through the head
@@ -210,3 +211,25 @@ def methods_table() -> str:
     for name, cls in METHODS.items():
         lines.append(f"| `{name}` | {cls.formula} | {cost_note(cls)} |")
     return "\n".join(lines) + "\n"
+
+
+def readme_table(costs: dict) -> str:
+    """README's method table: the registry's paper, map and cost note, with each method's time
+    per image as benchmarks/method_cost.py measured it (`costs`: its JSON). A method it has not
+    measured is a KeyError: re-measure rather than leave a row without its figure."""
+    models = costs["models"]
+    lines = [
+        "| method | paper | map | cost beyond one forward | CPU time per image (× Grad-CAM) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, cls in METHODS.items():
+        row = costs["methods"][name]
+        ratio = row["ms"] / models[row["model"]]["gradcam_ms"]
+        where = "" if row["model"] == "resnet50" else f" on {row['model']}"
+        time = f"{_milliseconds(row['ms'])}{where} ({ratio:.2f}×)"
+        lines.append(f"| `{name}` | {cls.paper} | {cls.formula} | {cost_note(cls)} | {time} |")
+    return "\n".join(lines) + "\n"
+
+
+def _milliseconds(ms: float) -> str:
+    return f"{ms / 1000:.1f} s" if ms >= 10_000 else f"{ms:.0f} ms"

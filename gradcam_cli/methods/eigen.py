@@ -16,6 +16,7 @@ class EigenCAM(CamMethod):
     """Muhammad & Yeasin 2020: the activations' first principal component (class-agnostic)."""
 
     name = "eigencam"
+    paper = "Muhammad & Yeasin 2020"
     summary = "Eigen-CAM: first principal component of A (no gradients, same for every class)"
     formula = "ReLU(PC1(A))"
     needs_gradients = False
@@ -30,6 +31,7 @@ class EigenGradCAM(CamMethod):
     """Eigen-CAM on gradient ⊙ activation: class-specific."""
 
     name = "eigengradcam"
+    paper = "pytorch-grad-cam's variant"
     summary = "Eigen-Grad-CAM: first principal component of g ⊙ A"
     formula = "ReLU(PC1(g ⊙ A))"
     projects = True
@@ -44,6 +46,7 @@ class SegEigenCAM(CamMethod):
     principal component of |g| ⊙ A, its sign chosen so that the larger extreme is positive."""
 
     name = "seg-eigencam"
+    paper = "Chung & Ying 2025"
     summary = "Seg-Eigen-CAM: first principal component of |g| ⊙ A, larger extreme positive"
     formula = "ReLU(±PC1(|g| ⊙ A)), the sign that makes max ≥ |min|"
     supports_eigen_smooth = False  # it always projects, with a sign rule of its own
@@ -71,6 +74,7 @@ class KPCACAM(CamMethod):
     makes the largest value positive), computed here with torch. No gradients."""
 
     name = "kpcacam"
+    paper = "Karmani et al. 2024"
     summary = "KPCA-CAM: first kernel principal component of A (no gradients, any class)"
     formula = "ReLU(KPC1(A)), kernel sigmoid: tanh(γ a·b + 1), γ = 1/C"
     needs_gradients = False

@@ -17,6 +17,7 @@ class GradCAM(CamMethod):
     """Selvaraju et al. 2017: channel weights are the spatial mean of the gradient."""
 
     name = "gradcam"
+    paper = "Selvaraju et al. 2017"
     summary = "Grad-CAM: channel weights are the mean gradient"
     formula = "ReLU(Σ_k α_k A_k), α_k = mean_ij g_kij"
 
@@ -29,6 +30,7 @@ class GradCAMPlusPlus(CamMethod):
     """Chattopadhay et al. 2018, eq. 19 (the higher derivatives of exp(y) written with g)."""
 
     name = "gradcam++"
+    paper = "Chattopadhay et al. 2018"
     summary = "Grad-CAM++: positive gradients weighted per position"
     formula = "ReLU(Σ_k w_k A_k), w_k = Σ_ij a_kij ReLU(g_kij), a = g² / (2g² + g³ Σ_ab A_kab)"
 
@@ -45,6 +47,7 @@ class XGradCAM(CamMethod):
     """Fu et al. 2020: gradients weighted by the normalised activation."""
 
     name = "xgradcam"
+    paper = "Fu et al. 2020"
     summary = "XGrad-CAM: gradients weighted by the normalised activation"
     formula = "ReLU(Σ_k w_k A_k), w_k = Σ_ij g_kij A_kij / Σ_ij A_kij"
 
@@ -58,6 +61,7 @@ class LayerCAM(CamMethod):
     """Jiang et al. 2021: positive gradients as per-position weights."""
 
     name = "layercam"
+    paper = "Jiang et al. 2021"
     summary = "LayerCAM: positive gradients as per-position weights"
     formula = "ReLU(Σ_k ReLU(g_k) ⊙ A_k)"
 
@@ -70,6 +74,7 @@ class HiResCAM(CamMethod):
     """Draelos & Carin 2020: gradient times activation, position by position."""
 
     name = "hirescam"
+    paper = "Draelos & Carin 2020"
     summary = "HiResCAM: gradient ⊙ activation, summed over channels"
     formula = "ReLU(Σ_k g_k ⊙ A_k)"
 
@@ -82,6 +87,7 @@ class GradCAMElementWise(CamMethod):
     """pytorch-grad-cam's element-wise Grad-CAM: the ReLU before the channel sum."""
 
     name = "gradcam-elementwise"
+    paper = "pytorch-grad-cam's variant"
     summary = "element-wise Grad-CAM: ReLU of gradient ⊙ activation, then the sum"
     formula = "ReLU(Σ_k ReLU(g_k ⊙ A_k))"
 
@@ -100,6 +106,7 @@ class CAM(CamMethod):
     """
 
     name = "cam"
+    paper = "Zhou et al. 2016"
     summary = "CAM: the linear classifier's weights, for a global-average-pool + linear head"
     formula = "ReLU(Σ_k W_ck A_k), W = the head's linear weights (= Z · mean_ij g_kij, checked)"
     uses_head = True

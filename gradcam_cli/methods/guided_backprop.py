@@ -20,6 +20,7 @@ class GuidedBackprop(CamMethod):
     """
 
     name = "guided-backprop"
+    paper = "Springenberg et al. 2015"
     summary = "guided backpropagation: ∂y/∂x through ReLUs that pass positive gradients only"
     formula = "image: guided ∂y/∂x; map: max_RGB abs(guided ∂y/∂x), at input resolution"
     needs_gradients = False
@@ -43,6 +44,7 @@ class GuidedGradCAM(GradCAM):
     """Selvaraju et al. 2017: guided backpropagation times the upsampled Grad-CAM map."""
 
     name = "guided-gradcam"
+    paper = "Selvaraju et al. 2017"
     summary = "Guided Grad-CAM: guided backpropagation ⊙ bilinearly upsampled Grad-CAM"
     formula = "image: guided ∂y/∂x ⊙ up(Grad-CAM); map: Grad-CAM"
     guided = True

@@ -26,6 +26,7 @@ class AblationCAM(CamMethod):
     """
 
     name = "ablationcam"
+    paper = "Desai & Ramaswamy 2020"
     summary = "Ablation-CAM: relative score drop when a channel is zeroed (head-only re-runs)"
     formula = "ReLU(Σ_k w_k A_k), w_k = (y − y[A_k = 0]) / y"
     needs_gradients = False
@@ -69,6 +70,7 @@ class ScoreCAM(CamMethod):
     """Wang et al. 2020: each channel, upsampled and min-max scaled, masks the input."""
 
     name = "scorecam"
+    paper = "Wang et al. 2020"
     summary = "Score-CAM: scores of the image masked by each channel (full forwards)"
     formula = "ReLU(Σ_k w_k A_k), w = softmax_k y(x ⊙ minmax(up(A_k)))"
     needs_gradients = False
