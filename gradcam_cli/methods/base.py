@@ -226,10 +226,14 @@ def readme_table(costs: dict) -> str:
         row = costs["methods"][name]
         ratio = row["ms"] / models[row["model"]]["gradcam_ms"]
         where = "" if row["model"] == "resnet50" else f" on {row['model']}"
+        given = ", ".join(f"{key}={value}" for key, value in row.get("settings", {}).items())
+        where += f", {given}" if given else ""
         time = f"{_milliseconds(row['ms'])}{where} ({ratio:.2f}×)"
         lines.append(f"| `{name}` | {cls.paper} | {cls.formula} | {cost_note(cls)} | {time} |")
     return "\n".join(lines) + "\n"
 
 
 def _milliseconds(ms: float) -> str:
+    if ms >= 120_000:
+        return f"{ms / 60_000:.1f} min"
     return f"{ms / 1000:.1f} s" if ms >= 10_000 else f"{ms:.0f} ms"
