@@ -74,6 +74,9 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
         "fem",
         "kpcacam",
         "randomcam",
+        "finercam",
+        "shapleycam",
+        "refinecam",
     }
     assert set(METHODS) == wanted
     assert next(iter(METHODS)) == "gradcam"
@@ -83,6 +86,8 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
     assert METHODS["scorecam"].needs_full_forwards
     assert METHODS["cam"].requires_gap_linear_head
     assert {n for n, c in METHODS.items() if c.guided} == {"guided-backprop", "guided-gradcam"}
+    assert {n for n, c in METHODS.items() if c.second_order} == {"shapleycam"}
+    assert {n for n, c in METHODS.items() if c.combines_layers} == {"refinecam"}
 
 
 def test_register_method_refuses_a_duplicate_name():
@@ -559,6 +564,12 @@ LAYOUT_MODELS = {
     "tokens": (TinyTokens, "norm", (6, 6)),
     "channels-last": (TinyChannelsLast, "norm", (12, 12)),
 }
+# For methods that combine layers: an earlier layer, and the map size of the pair.
+EARLIER_LAYER = {
+    "resnet18": ("layer3", (3, 3)),
+    "tokens": ("patch", (6, 6)),
+    "channels-last": ("conv", (12, 12)),
+}
 
 
 @pytest.mark.parametrize("layout", LAYOUT_MODELS)
@@ -574,9 +585,13 @@ def test_every_method_is_batch_invariant_and_leaves_the_model_as_found(method, l
     last_param.grad = torch.full_like(last_param, 0.25)
     before = model_state(model)
     x = noise(2, 3, 48, 48)
-    batched = run(model, x, layer, method, topk=2)
+    layers = [resolve_layer(model, layer)]
+    if METHODS[method].combines_layers:  # one map, named after both layers
+        earlier, grid = EARLIER_LAYER[layout]
+        layers, layer = [resolve_layer(model, earlier), *layers], f"{earlier}+{layer}"
+    batched = explain_batch(model, x, layers, method=method, topk=2)
     assert_same_state(before, model_state(model))
-    single = run(model, x[1:], layer, method, topk=2)
+    single = explain_batch(model, x[1:], layers, method=method, topk=2)
     assert torch.equal(single.targets[0], batched.targets[1])
     torch.testing.assert_close(single.maps[layer][0], batched.maps[layer][1], rtol=1e-3, atol=1e-5)
     h, w = (48, 48) if method == "guided-backprop" else grid
