@@ -23,10 +23,10 @@ WEIGHTINGS = ("softmax", "mean")
 class FinerCAM(GradCAM):
     """Zhang et al. 2025, Finer-CAM (CVPR): Grad-CAM of the target's score minus α times the
     scores of the n classes whose scores are nearest the target's (ranks 1…n by |y_d − y_c|,
-    the target excluded). `softmax` (the authors' code, as pytorch-grad-cam 1.5.7 ships it):
-    s = Σ_d p_d (y_c − α y_d) / Σ_d p_d with p = softmax(y), p differentiated with the rest;
-    `mean` (torchcam 0.5): s = y_c − α · mean_d y_d. Shared features of the similar classes
-    cancel, the features that tell the target apart remain."""
+    the target excluded). `softmax` (the authors' weighted target, as pytorch-grad-cam 1.5.7
+    ships it): s = Σ_d p_d (y_c − α y_d) / Σ_d p_d with p = softmax(y), p differentiated with
+    the rest; `mean` (torchcam 0.5, and the authors' default target): s = y_c − α · mean_d y_d.
+    Features shared with the similar classes cancel; those that tell the target apart remain."""
 
     name = "finercam"
     summary = "Finer-CAM: Grad-CAM of the target's score minus α · its nearest classes' scores"
@@ -49,8 +49,8 @@ class FinerCAM(GradCAM):
         MethodOption(
             "comparison_weights",
             "softmax",
-            "finercam: how the similar classes are weighed (softmax: the authors' and "
-            "pytorch-grad-cam's; mean: torchcam's)",
+            "finercam: how the similar classes are weighed (softmax: pytorch-grad-cam's; "
+            "mean: torchcam's)",
             choices=WEIGHTINGS,
         ),
     )
