@@ -1157,7 +1157,8 @@ def sanity(
             "--layer",
             "-l",
             metavar="LAYER",
-            help="Target layer, one (default: the last spatial layer the logits depend on).",
+            help="Target layer, one (default: the last spatial layer the logits depend on); "
+            "two or more, comma-separated, for --method refinecam.",
         ),
     ] = None,
     mode: Annotated[
