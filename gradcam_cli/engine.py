@@ -8,11 +8,14 @@ records only the head. A later target (downstream of an earlier one) is already 
 recorded graph: its output is kept as a graph node and its gradient comes from the same call.
 `torch.autograd.grad` never computes a parameter gradient, so `.grad` is never touched.
 
-The method (methods/) then turns each layer's A and gradients into maps. Methods that re-run
-part of the model get two callables: `head` runs only the part after the layer on activations
-they supply (Ablation-CAM), `forward` the whole model (Score-CAM). Guided methods get their own
-full backward to the pixels, with ReLU gradients clamped (guided.py). `aug_smooth` repeats all
-of this on flipped and rescaled copies of the images and averages the maps mapped back.
+The method (methods/) then turns each layer's A and gradients into maps. It may name what the
+gradient is taken of (`objective`: any function of the scores, still through the head only), ask
+for H·A as well (`second_order`: the head's backward graph differentiated once more), or make one
+map of the layers' maps (`combines_layers`). Methods that re-run part of the model get two
+callables: `head` runs only the part after the layer on activations they supply (Ablation-CAM),
+`forward` the whole model (Score-CAM). Guided methods get their own full backward to the pixels,
+with ReLU gradients clamped (guided.py). `aug_smooth` repeats all of this on flipped and rescaled
+copies of the images and averages the maps mapped back.
 
 What a target is comes from the task (tasks/): a class of a classifier, a class's region of a
 segmentation model, a detection of a detector. Its Scoring gives every forward's scores as one

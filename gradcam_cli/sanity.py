@@ -479,7 +479,6 @@ def _working_copy(loaded: LoadedModel, device) -> LoadedModel:
 
 def _explainer(work: LoadedModel, layer, method: str) -> Explainer:
     from .explainer import Explainer
-
     from .methods import METHODS
 
     several = isinstance(layer, str) and "," in layer or isinstance(layer, list | tuple)
