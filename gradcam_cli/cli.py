@@ -346,6 +346,30 @@ def explain(
         int | None,
         typer.Option("--seed", metavar="N", help=f"{method_option_help('seed')}."),
     ] = None,
+    comparisons: Annotated[
+        int | None,
+        typer.Option("--comparisons", metavar="N", help=f"{method_option_help('comparisons')}."),
+    ] = None,
+    comparison_strength: Annotated[
+        float | None,
+        typer.Option(
+            "--comparison-strength",
+            metavar="A",
+            help=f"{method_option_help('comparison_strength')}.",
+        ),
+    ] = None,
+    comparison_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--comparison-weights",
+            metavar="HOW",
+            help=f"{method_option_help('comparison_weights')}.",
+        ),
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option("--objective", metavar="NAME", help=f"{method_option_help('objective')}."),
+    ] = None,
     target: Annotated[
         list[str] | None,
         typer.Option(
@@ -736,6 +760,10 @@ def explain(
             kernel=kernel,
             kernel_gamma=kernel_gamma,
             seed=seed,
+            comparisons=comparisons,
+            comparison_strength=comparison_strength,
+            comparison_weights=comparison_weights,
+            objective=objective,
             device=device,
             amp=amp,
             targets=target or (),
@@ -1129,7 +1157,8 @@ def sanity(
             "--layer",
             "-l",
             metavar="LAYER",
-            help="Target layer, one (default: the last spatial layer the logits depend on).",
+            help="Target layer, one (default: the last spatial layer the logits depend on); "
+            "two or more, comma-separated, for --method refinecam.",
         ),
     ] = None,
     mode: Annotated[

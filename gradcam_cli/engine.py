@@ -8,11 +8,14 @@ records only the head. A later target (downstream of an earlier one) is already 
 recorded graph: its output is kept as a graph node and its gradient comes from the same call.
 `torch.autograd.grad` never computes a parameter gradient, so `.grad` is never touched.
 
-The method (methods/) then turns each layer's A and gradients into maps. Methods that re-run
-part of the model get two callables: `head` runs only the part after the layer on activations
-they supply (Ablation-CAM), `forward` the whole model (Score-CAM). Guided methods get their own
-full backward to the pixels, with ReLU gradients clamped (guided.py). `aug_smooth` repeats all
-of this on flipped and rescaled copies of the images and averages the maps mapped back.
+The method (methods/) then turns each layer's A and gradients into maps. It may name what the
+gradient is taken of (`objective`: any function of the scores, still through the head only), ask
+for H·A as well (`second_order`: the head's backward graph differentiated once more), or make one
+map of the layers' maps (`combines_layers`). Methods that re-run part of the model get two
+callables: `head` runs only the part after the layer on activations they supply (Ablation-CAM),
+`forward` the whole model (Score-CAM). Guided methods get their own full backward to the pixels,
+with ReLU gradients clamped (guided.py). `aug_smooth` repeats all of this on flipped and rescaled
+copies of the images and averages the maps mapped back.
 
 What a target is comes from the task (tasks/): a class of a classifier, a class's region of a
 segmentation model, a detection of a detector. Its Scoring gives every forward's scores as one
@@ -34,7 +37,7 @@ from .errors import LayerError, first_line
 from .guided import guided_relus
 from .layers import LayerRef, resolve_layer
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
-from .methods import CamMethod, LayerView, get_method
+from .methods import CamMethod, LayerView, check_layer_count, get_method
 from .modelstate import frozen_eval, removing
 from .tasks import Scoring, TargetDetails, TargetRequest, Task, get_task, no_details
 
@@ -191,9 +194,11 @@ def explain_batch(
     tune_allocator()
     method = get_method(method) if isinstance(method, str) else method or get_method("gradcam")
     request = TargetRequest(tuple(classes or ()), topk, min_score, regions)
+    refs = _layer_refs(model, layers)
+    check_layer_count(method, len(refs))
     settings = _Settings(
         method,
-        _layer_refs(model, layers),
+        refs,
         outputs_probabilities,
         eigen_smooth,
         get_task(task),
@@ -273,7 +278,9 @@ def _explain_view(
             f"the model's {settings.task.name} scores do not depend on layer "
             f"'{captures[0].ref}'; choose a layer that its output is computed from"
         )
-    gradients = _gradients(scores, targets, captures) if method.needs_gradients else {}
+    gradients, hessian_products = (
+        _gradients(scores, targets, captures, method) if method.needs_gradients else ({}, {})
+    )
     guided_gradients = _guided_gradients(model, images, targets, scoring) if method.guided else []
     scores = scores.detach()
     maps = {}
@@ -293,29 +300,51 @@ def _explain_view(
             layer=str(capture.ref),
             eigen_smooth=settings.eigen_smooth,
             frame=scoring.frame,
+            hessian_products=hessian_products.get(str(capture.ref), []),
         )
         maps[str(capture.ref)] = scoring.frame(method.maps(view))
-    return _ViewResult(scoring, scores, targets, maps, guided_gradients)
+    return _ViewResult(scoring, scores, targets, method.combine_layers(maps), guided_gradients)
 
 
 def _gradients(
-    scores: torch.Tensor, targets: torch.Tensor, captures: list[_Capture]
-) -> dict[str, list[torch.Tensor]]:
-    """Per layer, per target rank: ∂(summed selected scores)/∂A as a map [B, C, h, w], through
-    the head only."""
+    scores: torch.Tensor, targets: torch.Tensor, captures: list[_Capture], method: CamMethod
+) -> tuple[dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]:
+    """Per layer, per target rank: ∂(summed objective)/∂A as a map [B, C, h, w], through the
+    head only; and for second-order methods H·A (H = the objective's Hessian in A), by a second
+    differentiation of the head's backward graph (create_graph: the head's, nothing upstream)."""
     outputs = [c.output() for c in captures]
+    second = method.second_order
     per_layer: dict[str, list[torch.Tensor]] = {str(c.ref): [] for c in captures}
+    products: dict[str, list[torch.Tensor]] = {str(c.ref): [] for c in captures} if second else {}
     ranks = targets.shape[1]
     for rank in range(ranks):
-        selected = scores.gather(1, targets[:, rank : rank + 1]).sum()
+        selected = method.objective(scores, targets, rank).sum()
         grads = torch.autograd.grad(
-            selected, outputs, retain_graph=rank < ranks - 1, allow_unused=True
+            selected,
+            outputs,
+            retain_graph=second or rank < ranks - 1,
+            create_graph=second,
+            allow_unused=True,
         )
         for capture, grad in zip(captures, grads, strict=True):
-            per_layer[str(capture.ref)].append(
-                torch.zeros_like(capture.activations()) if grad is None else capture.to_map(grad)
-            )
-    return per_layer
+            name = str(capture.ref)
+            zero = torch.zeros_like(capture.activations())
+            per_layer[name].append(zero if grad is None else capture.to_map(grad.detach()))
+            if second:
+                product = _hessian_product(grad, capture.output())
+                products[name].append(zero if product is None else capture.to_map(product))
+    return per_layer, products
+
+
+def _hessian_product(grad: torch.Tensor | None, output: torch.Tensor) -> torch.Tensor | None:
+    """H·A: the derivative of g·A (A held fixed) in A, through the head's graph; None where g
+    does not depend on A (a head linear in A: H = 0)."""
+    if grad is None or not grad.requires_grad:
+        return None
+    (product,) = torch.autograd.grad(
+        grad, output, grad_outputs=output.detach(), retain_graph=True, allow_unused=True
+    )
+    return None if product is None else product.detach()
 
 
 def _guided_gradients(

@@ -139,6 +139,10 @@ PARAMETER_FLAGS = {
     "kernel": "--kernel",
     "kernel_gamma": "--kernel-gamma",
     "seed": "--seed",
+    "comparisons": "--comparisons",
+    "comparison_strength": "--comparison-strength",
+    "comparison_weights": "--comparison-weights",
+    "objective": "--objective",
     "min_score": "--min-score",
     "region": "--region",
 }

@@ -77,6 +77,10 @@ class JobOptions:
     kernel: str | None = None
     kernel_gamma: float | None = None
     seed: int | None = None
+    comparisons: int | None = None
+    comparison_strength: float | None = None
+    comparison_weights: str | None = None
+    objective: str | None = None
     device: str = "auto"
     amp: str | None = None
     # What to explain: these classes (indices or labels), or each image's top-k.
@@ -224,6 +228,10 @@ class JobOptions:
             "kernel": self.kernel,
             "kernel_gamma": self.kernel_gamma,
             "seed": self.seed,
+            "comparisons": self.comparisons,
+            "comparison_strength": self.comparison_strength,
+            "comparison_weights": self.comparison_weights,
+            "objective": self.objective,
         }
         return {name: value for name, value in given.items() if value is not None}
 

@@ -447,7 +447,7 @@ class _Check:
         return SanityResult(
             model=self.loaded.describe(),
             method=explainer.method.name,
-            layer=str(explainer.layers[0]),
+            layer="+".join(str(ref) for ref in explainer.layers),  # refinecam's: several
             mode=self.mode,
             seed=self.seed,
             input_size=(height, width),
@@ -479,8 +479,11 @@ def _working_copy(loaded: LoadedModel, device) -> LoadedModel:
 
 def _explainer(work: LoadedModel, layer, method: str) -> Explainer:
     from .explainer import Explainer
+    from .methods import METHODS
 
-    if isinstance(layer, str) and "," in layer or isinstance(layer, list | tuple):
+    several = isinstance(layer, str) and "," in layer or isinstance(layer, list | tuple)
+    combines = getattr(METHODS.get(method), "combines_layers", False)  # one map from several
+    if several and not combines:
         raise UsageError(
             f"layer={layer!r}: the sanity check compares one map per image; give one layer"
         )

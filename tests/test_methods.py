@@ -74,6 +74,9 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
         "fem",
         "kpcacam",
         "randomcam",
+        "finercam",
+        "shapleycam",
+        "refinecam",
     }
     assert set(METHODS) == wanted
     assert next(iter(METHODS)) == "gradcam"
@@ -83,6 +86,8 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
     assert METHODS["scorecam"].needs_full_forwards
     assert METHODS["cam"].requires_gap_linear_head
     assert {n for n, c in METHODS.items() if c.guided} == {"guided-backprop", "guided-gradcam"}
+    assert {n for n, c in METHODS.items() if c.second_order} == {"shapleycam"}
+    assert {n for n, c in METHODS.items() if c.combines_layers} == {"refinecam"}
 
 
 def test_register_method_refuses_a_duplicate_name():
@@ -559,6 +564,12 @@ LAYOUT_MODELS = {
     "tokens": (TinyTokens, "norm", (6, 6)),
     "channels-last": (TinyChannelsLast, "norm", (12, 12)),
 }
+# For methods that combine layers: an earlier layer, and the map size of the pair.
+EARLIER_LAYER = {
+    "resnet18": ("layer3", (3, 3)),
+    "tokens": ("patch", (6, 6)),
+    "channels-last": ("conv", (12, 12)),
+}
 
 
 @pytest.mark.parametrize("layout", LAYOUT_MODELS)
@@ -574,9 +585,13 @@ def test_every_method_is_batch_invariant_and_leaves_the_model_as_found(method, l
     last_param.grad = torch.full_like(last_param, 0.25)
     before = model_state(model)
     x = noise(2, 3, 48, 48)
-    batched = run(model, x, layer, method, topk=2)
+    layers = [resolve_layer(model, layer)]
+    if METHODS[method].combines_layers:  # one map, named after both layers
+        earlier, grid = EARLIER_LAYER[layout]
+        layers, layer = [resolve_layer(model, earlier), *layers], f"{earlier}+{layer}"
+    batched = explain_batch(model, x, layers, method=method, topk=2)
     assert_same_state(before, model_state(model))
-    single = run(model, x[1:], layer, method, topk=2)
+    single = explain_batch(model, x[1:], layers, method=method, topk=2)
     assert torch.equal(single.targets[0], batched.targets[1])
     torch.testing.assert_close(single.maps[layer][0], batched.maps[layer][1], rtol=1e-3, atol=1e-5)
     h, w = (48, 48) if method == "guided-backprop" else grid
@@ -769,3 +784,180 @@ def test_random_cam_is_seeded_and_draws_what_the_faithfulness_random_map_draws()
     one = random_cam(3)
     assert not torch.equal(one[:, 0], one[:, 1])  # each target rank draws its own weights
     torch.testing.assert_close(random_map((5, 7), seed=9), seeded_uniform((5, 7), 9))
+
+
+# -- Finer-CAM, ShapleyCAM, RefineCAM: the head-only objective, H·A and layers, by full backward --
+
+
+def _curved_net() -> nn.Module:
+    """conv → sigmoid → steep conv → sigmoid → mean → linear: after `1`, a head whose Hessian
+    in A is large (ShapleyCAM's term matters); `3` a later layer."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.Sigmoid(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.Sigmoid(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 6),
+    )  # fmt: skip
+    with torch.no_grad():
+        net[2].weight *= 10
+    return net.eval()
+
+
+def _full_backward(model: nn.Module, x: torch.Tensor, layer: str, objective, second=False):
+    """A, ∂s/∂A and (second) H·A for s = objective(logits), summed over the batch, through a
+    copy of the whole model with every parameter trainable: the textbook way."""
+    model = copy.deepcopy(model).eval().requires_grad_(True)
+    store = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(
+        lambda _m, _a, out: store.__setitem__("A", out)
+    )
+    s = objective(model(x)).sum()
+    handle.remove()
+    a = store["A"]
+    (g,) = torch.autograd.grad(s, a, create_graph=second)
+    hv = torch.autograd.grad(g, a, grad_outputs=a.detach())[0] if second else None
+    return a.detach(), g.detach(), hv
+
+
+def _finer_objective(logits: torch.Tensor, target: int, alpha: float, n: int, softmax: bool):
+    """Finer-CAM's score per image, written out: the n classes nearest the target's score."""
+    rows = []
+    for y in logits:
+        order = [int(i) for i in np.argsort(np.abs((y - y[target]).detach().numpy()))]
+        similar = [i for i in order if i != target][:n]
+        differences = torch.stack([y[target] - alpha * y[d] for d in similar])
+        if softmax:
+            p = y.softmax(0)[similar]
+            rows.append((p * differences).sum() / (p.sum() + 1e-9))
+        else:
+            rows.append(differences.mean())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize(("weights", "alpha", "n"), [("softmax", 1.0, 3), ("mean", 0.6, 2)])
+def test_finercam_is_gradcam_of_its_objective_by_a_full_backward(resnet, weights, alpha, n):
+    x, target = noise(2, 3, 64, 64), 7
+    method = get_method(
+        "finercam", comparison_weights=weights, comparison_strength=alpha, comparisons=n
+    )
+    ours = run(resnet, x, "layer3", method, classes=[target]).maps["layer3"][:, 0]
+    objective = lambda out: _finer_objective(out, target, alpha, n, weights == "softmax")  # noqa: E731
+    a, g, _ = _full_backward(resnet, x, "layer3", objective)
+    expected = (g.mean((2, 3), keepdim=True) * a).sum(1).clamp(min=0)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6 * float(expected.max()))
+    plain = run(resnet, x, "layer3", "gradcam", classes=[target]).maps["layer3"][:, 0]
+    assert not torch.allclose(ours, plain, rtol=0.05)
+
+
+@pytest.mark.parametrize("objective", ["logit", "rest"])
+def test_shapleycam_is_its_formula_with_a_full_backward_hessian_vector_product(objective):
+    net, x, target = _curved_net(), noise(2, 3, 48, 48), 2
+    method = get_method("shapleycam", objective=objective)
+    ours = run(net, x, "1", method, classes=[target]).maps["1"][:, 0]
+
+    def score(out):
+        y = out[:, target]
+        return 2 * y - out.logsumexp(1) if objective == "rest" else y
+
+    a, g, hv = _full_backward(net, x, "1", score, second=True)
+    expected = ((g - 0.5 * hv).mean((2, 3), keepdim=True) * a).sum(1).clamp(min=0)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6 * float(expected.max()))
+    plain = run(net, x, "1", "gradcam", classes=[target]).maps["1"][:, 0]
+    assert not torch.allclose(ours, plain, rtol=0.05)  # the Hessian term is not negligible here
+
+
+def test_shapleycam_with_the_logit_on_a_piecewise_linear_head_is_gradcam(resnet):
+    """ReLU, pooling, linear and eval-mode batch norm after layer3: H = 0 for the logit."""
+    x = noise(1, 3, 64, 64)
+    shapley = run(resnet, x, "layer3", "shapleycam").maps["layer3"]
+    torch.testing.assert_close(shapley, run(resnet, x, "layer3", "gradcam").maps["layer3"])
+
+
+def test_refinecam_is_the_product_of_full_backward_gradcam_pp_maps(resnet):
+    x, target = noise(2, 3, 64, 64), 3
+    layers = ["layer2", "layer3", "layer4"]
+    result = explain_batch(resnet, x, layers, method="refinecam", classes=[target])
+    assert list(result.maps) == ["layer2+layer3+layer4"]
+    ours = result.maps["layer2+layer3+layer4"][:, 0]
+    expected = torch.ones(2, 8, 8)
+    for layer in layers:
+        a, g, _ = _full_backward(resnet, x, layer, lambda out: out[:, target])
+        pp = _formula("gradcam++", a, g).clamp(min=0)
+        low, high = pp.amin((1, 2), keepdim=True), pp.amax((1, 2), keepdim=True)
+        scaled = ((pp - low) / (high - low + 1e-8))[:, None]
+        expected = (
+            expected * torch.nn.functional.interpolate(scaled, size=(8, 8), mode="bilinear")[:, 0]
+        )
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_new_methods_options_and_needs_are_checked_before_any_image(resnet):
+    """Options of another method refused, naming whose; refinecam's layers and the objectives
+    that compare classes checked when the Explainer is made."""
+    from gradcam_cli import Explainer
+
+    with pytest.raises(UsageError, match="objective= is an option of method=shapleycam, not of"):
+        check_method_options("gradcam", objective="rest")
+    with pytest.raises(UsageError, match="comparisons= is an option of method=finercam"):
+        check_method_options("shapleycam", comparisons=2)
+    with pytest.raises(UsageError, match="comparisons= must be 1 or more"):
+        check_method_options("finercam", comparisons=0)
+    with pytest.raises(UsageError, match="comparison_weights='max' is not one of softmax, mean"):
+        check_method_options("finercam", comparison_weights="max")
+    with pytest.raises(UsageError, match="comparison_strength= must be a positive number"):
+        check_method_options("finercam", comparison_strength=-1)
+    assert check_method_options("finercam").settings == {
+        "comparison_strength": 1.0,
+        "comparisons": 3,
+        "comparison_weights": "softmax",
+    }
+    with pytest.raises(UsageError, match="method='refinecam' multiplies .* two or more layers="):
+        run(resnet, noise(1, 3, 32, 32), "layer4", "refinecam")
+    with pytest.raises(UsageError, match="two or more layers="):
+        Explainer(_curved_net(), layers="3", method="refinecam")
+    segmenter = _TinySegmenter()
+    for method, settings in [("finercam", {}), ("shapleycam", {"objective": "rest"})]:
+        with pytest.raises(UsageError, match=f"method='{method}' .* for classifiers, .* segment"):
+            Explainer(segmenter, "1", method=method, method_settings=settings, task="segmentation")
+    assert Explainer(segmenter, "1", method="shapleycam", task="segmentation").method.name
+
+
+class _TinySegmenter(nn.Module):
+    """Per-pixel logits of 3 classes, torchvision-style ({"out": ...})."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        return {"out": self.classifier(self.features(x))}
+
+
+def test_refinecam_writes_one_map_named_after_its_layers(tmp_path):
+    scene = str(SCENES / "two_circle_star.png")
+    layers = ["-l", "features.13", "-l", "features.17,features.21"]
+    result = invoke(
+        "explain", scene, "-m", "demo:shapes", "--method", "refinecam", *layers,
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "predictions.json").read_text())
+    assert report["layers"] == ["features.13", "features.17", "features.21"]
+    (explanation,) = report["results"][0]["explanations"]
+    assert explanation["layer"] == "features.13+features.17+features.21"
+    assert explanation["overlay"].endswith(".features.13_features.17_features.21.overlay.png")
+    assert (tmp_path / explanation["overlay"]).is_file()
+    one = invoke(
+        "explain",
+        scene,
+        "-m",
+        "demo:shapes",
+        "--method",
+        "refinecam",
+        "--out",
+        str(tmp_path / "one"),
+    )
+    assert one.exit_code == 2
+    assert "--method refinecam multiplies the maps of several layers" in one.output

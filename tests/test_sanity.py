@@ -306,6 +306,7 @@ def test_an_unreadable_input_is_listed_and_exits_1(scenes, tmp_path):
         (["--threshold", "1.5"], "--threshold 1.5 is not a rank correlation"),
         (["--method", "gradcm"], "Did you mean 'gradcam'"),
         (["-l", "features,fc"], "give one layer"),
+        (["--method", "refinecam", "-l", "features"], "multiplies the maps of several layers"),
     ],
 )
 def test_bad_options_exit_2_saying_what_to_type(scenes, tmp_path, args, expected):

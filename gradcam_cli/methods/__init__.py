@@ -17,6 +17,7 @@ from __future__ import annotations
 # The order the families register in is the order of `--method`'s choices and of the docs' table.
 # isort: off
 from . import gradient, eigen, activation, perturbation, guided_backprop  # noqa: F401
+from . import comparative, second_order, multilayer  # noqa: F401
 # isort: on
 
 from .activation import seeded_uniform
@@ -25,6 +26,7 @@ from .base import (
     CamMethod,
     LayerView,
     MethodOption,
+    check_layer_count,
     check_method_options,
     cost_note,
     get_method,
@@ -43,6 +45,7 @@ __all__ = [
     "METHODS",
     "register_method",
     "get_method",
+    "check_layer_count",
     "check_method_options",
     "cost_note",
     "method_option_help",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import UsageError, did_you_mean
@@ -128,6 +128,9 @@ class LayerView:
     # Maps [B, K, h, w] → the part of them over the images (a detector pads the input it
     # resizes: Score-CAM's masks must cover the image, not the padding). Identity otherwise.
     frame: Callable[[Tensor], Tensor] = lambda maps: maps
+    # Per target rank, H·A [B, C, h, w] with H = ∂²s/∂A² of the method's objective s, through
+    # the head only (create_graph on the head's graph); second_order methods only.
+    hessian_products: list[Tensor] = field(default_factory=list)
 
 
 class CamMethod:
@@ -145,6 +148,8 @@ class CamMethod:
     requires_gap_linear_head: ClassVar[bool] = False  # CAM's architecture after the layer
     projects: ClassVar[bool] = False  # always combines channels by their principal component
     supports_eigen_smooth: ClassVar[bool] = True
+    second_order: ClassVar[bool] = False  # also H·A, a Hessian-vector product through the head
+    combines_layers: ClassVar[bool] = False  # one map from several layers' (combine_layers)
     options: ClassVar[tuple[MethodOption, ...]] = ()  # its own settings, with their defaults
 
     def __init__(self, **settings: object):
@@ -152,6 +157,20 @@ class CamMethod:
         self.settings: dict[str, object] = {option.name: option.default for option in self.options}
         self.settings.update(settings)
         self.given = dict(settings)  # what a report records: the settings given
+
+    def objective(self, scores: Tensor, targets: Tensor, rank: int) -> Tensor:
+        """What the gradient is taken of, per image [B], from the scores [B, T] (with the
+        head's graph): by default the target's own score. Any function of the scores keeps
+        the backward through the head only."""
+        return scores.gather(1, targets[:, rank : rank + 1])[:, 0]
+
+    def only_for_classifiers(self) -> bool:
+        """True where the objective compares a class's score with other classes' scores."""
+        return False
+
+    def combine_layers(self, maps: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The maps [B, K, h, w] by layer → what is reported by layer: the same by default."""
+        return maps
 
     def maps(self, view: LayerView) -> Tensor:
         import torch
@@ -188,8 +207,21 @@ class CamMethod:
         raise NotImplementedError
 
 
+def check_layer_count(method: CamMethod, count: int) -> None:
+    """A method that combines several layers' maps refuses fewer than two layers."""
+    if method.combines_layers and count < 2:
+        raise UsageError(
+            f"method='{method.name}' multiplies the maps of several layers into one; give two "
+            "or more layers= (e.g. layers='layer2,layer3,layer4' for a ResNet)"
+        )
+
+
 def cost_note(cls: type[CamMethod]) -> str:
     """What a method costs beyond the one forward pass every method shares."""
+    if cls.combines_layers:
+        return "head-only backward from the earliest of its layers"
+    if cls.second_order:
+        return "head-only backward, and a head-only Hessian-vector product"
     if cls.needs_full_forwards:
         return "C full forward passes per image, batched"
     if cls.guided and cls.needs_gradients:
