@@ -29,6 +29,7 @@ class FinerCAM(GradCAM):
     Features shared with the similar classes cancel; those that tell the target apart remain."""
 
     name = "finercam"
+    paper = "Zhang et al. 2025"
     summary = "Finer-CAM: Grad-CAM of the target's score minus α · its nearest classes' scores"
     formula = (
         "Grad-CAM of s = Σ_d p_d (y_c − α y_d) / Σ_d p_d, d: the n classes scored nearest y_c, "

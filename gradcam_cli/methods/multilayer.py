@@ -25,6 +25,7 @@ class RefineCAM(GradCAMPlusPlus):
     layers' fine maps with the late layers' class evidence. Needs two layers or more."""
 
     name = "refinecam"
+    paper = "arXiv 2605.14641 (2026)"
     summary = "RefineCAM: the product of several layers' Grad-CAM++ maps, each scaled to [0, 1]"
     formula = "Π_layers up(minmax(Grad-CAM++ map)), up: bilinear to the largest layer's map"
     combines_layers = True

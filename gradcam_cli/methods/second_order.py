@@ -26,6 +26,7 @@ class ShapleyCAM(CamMethod):
     s = y_c − CE(y, c) = 2 y_c − logsumexp(y), whose Hessian is not zero there."""
 
     name = "shapleycam"
+    paper = "Cai et al. 2025"
     summary = "ShapleyCAM: weights from the gradient and a Hessian-vector product"
     formula = "ReLU(Σ_k w_k A_k), w_k = mean_ij (g − ½ H·A)_kij, H = ∂²y/∂A² (or ReST's)"
     second_order = True
