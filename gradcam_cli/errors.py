@@ -141,6 +141,8 @@ PARAMETER_FLAGS = {
     "seed": "--seed",
     "min_score": "--min-score",
     "region": "--region",
+    "k": "--k",
+    "top_classes": "--top-classes",
 }
 _NEGATED_FLAGS = {"pretrained": "--no-pretrained"}  # name=False
 _BOOLEAN_FLAGS = {"eigen_smooth", "aug_smooth", "require_hit", "save_raw", "allow_method_change"}
