@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -305,6 +306,34 @@ class _Run:
                 f"k={self.k} concepts from layer '{self.ref}', which has {channels} channels: "
                 f"give k= at most {channels}"
             )
+        self._check_head()
+
+    def _check_head(self) -> None:
+        """The votes give the model after the layer a concept instead of an image's output:
+        that needs the rest of the model to read nothing else from the image. Checked before
+        any image, on two probe images: the first's layer output, handed to the model run on
+        the second, must give the first's scores."""
+        import torch
+
+        from .errors import LayerError
+        from .modelstate import frozen_eval
+
+        h, w = self.loaded.preprocess.input_size
+        probes = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+        probes = probes.to(self.explainer.device)
+        with frozen_eval(self.explainer.model), torch.no_grad():
+            head = self._forward(probes[:1]).head
+            index = torch.zeros(1, dtype=torch.long, device=probes.device)
+            scores = head._run(probes[1:], head.outputs, index)
+        scale = 1.0 + float(head.scores.abs().max())
+        if not torch.allclose(scores.float(), head.scores.float(), 1e-4, 1e-4 * scale):
+            raise LayerError(
+                f"layer '{self.ref}': the model's scores depend on more than its output (a "
+                "skip connection from before it, as around a transformer block's norm1), so a "
+                "concept alone cannot be handed to the rest of the model for its votes; give "
+                "--layer the output of a whole block (in a ViT, a block before the last: "
+                "`gradcam layers MODEL` lists them)"
+            )
 
     def _channels(self) -> int | None:
         shape = self.explainer.probe.get(self.ref.name).map_shape
@@ -450,12 +479,22 @@ class _Run:
         return maps
 
     def _votes(self, head, vectors: torch.Tensor) -> list[tuple[Vote, ...]]:
-        """Each concept's top classes: the head on a map that holds its vector everywhere."""
+        """Each concept's top classes: the head on the layer's output holding the concept's
+        vector at every position (a token layer's prefix tokens too: a class token read by the
+        head is the concept, not an image's)."""
         import torch
 
+        from .engine import HeadOnlyFallbackWarning
+
         _, _, h, w = head.layout.to_map(head.outputs).shape
-        maps = vectors.T[:, :, None, None].expand(-1, -1, h, w).contiguous()
-        scores = head(maps, torch.zeros(self.k, dtype=torch.long, device=maps.device))
+        maps = vectors.T[:, :, None, None].expand(-1, -1, h, w).contiguous()  # [k, C, h, w]
+        prefix = vectors.T[:, None, :].expand(-1, head.layout.prefix, -1)  # [k, P, C]
+        rows = head.layout.from_map(maps, prefix)
+        index = torch.zeros(self.k, dtype=torch.long, device=maps.device)
+        with warnings.catch_warnings():  # a full pass instead of the head alone (a ViT refuses
+            # an empty batch) is exact here, as _check_head made sure: no warning
+            warnings.simplefilter("ignore", HeadOnlyFallbackWarning)
+            scores = head.run_rows(rows, index)
         probabilities = _probabilities(
             scores.float(),
             self.explainer.probe.outputs_probabilities,

@@ -397,7 +397,10 @@ class _HeadRunner:
         self.head_only: bool | None = None  # unknown until checked
 
     def __call__(self, maps: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
-        rows = self.layout.from_map(maps, self.outputs[image_index])
+        return self.run_rows(self.layout.from_map(maps, self.outputs[image_index]), image_index)
+
+    def run_rows(self, rows: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """The head on rows already in the layer's own layout (prefix tokens included)."""
         if self.head_only is None:
             self.head_only = self._head_only_reproduces_the_scores()
         if self.head_only:
@@ -422,11 +425,17 @@ class _HeadRunner:
             return None
         return out if tuple(out.shape) == (rows.shape[0], self.scores.shape[1]) else None
 
-    def _head_only_reproduces_the_scores(self) -> bool:
+    def reproduces_the_scores(self) -> bool:
+        """Whether the head alone, run on the layer's own output, gives the model's scores."""
         index = torch.arange(self.outputs.shape[0], device=self.outputs.device)
         out = self._try_head_only(self.outputs, index)
         scale = 1.0 + float(self.scores.abs().max())
-        if out is not None and torch.allclose(out.float(), self.scores.float(), 1e-4, 1e-4 * scale):
+        return out is not None and torch.allclose(
+            out.float(), self.scores.float(), 1e-4, 1e-4 * scale
+        )
+
+    def _head_only_reproduces_the_scores(self) -> bool:
+        if self.reproduces_the_scores():
             return True
         self._fall_back("running the head alone does not reproduce the model's scores")
         return False

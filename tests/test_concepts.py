@@ -20,7 +20,7 @@ from gradcam_cli.cli import app
 from gradcam_cli.concept_outputs import concept_colours, concept_figure, concept_overlay
 from gradcam_cli.concepts import find_concepts
 from gradcam_cli.demo.scenes import CLASSES
-from gradcam_cli.errors import UsageError
+from gradcam_cli.errors import LayerError, UsageError
 from gradcam_cli.nmf import nmf, relative_error, solve_h
 from gradcam_cli.sources import load_model
 
@@ -130,6 +130,26 @@ def test_a_run_larger_than_the_memory_bound_fits_a_sample_and_solves_each_images
     assert small.subsampled and small.fitted_positions == 6 * 20
     assert all(record.maps.shape == (4, 8, 8) for record in small.images)
     assert sorted(c.votes[0].label for c in small.concepts) == sorted(CLASSES)
+
+
+def test_a_vits_concepts_vote_as_its_class_token_and_a_layer_with_a_skip_around_is_refused():
+    """timm's test_vit (random init, 6 blocks): at `blocks.4` every token, the class token too,
+    holds the concept; the votes are the last block, the norm and the head on those tokens. The
+    automatic layer, the last block's norm1, has the residual stream around it: refused."""
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_vit", pretrained=False).eval()
+    found = find_concepts(net, ALL_SCENES[:2], k=2, layer="blocks.4", top_classes=3)
+    assert found.channels == 64 and found.images[0].maps.shape == (2, 10, 10)
+    vectors = torch.from_numpy(np.stack([c.vector for c in found.concepts]))
+    with torch.no_grad():
+        tokens = net.norm(net.blocks[5](vectors[:, None, :].expand(-1, 101, -1)))
+        probabilities = net.forward_head(tokens).softmax(dim=1)
+    for concept, row in zip(found.concepts, probabilities, strict=True):
+        assert [v.index for v in concept.votes] == row.topk(3).indices.tolist()
+    with pytest.raises(LayerError, match="blocks.5.norm1.*whole block"):
+        find_concepts(net, ALL_SCENES[:1], k=2)
 
 
 def test_the_callers_model_is_left_as_found(demo):
