@@ -425,17 +425,11 @@ class _HeadRunner:
             return None
         return out if tuple(out.shape) == (rows.shape[0], self.scores.shape[1]) else None
 
-    def reproduces_the_scores(self) -> bool:
-        """Whether the head alone, run on the layer's own output, gives the model's scores."""
+    def _head_only_reproduces_the_scores(self) -> bool:
         index = torch.arange(self.outputs.shape[0], device=self.outputs.device)
         out = self._try_head_only(self.outputs, index)
         scale = 1.0 + float(self.scores.abs().max())
-        return out is not None and torch.allclose(
-            out.float(), self.scores.float(), 1e-4, 1e-4 * scale
-        )
-
-    def _head_only_reproduces_the_scores(self) -> bool:
-        if self.reproduces_the_scores():
+        if out is not None and torch.allclose(out.float(), self.scores.float(), 1e-4, 1e-4 * scale):
             return True
         self._fall_back("running the head alone does not reproduce the model's scores")
         return False
