@@ -295,7 +295,9 @@ class _Run:
         self.k, self.top_classes = check_k(k), check_top_classes(top_classes)
         self.seed, self.max_fit_bytes = seed, max_fit_bytes
         self.batch_size = parse_batch_size(batch_size)
-        self.read: list[tuple[str, tuple[float, float, float, float], ImageInput]] = []
+        # (position in the inputs, input, crop box, image) of each image read, in the order
+        # its activations came (grouped by input size, as resize='keep' makes them)
+        self.read: list[tuple[int, str, tuple[float, float, float, float], ImageInput]] = []
         self.skipped: list[tuple[str, str]] = []  # (input, why) of the images not read
         self.loaded = as_loaded_model(model, preprocess=preprocess, labels=labels)
         self.explainer = _explainer(self.loaded, layer, device)
@@ -380,9 +382,10 @@ class _Run:
         norms = torch.linalg.norm(factors.w, dim=0).cpu().numpy()  # [k]
         strengths = np.stack([m.reshape(self.k, -1).mean(axis=1) for m in maps]) * norms
         order = np.argsort(-strengths.sum(axis=0), kind="stable")  # strongest concept first
+        found = sorted(zip(self.read, maps, strengths, strict=True), key=lambda f: f[0][0])
         records = tuple(
             ImageConcepts(source, m[order], s[order], box, image)
-            for (source, box, image), m, s in zip(self.read, maps, strengths, strict=True)
+            for (_, source, box, image), m, s in found  # in the inputs' order
         )
         vectors_np = vectors.float().cpu().numpy()
         concepts = tuple(
@@ -427,7 +430,7 @@ class _Run:
             progress(0, len(images))
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            arrays = []
+            entries = []  # (what `read` records, the model's input)
             for offset, image in enumerate(chunk):
                 source = _source_of(image) or f"image {start + offset}"
                 try:
@@ -436,12 +439,13 @@ class _Run:
                     if first:
                         self.skipped.append((source, _reason(exc, source)))
                     continue
+                record = (start + offset, source, preprocess.crop_box(*photo.size), image)
+                entries.append((record, preprocess.to_array(photo)))
+            for group in _by_shape(entries):  # `read` in the order the activations come
                 if first:
-                    self.read.append((source, preprocess.crop_box(*photo.size), image))
-                arrays.append(preprocess.to_array(photo))
-            for same_size in _by_shape(arrays):
-                x = torch.from_numpy(np.stack(same_size)).to(self.explainer.device)
-                yield self._forward(x)
+                    self.read += [record for record, _ in group]
+                x = torch.from_numpy(np.stack([array for _, array in group]))
+                yield self._forward(x.to(self.explainer.device))
             done += len(chunk)
             if progress is not None:
                 progress(done, len(images))
@@ -570,11 +574,12 @@ class _Sample:
         ]
 
 
-def _by_shape(arrays: list[np.ndarray]) -> list[list[np.ndarray]]:
-    """Arrays grouped by shape (resize='keep' gives each photo its own), in order."""
-    groups: dict[tuple, list[np.ndarray]] = {}
-    for array in arrays:
-        groups.setdefault(tuple(array.shape), []).append(array)
+def _by_shape(entries: list[tuple[Any, np.ndarray]]) -> list[list[tuple[Any, np.ndarray]]]:
+    """(record, array) pairs grouped by the array's shape (resize='keep' gives each photo its
+    own), in order of first appearance."""
+    groups: dict[tuple, list[tuple[Any, np.ndarray]]] = {}
+    for entry in entries:
+        groups.setdefault(tuple(entry[1].shape), []).append(entry)
     return list(groups.values())
 
 

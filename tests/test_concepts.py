@@ -152,6 +152,17 @@ def test_a_vits_concepts_vote_as_its_class_token_and_a_layer_with_a_skip_around_
         find_concepts(net, ALL_SCENES[:1], k=2)
 
 
+def test_photos_of_several_sizes_keep_their_own_maps_and_their_order(demo):
+    """resize='keep': a wide photo's input is 256×128, its maps 8×16; the batch runs it apart
+    from the square scenes, and the result lists the images as given."""
+    keep = load_model("demo:shapes", resize="keep")
+    wide = Image.open(ALL_SCENES[0]).convert("RGB").resize((256, 128))
+    images = [ALL_SCENES[1], wide, ALL_SCENES[2]]
+    found = find_concepts(keep, images, k=2, batch_size=3)
+    assert [record.maps.shape for record in found.images] == [(2, 8, 8), (2, 8, 16), (2, 8, 8)]
+    assert found.images[0].input == str(ALL_SCENES[1]) and found.images[1].input == "image 1"
+
+
 def test_the_callers_model_is_left_as_found(demo):
     net = load_model("demo:shapes").model.train()
     state = {key: value.clone() for key, value in net.state_dict().items()}
