@@ -27,7 +27,7 @@ Choices, each documented in docs/concepts.md:
   When the run's activations fit, they are all used and each image's maps are its part of H.
   Otherwise each image gives the same number of positions, drawn with the seed, and a second
   pass computes every image's maps with the concepts fixed (nmf.solve_h): memory then holds the
-  sample and one batch, whatever the number of images.
+  sample, one batch and each image's k maps.
 - Class votes: the model after the layer, run on a map whose every position holds the concept's
   vector (`engine._HeadRunner`: the head alone where it reproduces the model's scores), then
   softmax (sigmoid for a single logit; a model's own probabilities as they are). For a

@@ -24,7 +24,8 @@ from gradcam_cli.errors import LayerError, UsageError
 from gradcam_cli.nmf import nmf, relative_error, solve_h
 from gradcam_cli.sources import load_model
 
-SCENES = Path(__file__).resolve().parents[1] / "sample_images" / "scenes"
+ROOT = Path(__file__).resolve().parents[1]
+SCENES = ROOT / "sample_images" / "scenes"
 ALL_SCENES = sorted(SCENES.glob("*.png"))  # one scene per class, and two with two objects
 runner = CliRunner()
 
@@ -224,6 +225,10 @@ def test_the_command_writes_overlays_figures_and_the_report(tmp_path):
         assert sum(image["shares"]) == pytest.approx(1.0, abs=1e-5)
     assert report["factorization"]["positions"] == 6 * 64
     assert "concept 1: " in result.stderr
+    documented = (ROOT / "docs" / "concepts.md").read_text().split("## Outputs")[1]
+    keys = {*report, *report["factorization"], *report["concepts"][0], *report["images"][0]}
+    keys |= {*report["summary"], *report["concepts"][0]["votes"][0], *report["skipped"][0]}
+    assert not {key for key in keys if f"`{key}`" not in documented}, "docs/concepts.md"
 
 
 @pytest.mark.parametrize(
