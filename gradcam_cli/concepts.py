@@ -362,7 +362,8 @@ class _Run:
             head = None
             for batch in self._batches(images, batch_size, progress, first=True):
                 sample.add(batch.activations)
-                head = head or batch.head  # the votes run the head as the first batch's
+                if head is None:  # the votes run the head as the first batch's
+                    head = batch.head
             if head is None:
                 reasons = "; ".join(f"{s}: {why}" for s, why in self.skipped[:3])
                 raise UsageError(f"no image could be read ({reasons})")
