@@ -61,9 +61,9 @@ def test_nmf_is_scikit_learns_random_init_and_coordinate_descent():
 def test_nmf_of_an_exact_low_rank_matrix_reconstructs_it():
     rng = np.random.default_rng(0)
     x = torch.from_numpy((rng.random((30, 3)) @ rng.random((3, 200))).astype(np.float64))
-    found = nmf(x, 3, seed=0, max_iter=300, tol=1e-9)
+    found = nmf(x, 3, seed=0, max_iter=150, tol=1e-9)
     assert (found.w >= 0).all() and (found.h >= 0).all()
-    assert relative_error(x, found.w, found.h) < 2e-3  # measured 7e-4 after 300 sweeps
+    assert relative_error(x, found.w, found.h) < 3e-3  # measured 1.9e-3 after 150 sweeps
 
 
 # -- the concepts of the demo model ----------------------------------------------------------------
