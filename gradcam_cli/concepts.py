@@ -78,6 +78,7 @@ __all__ = [
     "run_concepts",
     "check_k",
     "check_top_classes",
+    "check_seed",
 ]
 
 SCHEMA_VERSION = 1  # of concepts.json
@@ -227,6 +228,13 @@ def check_top_classes(top_classes: int) -> int:
     return top_classes
 
 
+def check_seed(seed: int) -> int:
+    """NumPy's RandomState draws the start: a whole number 0 to 2³² − 1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UsageError(f"seed={seed!r}: give a whole number from 0 to {2**32 - 1}")
+    return seed
+
+
 # -- the factorization ---------------------------------------------------------------------------
 
 
@@ -293,7 +301,7 @@ class _Run:
 
         self.started = time.perf_counter()
         self.k, self.top_classes = check_k(k), check_top_classes(top_classes)
-        self.seed, self.max_fit_bytes = seed, max_fit_bytes
+        self.seed, self.max_fit_bytes = check_seed(seed), max_fit_bytes
         self.batch_size = parse_batch_size(batch_size)
         # (position in the inputs, input, crop box, image) of each image read, in the order
         # its activations came (grouped by input size, as resize='keep' makes them)
@@ -674,6 +682,7 @@ def run_concepts(
     )
     check_k(options.get("k", DEFAULT_K))
     check_top_classes(options.get("top_classes", DEFAULT_TOP_CLASSES))
+    check_seed(options.get("seed", 0))
     out = Path(out)
     check_writable_dir(out)
     check_unlocked(out)

@@ -233,7 +233,11 @@ def test_the_command_writes_overlays_figures_and_the_report(tmp_path):
 
 @pytest.mark.parametrize(
     ("option", "message"),
-    [(["--k", "0"], "--k 0"), (["--top-classes", "0"], "--top-classes 0")],
+    [
+        (["--k", "0"], "--k 0"),
+        (["--top-classes", "0"], "--top-classes 0"),
+        (["--seed", "-1"], "--seed -1"),
+    ],
 )
 def test_bad_options_exit_2_before_the_model_is_loaded(tmp_path, option, message):
     """The model named does not exist: the option's error comes first."""
