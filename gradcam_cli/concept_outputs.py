@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .concepts import ConceptResult, ImageConcepts
+from .concepts import CONCEPTS_NAME, ConceptResult, ImageConcepts
 from .render import colormap_lut, normalize_map, place_map
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "write_files",
 ]
 
-CONCEPTS_NAME = "concepts.json"
 IMAGE_WEIGHT = 0.3  # the photo's part of an overlay (pytorch-grad-cam's tutorial)
 SHEET_OPACITY = 0.75  # a concept's colour over the photo where its map is 1, on its figure
 OUTSIDE_DIM = 0.5  # the photo outside the crop the model saw, as on explain's overlays

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CONCEPTS_NAME",
     "DEFAULT_K",
     "DEFAULT_TOP_CLASSES",
     "FIT_BYTES",
@@ -82,6 +83,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1  # of concepts.json
+CONCEPTS_NAME = "concepts.json"
 DEFAULT_K = 5
 DEFAULT_TOP_CLASSES = 2  # pytorch-grad-cam's tutorial shows two
 FIT_BYTES = 256 * 2**20  # activations the factorization is fitted on, at most

@@ -21,6 +21,7 @@ from gradcam_cli.concept_outputs import concept_colours, concept_figure, concept
 from gradcam_cli.concepts import find_concepts
 from gradcam_cli.demo.scenes import CLASSES
 from gradcam_cli.errors import LayerError, UsageError
+from gradcam_cli.inputs import collect_inputs
 from gradcam_cli.nmf import nmf, relative_error, solve_h
 from gradcam_cli.sources import load_model
 
@@ -225,6 +226,10 @@ def test_the_command_writes_overlays_figures_and_the_report(tmp_path):
         assert sum(image["shares"]) == pytest.approx(1.0, abs=1e-5)
     assert report["factorization"]["positions"] == 6 * 64
     assert "concept 1: " in result.stderr
+    skipped: list[str] = []  # a later run over the folder leaves these pictures out
+    found = collect_inputs([str(tmp_path)], on_skip=skipped.append)
+    assert {Path(item.path).parent.name for item in found} == {"in"}
+    assert "gradcam concepts' report" in skipped[0]
     documented = (ROOT / "docs" / "concepts.md").read_text().split("## Outputs")[1]
     keys = {*report, *report["factorization"], *report["concepts"][0], *report["images"][0]}
     keys |= {*report["summary"], *report["concepts"][0]["votes"][0], *report["skipped"][0]}
