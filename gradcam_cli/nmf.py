@@ -42,7 +42,7 @@ class Factors:
 def random_init(x: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's init='random': (W [n, k], H [k, m]) = |N(0, 1)| · sqrt(mean(X) / k)."""
     n, m = x.shape
-    scale = float(np.sqrt(float(x.double().mean()) / k))
+    scale = float(np.sqrt(float(x.float().mean()) / k))
     rng = np.random.RandomState(seed)
     h = np.abs(scale * rng.standard_normal(size=(k, m)).astype(np.float32))
     w = np.abs(scale * rng.standard_normal(size=(n, k)).astype(np.float32))
@@ -87,7 +87,7 @@ def _sweep(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> float:
     the column is updated at once."""
     gram = b.T @ b  # [k, k]
     xb = x @ b  # [n, k]
-    violation = torch.zeros((), device=x.device, dtype=torch.float64)
+    violation = torch.zeros((), device=x.device, dtype=x.dtype)  # as scikit-learn sums it
     for t in range(a.shape[1]):
         grad = a @ gram[:, t] - xb[:, t]
         projected = torch.where(a[:, t] == 0, grad.clamp(max=0), grad)
@@ -100,7 +100,7 @@ def _sweep(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> float:
 
 def relative_error(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> float:
     """‖X − WH‖_F / ‖X‖_F (0 for an all-zero X)."""
-    norm = float(torch.linalg.norm(x.double()))
+    norm = float(torch.linalg.norm(x.cpu().double()))  # float64 on the CPU (MPS has none)
     if norm == 0:
         return 0.0
-    return float(torch.linalg.norm((x - w @ h).double())) / norm
+    return float(torch.linalg.norm((x - w @ h).cpu().double())) / norm
