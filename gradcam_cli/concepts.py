@@ -28,11 +28,12 @@ Choices, each documented in docs/concepts.md:
   Otherwise each image gives the same number of positions, drawn with the seed, and a second
   pass computes every image's maps with the concepts fixed (nmf.solve_h): memory then holds the
   sample, one batch and each image's k maps.
-- Class votes: the model after the layer, run on a map whose every position holds the concept's
-  vector (`engine._HeadRunner`: the head alone where it reproduces the model's scores), then
+- Class votes: the model after the layer, run on the layer's output holding the concept's
+  vector at every position, a token layer's class token too (`engine._HeadRunner`), then
   softmax (sigmoid for a single logit; a model's own probabilities as they are). For a
   global-average-pool + linear head this is the linear layer on the vector, pytorch-grad-cam's
-  `model.fc(concepts)`.
+  `model.fc(concepts)`. It needs the rest of the model to read nothing else from the image: a
+  layer with a skip connection around it (a ViT block's norm1) is refused before any image.
 - Strength of a concept in an image: the mean of its map times the norm of W's column (its part
   of the reconstructed activations, whatever the factors' scales); its share: strength / the
   image's total. Concepts are numbered from 1 by their total strength over the run, strongest
