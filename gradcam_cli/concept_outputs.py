@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .concepts import CONCEPTS_NAME, ConceptResult, ImageConcepts
+from .conceptresult import CONCEPTS_NAME, ConceptResult, ImageConcepts
 from .render import colormap_lut, normalize_map, place_map
 
 __all__ = [

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..comparison import COMPARISON_NAME
-from ..concepts import CONCEPTS_NAME
+from ..conceptresult import CONCEPTS_NAME
 from ..report import REPORT_HEAD_BYTES, is_report_head, is_report_name
 from .filekinds import is_image_name, open_regular
 
