@@ -36,6 +36,7 @@ _EXPORTS = {
     "MetricSettings": "faithfulness",
     "sanity_check": "sanity",
     "compare_runs": "compare",
+    "find_concepts": "concepts",
 }
 
 
@@ -43,6 +44,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from .compare import compare_runs as compare_runs
+    from .concepts import find_concepts as find_concepts
     from .engine import BatchExplanation as BatchExplanation
     from .engine import explain_batch as explain_batch
     from .errors import GradcamError as GradcamError

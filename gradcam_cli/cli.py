@@ -1394,6 +1394,147 @@ def compare(
     raise typer.Exit(EXIT_OK if comparison.passed else EXIT_SOME_FAILED)
 
 
+@app.command(
+    cls=ReadableCommand,
+    short_help="Deep Feature Factorization: the concepts a layer has learnt, and their classes.",
+    epilog=examples_epilog("concepts"),
+)
+def concepts(
+    inputs: InputsArg,
+    model: ModelOpt,
+    k: Annotated[
+        int,
+        typer.Option("--k", "-k", metavar="N", help="Concepts to factor the layer into."),
+    ] = 5,
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            metavar="LAYER",
+            help="Layer to factor, one (default: the last spatial layer the logits depend on).",
+        ),
+    ] = None,
+    top_classes: Annotated[
+        int,
+        typer.Option(
+            "--top-classes", metavar="N", help="Classes each concept votes for, shown and kept."
+        ),
+    ] = 2,
+    seed: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="Seed of the factorization's start (and of the positions sampled on large runs).",
+        ),
+    ] = 0,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="DIR",
+            help="Output folder for each image's overlay, each concept's figure and "
+            "concepts.json; one run at a time (a lock).",
+        ),
+    ] = Path("gradcam_concepts"),
+    save_raw: Annotated[
+        bool,
+        typer.Option(
+            "--save-raw", help="Also write each image's concept maps [k, h, w] as float32 .npy."
+        ),
+    ] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Also print concepts.json to stdout (stdout then carries nothing else)."
+        ),
+    ] = False,
+    pretrained: PretrainedOpt = True,
+    weights: WeightsOpt = None,
+    num_classes: NumClassesOpt = None,
+    labels: LabelsOpt = None,
+    input_size: InputSizeOpt = None,
+    resize: Annotated[
+        str | None,
+        typer.Option(
+            "--resize",
+            metavar="MODE",
+            help="How the photo is fitted to the model's input: crop, squash or pad, as for "
+            "explain. Default: the model's own convention.",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        str,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            metavar="N|auto",
+            help="Images per forward pass (auto: sized as for explain).",
+        ),
+    ] = "auto",
+    device: DeviceOpt = "auto",
+    verbose: VerboseOpt = False,
+) -> None:
+    """Deep Feature Factorization (Collins et al. 2018): factor the layer's activations over
+    all the images into k non-negative concepts, each with the classes the model's head gives
+    it. Writes each image's concept overlay, each concept's figure of the images where it is
+    strongest, and OUT/concepts.json.
+
+    Exit 0 when every input was read, 1 when some could not be (the others are factored), 2 on
+    a usage error.
+    """
+    with _exit_codes(verbose), stop_signals(), data_stdout() as stdout:
+        if progress.on_terminal():
+            _log(f"loading {model}…")
+        import time
+
+        from .concepts import run_concepts
+        from .timing import RunStatus
+
+        with contextlib.ExitStack() as bars:  # a bar once the images are counted (a terminal)
+            bar, started = None, time.monotonic()
+
+            def show(done: int, total: int) -> None:
+                nonlocal bar
+                bar = bar or bars.enter_context(progress.ProgressBar(total))
+                bar.update(RunStatus(done, total, 0, 0, time.monotonic() - started))
+
+            result, paths = run_concepts(
+                inputs,
+                model,
+                out=out,
+                save_raw=save_raw,
+                pretrained=pretrained,
+                weights=weights,
+                num_classes=num_classes,
+                labels_file=labels,
+                input_size=input_size,
+                resize=resize,
+                stdin=sys.stdin,
+                on_note=_note,
+                k=k,
+                layer=layer,
+                top_classes=top_classes,
+                seed=seed,
+                batch_size=batch_size,
+                device=device,
+                progress=show,
+            )
+        for source, why in result.skipped:
+            _log(f"{source}: {why}")
+        _log(
+            f"{len(result.images)} overlay(s), {len(result.concepts)} concept figure(s) and "
+            f"concepts.json in {out}"
+        )
+        if json_out:
+            stdout.write(paths["json"].read_text(encoding="utf-8"))
+        for concept in result.concepts:
+            votes = ", ".join(f"{v.label} {v.probability:.2f}" for v in concept.votes)
+            _log(f"concept {concept.number}: {votes}")
+    raise typer.Exit(EXIT_SOME_FAILED if result.skipped else EXIT_OK)
+
+
 def _compare(base: Path, new: Path, out: Path, gates, *, page: bool, allow_method_change=False):
     """Compare run NEW with run BASE, write OUT/comparison.json (and the page) under OUT's
     lock, and tell stderr; the comparison and the files written."""

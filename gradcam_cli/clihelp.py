@@ -122,6 +122,16 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
             "each stage alone, and a page",
         ),
     ],
+    "concepts": [
+        (
+            "gradcam concepts photos/ -m demo:shapes --k 4",
+            "4 concepts over the photos, the classes each votes for",
+        ),
+        (
+            "gradcam concepts photos/ -m demo:shapes --k 3 --top-classes 3 --save-raw -o runs/c",
+            "three votes each, and the raw maps",
+        ),
+    ],
     "compare": [
         ("gradcam explain photos/ -m demo:shapes --save-raw -o runs/v1", "the run to keep"),
         (

@@ -294,7 +294,7 @@ def _explain_view(
             targets=targets,
             scores=scores,
             images=images,
-            head=_HeadRunner(model, capture, images, scores, settings, scoring),
+            head=_HeadRunner(model, capture, images, scores, scoring, f"method='{method.name}'"),
             forward=_forward_scores(model, scoring),
             guided_gradients=guided_gradients,
             layer=str(capture.ref),
@@ -414,19 +414,22 @@ class _HeadRunner:
         capture: _Capture,
         images: torch.Tensor,
         scores: torch.Tensor,
-        settings: _Settings,
         scoring: Scoring,
+        who: str,
     ):
         assert capture.layout is not None
         self.model, self.ref, self.images = model, capture.ref, images
         self.module = capture.ref.module
         self.layout, self.outputs = capture.layout, capture.output().detach()
         self.scores, self.scoring = scores, scoring
-        self.method_name = settings.method.name
+        self.who = who  # who asked, as the fallback warning names it: "method='gradcam'"
         self.head_only: bool | None = None  # unknown until checked
 
     def __call__(self, maps: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
-        rows = self.layout.from_map(maps, self.outputs[image_index])
+        return self.run_rows(self.layout.from_map(maps, self.outputs[image_index]), image_index)
+
+    def run_rows(self, rows: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """The head on rows already in the layer's own layout (prefix tokens included)."""
         if self.head_only is None:
             self.head_only = self._head_only_reproduces_the_scores()
         if self.head_only:
@@ -463,7 +466,7 @@ class _HeadRunner:
     def _fall_back(self, reason: str) -> None:
         self.head_only = False
         warnings.warn(
-            f"method='{self.method_name}' at layer '{self.ref}': {reason} (something from before "
+            f"{self.who} at layer '{self.ref}': {reason} (something from before "
             "the layer reaches the output, e.g. a skip connection or a detector's FPN); using "
             "full forward passes instead: correct, but slower",
             HeadOnlyFallbackWarning,

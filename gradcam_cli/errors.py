@@ -145,6 +145,8 @@ PARAMETER_FLAGS = {
     "objective": "--objective",
     "min_score": "--min-score",
     "region": "--region",
+    "k": "--k",
+    "top_classes": "--top-classes",
 }
 _NEGATED_FLAGS = {"pretrained": "--no-pretrained"}  # name=False
 _BOOLEAN_FLAGS = {"eigen_smooth", "aug_smooth", "require_hit", "save_raw", "allow_method_change"}

@@ -129,6 +129,13 @@ def test_each_commands_python_example_runs_on_its_own(example_folder, name):
         assert namespace["comparison"].passed and Path("runs/v2/comparison.json").is_file()
 
 
+def test_concepts_python_example_runs_as_shown(example_folder):
+    namespace = run_python_examples(page("concepts.md"), "docs/concepts.md")
+    votes = [concept.votes[0].label for concept in namespace["found"].concepts]
+    assert votes == ["triangle", "square", "star", "circle"]  # as the page shows
+    assert Path("runs/concepts/concepts.json").is_file()
+
+
 def test_readme_python_example_runs_as_shown(example_folder):
     namespace = run_python_examples(README, "README.md")
     result = namespace["result"]
@@ -145,7 +152,7 @@ def test_tasks_python_example_runs_as_shown(example_folder):
 
 
 def test_every_python_example_in_the_docs_is_run_by_a_test():
-    tested = {"python-api.md", "sanity.md", "compare.md", "tasks.md"}
+    tested = {"python-api.md", "sanity.md", "compare.md", "tasks.md", "concepts.md"}
     with_python = {p.name for p in DOCS.glob("*.md") if fenced_blocks(p.read_text(), "python")}
     assert with_python == tested
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from gradcam_cli import clihelp
 from gradcam_cli.cli import app
 
-COMMANDS = ["explain", "layers", "models", "merge", "report", "sanity", "compare"]
+COMMANDS = ["explain", "layers", "models", "merge", "report", "sanity", "compare", "concepts"]
 runner = CliRunner()
 
 

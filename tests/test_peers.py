@@ -560,3 +560,54 @@ def test_refinecam_agrees_with_torchcam_given_the_papers_gradcam_pp():
     ours_map = ours(net, x, REFINE_LAYERS, target, "refinecam").maps["layer2+layer3+layer4"]
     assert_agree(ours_map[0, 0].numpy(), reference)
     np.testing.assert_allclose(ours_map[0, 0].numpy(), reference, atol=1e-5)
+
+
+def test_deep_feature_factorization_agrees_with_pytorch_grad_cam():
+    """pytorch-grad-cam's DFF factors a batch's activations with scikit-learn's NMF (random
+    init, seed 0, coordinate descent); ours is that algorithm in torch (tests/test_concepts.py
+    checks it against scikit-learn), over the images of the run. Same model, same images: the
+    same offset, the same concepts (W) and the same maps (H), to float32's order of sums. We
+    number the concepts by strength (here matched by their maps) and scale each concept's
+    vector to its peak before the head votes: with pytorch-grad-cam's unscaled W the votes of
+    its `model.fc` are ours."""
+    from pathlib import Path
+
+    from PIL import Image
+    from pytorch_grad_cam import DeepFeatureFactorization
+    from pytorch_grad_cam.feature_factorization.deep_feature_factorization import dff
+    from scipy.optimize import linear_sum_assignment
+
+    from gradcam_cli.concepts import find_concepts
+    from gradcam_cli.sources import load_model
+
+    demo, k = load_model("demo:shapes"), 4
+    scenes = sorted((Path(__file__).resolve().parents[1] / "sample_images/scenes").glob("*.png"))
+    photos = [Image.open(path).convert("RGB") for path in scenes]
+    found = find_concepts(demo, photos, k=k)
+    x = torch.from_numpy(np.stack([demo.preprocess.to_array(photo) for photo in photos]))
+    net = copy.deepcopy(demo.model).eval()
+    peer = DeepFeatureFactorization(net, net.features, computation_on_concepts=net.fc)
+    concepts, _, outputs = peer(x, k)
+    activations = peer.activations_and_grads.activations[0].cpu().numpy()
+    _, peer_maps = dff(activations.copy(), n_components=k)  # [B, k, h, w], before its scaling
+    offset = activations.transpose(1, 0, 2, 3).reshape(activations.shape[1], -1).min(axis=1)
+    np.testing.assert_allclose(found.offset, offset)
+
+    ours_maps = np.stack([record.maps for record in found.images])  # [B, k, h, w]
+    ours_flat = ours_maps.transpose(1, 0, 2, 3).reshape(k, -1)
+    peer_flat = peer_maps.transpose(1, 0, 2, 3).reshape(k, -1)
+    correlation = np.corrcoef(ours_flat, peer_flat)[:k, k:]
+    rows, match = linear_sum_assignment(-correlation)
+    assert correlation[rows, match].min() >= 0.9999
+    np.testing.assert_allclose(ours_flat, peer_flat[match], rtol=1e-3, atol=1e-4 * peer_flat.max())
+
+    peaks = ours_flat.max(axis=1)
+    unscaled = np.stack(
+        [(c.vector - found.offset) / peak for c, peak in zip(found.concepts, peaks, strict=True)]
+    )
+    peer_concepts = concepts.T[match]  # [k, C]: W + offset, in our order
+    np.testing.assert_allclose(unscaled + found.offset, peer_concepts, rtol=1e-3, atol=1e-4)
+    with torch.no_grad():
+        votes = net.fc(torch.from_numpy(unscaled + found.offset).float()).softmax(dim=1)
+    peer_votes = torch.from_numpy(outputs[match]).softmax(dim=1)
+    torch.testing.assert_close(votes, peer_votes, rtol=1e-3, atol=1e-4)

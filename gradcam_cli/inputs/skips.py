@@ -10,10 +10,15 @@ import os
 from pathlib import Path
 
 from ..comparison import COMPARISON_NAME
+from ..conceptresult import CONCEPTS_NAME
 from ..report import REPORT_HEAD_BYTES, is_report_head, is_report_name
 from .filekinds import is_image_name, open_regular
 
-_HELD = {"report": "another run's report", "comparison": "a gradcam comparison"}
+_HELD = {
+    "report": "another run's report",
+    "comparison": "a gradcam comparison",
+    "concepts": "gradcam concepts' report",
+}
 _SHOWN_FOLDERS = 3
 
 
@@ -22,7 +27,8 @@ class Skips:
 
     --out is recognised by device and inode (and by its resolved path for folders named
     inside it), so './out', 'out' and a symlink to it are the same folder; another run's
-    output by the report it holds, a `gradcam compare` output by its comparison.json.
+    output by the report it holds, a `gradcam compare` output by its comparison.json, a
+    `gradcam concepts` output by its concepts.json.
     """
 
     def __init__(self, out_dir: Path | None):
@@ -92,6 +98,8 @@ class Skips:
                 return "report"
             if entry.name == COMPARISON_NAME and _is_gradcam_json(entry.path, "pairs"):
                 return "comparison"
+            if entry.name == CONCEPTS_NAME and _is_gradcam_json(entry.path, "concepts"):
+                return "concepts"
         return None
 
     def _count(self, verdict: str, folder: str, files: int) -> None:
@@ -150,8 +158,8 @@ def _count_images(folder: str) -> int:
 
 
 def _is_gradcam_json(path: str, list_key: str) -> bool:
-    """Whether `path` is a gradcam report (`list_key` "results") or comparison ("pairs"): read
-    whole when small, by its head otherwise."""
+    """Whether `path` is a gradcam report (`list_key` "results"), comparison ("pairs") or
+    concepts report ("concepts"): read whole when small, by its head otherwise."""
     try:
         with open_regular(Path(path)) as handle:
             head = handle.read(REPORT_HEAD_BYTES + 1)

@@ -31,10 +31,12 @@ __all__ = [
 # one, only its start is matched (the images of a folder are not read to find reports).
 REPORT_HEAD_BYTES = 1 << 20
 _REPORT_START = re.compile(rb'\A\s*\{\s*"schema_version"\s*:\s*\d+\s*,')
-# The list a gradcam document holds: a run's report its "results", a comparison its "pairs".
+# The list a gradcam document holds: a run's report its "results", a comparison its "pairs",
+# a `gradcam concepts` report its "concepts".
 _DOCUMENT_LISTS = {
     "results": re.compile(rb'"results"\s*:\s*\['),
     "pairs": re.compile(rb'"pairs"\s*:\s*\['),
+    "concepts": re.compile(rb'"concepts"\s*:\s*\['),  # `gradcam concepts`' concepts.json
 }
 
 
