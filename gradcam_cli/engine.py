@@ -9,8 +9,10 @@ recorded graph: its output is kept as a graph node and its gradient comes from t
 `torch.autograd.grad` never computes a parameter gradient, so `.grad` is never touched.
 
 The method (methods/) then turns each layer's A and gradients into maps. Methods that re-run
-part of the model get two callables: `head` runs only the part after the layer on activations
-they supply (Ablation-CAM), `forward` the whole model (Score-CAM). Guided methods get their own
+part of the model get callables: `head` runs only the part after the layer on activations
+they supply (Ablation-CAM), `forward` the whole model (Score-CAM), `gradients_at` the whole
+model on other images with this split again, for the same targets (Smooth Grad-CAM++'s noisy
+copies: the backward still walks the head only). Guided methods get their own
 full backward to the pixels, with ReLU gradients clamped (guided.py). `aug_smooth` repeats all
 of this on flipped and rescaled copies of the images and averages the maps mapped back.
 
@@ -293,6 +295,7 @@ def _explain_view(
             layer=str(capture.ref),
             eigen_smooth=settings.eigen_smooth,
             frame=scoring.frame,
+            **_rerun(model, capture.ref, scoring, targets, method.reruns_with_gradients),
         )
         maps[str(capture.ref)] = scoring.frame(method.maps(view))
     return _ViewResult(scoring, scores, targets, maps, guided_gradients)
@@ -316,6 +319,26 @@ def _gradients(
                 torch.zeros_like(capture.activations()) if grad is None else capture.to_map(grad)
             )
     return per_layer
+
+
+def _rerun(
+    model: nn.Module, ref: LayerRef, scoring: Scoring, targets: torch.Tensor, wanted: bool
+) -> dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]]:
+    """LayerView's `gradients_at` for methods that re-run the model with gradients (Smooth
+    Grad-CAM++): the same split on other images — a leaf at this layer, so the backward walks
+    the head only — for the same targets, scored as the first forward's slots."""
+    if not wanted:
+        return {}
+
+    def gradients_at(images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        capture = _Capture(ref, images, scoring.frame_size)
+        with removing([ref.module.register_forward_hook(capture)]):
+            output = model(images)
+        capture.check_calls()
+        scores = scoring.scores(output, torch.arange(images.shape[0], device=images.device))
+        return capture.activations(), _gradients(scores, targets, [capture])[str(ref)]
+
+    return {"gradients_at": gradients_at}
 
 
 def _guided_gradients(

@@ -668,7 +668,7 @@ def test_score_cam_masks_the_image_with_the_activations_over_the_image_only():
     import torch.nn.functional as F
 
     from gradcam_cli.methods import LayerView
-    from gradcam_cli.methods.perturbation import _masked_scores
+    from gradcam_cli.methods.perturbation import masked_scores
 
     activations = torch.rand(1, 2, 4, 4)
     images = torch.rand(1, 3, 8, 8)
@@ -689,7 +689,7 @@ def test_score_cam_masks_the_image_with_the_activations_over_the_image_only():
         guided_gradients=[],
         frame=lambda maps: maps[..., :2, :],  # the image is the top half of the layer's grid
     )
-    _masked_scores(view)
+    masked_scores(view)
     upsampled = F.interpolate(activations[:, :, :2], size=(8, 8), mode="bilinear")[0]
     low = upsampled.amin(dim=(1, 2), keepdim=True)
     high = upsampled.amax(dim=(1, 2), keepdim=True)
