@@ -346,6 +346,14 @@ def explain(
         int | None,
         typer.Option("--seed", metavar="N", help=f"{method_option_help('seed')}."),
     ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option("--samples", metavar="N", help=f"{method_option_help('samples')}."),
+    ] = None,
+    noise_std: Annotated[
+        float | None,
+        typer.Option("--noise-std", metavar="S", help=f"{method_option_help('noise_std')}."),
+    ] = None,
     target: Annotated[
         list[str] | None,
         typer.Option(
@@ -736,6 +744,8 @@ def explain(
             kernel=kernel,
             kernel_gamma=kernel_gamma,
             seed=seed,
+            samples=samples,
+            noise_std=noise_std,
             device=device,
             amp=amp,
             targets=target or (),

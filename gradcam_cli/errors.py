@@ -139,6 +139,8 @@ PARAMETER_FLAGS = {
     "kernel": "--kernel",
     "kernel_gamma": "--kernel-gamma",
     "seed": "--seed",
+    "samples": "--samples",
+    "noise_std": "--noise-std",
     "min_score": "--min-score",
     "region": "--region",
 }

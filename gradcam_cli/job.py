@@ -77,6 +77,8 @@ class JobOptions:
     kernel: str | None = None
     kernel_gamma: float | None = None
     seed: int | None = None
+    samples: int | None = None
+    noise_std: float | None = None
     device: str = "auto"
     amp: str | None = None
     # What to explain: these classes (indices or labels), or each image's top-k.
@@ -224,6 +226,8 @@ class JobOptions:
             "kernel": self.kernel,
             "kernel_gamma": self.kernel_gamma,
             "seed": self.seed,
+            "samples": self.samples,
+            "noise_std": self.noise_std,
         }
         return {name: value for name, value in given.items() if value is not None}
 
