@@ -406,28 +406,22 @@ def test_sscam_and_smooth_gradcam_pp_are_seeded():
 # -- Smooth Grad-CAM++ ---------------------------------------------------------------------------
 
 
-def test_smooth_gradcam_pp_on_one_noiseless_copy_is_gradcam_pp(resnet):
-    """With one sample and noise 1e-9, the averaged powers are the image's own: the map is
-    Grad-CAM++'s (the same α, the same ReLU(g), the same A)."""
-    x = noise(1, 3, 64, 64)
-    method = get_method("smoothgradcam++", samples=1, noise_std=1e-9)
-    ours = run(resnet, x, "layer3", method, topk=2).maps["layer3"]
+def test_smooth_gradcam_pp_keeps_the_split_and_on_one_noiseless_copy_is_gradcam_pp(resnet):
+    """Each noisy copy is one forward in which nothing before the layer records a graph (the
+    stem's output never requires grad) and one backward through the head only. With one
+    sample and noise 1e-9 the averaged powers are the image's own: the map is Grad-CAM++'s
+    (the same α, the same ReLU(g), the same A)."""
+    x, seen = noise(1, 3, 64, 64), []
+    handle = resnet.layer1.register_forward_hook(lambda m, a, out: seen.append(out.requires_grad))
+    try:
+        method = get_method("smoothgradcam++", samples=1, noise_std=1e-9)
+        ours = run(resnet, x, "layer3", method, topk=2).maps["layer3"]
+    finally:
+        handle.remove()
+    assert seen == [False, False]  # the image, then its noisy copy
     plain = run(resnet, x, "layer3", "gradcam++", topk=2).maps["layer3"]
     assert plain.amax(dim=(2, 3)).gt(0).all()
     torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-5 * float(plain.max()))
-
-
-def test_smooth_gradcam_pp_keeps_the_split_for_every_noisy_copy(resnet):
-    """Each noisy copy is one forward in which nothing before the layer records a graph (the
-    stem's output never requires grad) and one backward through the head only."""
-    seen = []
-    handle = resnet.layer1.register_forward_hook(lambda m, a, out: seen.append(out.requires_grad))
-    try:
-        method = get_method("smoothgradcam++", samples=2)
-        run(resnet, noise(1, 3, 32, 32), "layer3", method, topk=2)
-    finally:
-        handle.remove()
-    assert seen == [False] * 3  # the image, then its 2 noisy copies
 
 
 # -- CAM -----------------------------------------------------------------------------------------
