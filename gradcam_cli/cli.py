@@ -370,6 +370,14 @@ def explain(
         str | None,
         typer.Option("--objective", metavar="NAME", help=f"{method_option_help('objective')}."),
     ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option("--samples", metavar="N", help=f"{method_option_help('samples')}."),
+    ] = None,
+    noise_std: Annotated[
+        float | None,
+        typer.Option("--noise-std", metavar="S", help=f"{method_option_help('noise_std')}."),
+    ] = None,
     target: Annotated[
         list[str] | None,
         typer.Option(
@@ -764,6 +772,8 @@ def explain(
             comparison_strength=comparison_strength,
             comparison_weights=comparison_weights,
             objective=objective,
+            samples=samples,
+            noise_std=noise_std,
             device=device,
             amp=amp,
             targets=target or (),

@@ -11,9 +11,11 @@ recorded graph: its output is kept as a graph node and its gradient comes from t
 The method (methods/) then turns each layer's A and gradients into maps. It may name what the
 gradient is taken of (`objective`: any function of the scores, still through the head only), ask
 for H·A as well (`second_order`: the head's backward graph differentiated once more), or make one
-map of the layers' maps (`combines_layers`). Methods that re-run part of the model get two
+map of the layers' maps (`combines_layers`). Methods that re-run part of the model get
 callables: `head` runs only the part after the layer on activations they supply (Ablation-CAM),
-`forward` the whole model (Score-CAM). Guided methods get their own full backward to the pixels,
+`forward` the whole model (Score-CAM), `gradients_at` the whole model on other images with this
+split again, for the same targets (Smooth Grad-CAM++'s noisy copies: the backward still walks
+the head only). Guided methods get their own full backward to the pixels,
 with ReLU gradients clamped (guided.py). `aug_smooth` repeats all of this on flipped and rescaled
 copies of the images and averages the maps mapped back.
 
@@ -301,6 +303,7 @@ def _explain_view(
             eigen_smooth=settings.eigen_smooth,
             frame=scoring.frame,
             hessian_products=hessian_products.get(str(capture.ref), []),
+            **_rerun(model, capture.ref, scoring, targets, method),
         )
         maps[str(capture.ref)] = scoring.frame(method.maps(view))
     return _ViewResult(scoring, scores, targets, method.combine_layers(maps), guided_gradients)
@@ -345,6 +348,27 @@ def _hessian_product(grad: torch.Tensor | None, output: torch.Tensor) -> torch.T
         grad, output, grad_outputs=output.detach(), retain_graph=True, allow_unused=True
     )
     return None if product is None else product.detach()
+
+
+def _rerun(
+    model: nn.Module, ref: LayerRef, scoring: Scoring, targets: torch.Tensor, method: CamMethod
+) -> dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]]:
+    """LayerView's `gradients_at` for methods that re-run the model with gradients (Smooth
+    Grad-CAM++): the same split on other images — a leaf at this layer, so the backward walks
+    the head only — for the same targets, scored as the first forward's slots."""
+    if not method.reruns_with_gradients:
+        return {}
+
+    def gradients_at(images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        capture = _Capture(ref, images, scoring.frame_size)
+        with removing([ref.module.register_forward_hook(capture)]):
+            output = model(images)
+        capture.check_calls()
+        scores = scoring.scores(output, torch.arange(images.shape[0], device=images.device))
+        gradients, _ = _gradients(scores, targets, [capture], method)
+        return capture.activations(), gradients[str(ref)]
+
+    return {"gradients_at": gradients_at}
 
 
 def _guided_gradients(

@@ -143,6 +143,8 @@ PARAMETER_FLAGS = {
     "comparison_strength": "--comparison-strength",
     "comparison_weights": "--comparison-weights",
     "objective": "--objective",
+    "samples": "--samples",
+    "noise_std": "--noise-std",
     "min_score": "--min-score",
     "region": "--region",
     "k": "--k",

@@ -103,7 +103,7 @@ class Explainer:
     `task`: classification, segmentation or detection (tasks/); None: what the model is
     known to be (torchvision's segmentation models and detectors), else classification.
     `method_settings`: the method's own options (`methods.MethodOption`: fem's k_sigma,
-    kpcacam's kernel and kernel_gamma), checked now.
+    kpcacam's kernel and kernel_gamma, sscam's samples, noise_std and seed, …), checked now.
     """
 
     def __init__(

@@ -81,6 +81,8 @@ class JobOptions:
     comparison_strength: float | None = None
     comparison_weights: str | None = None
     objective: str | None = None
+    samples: int | None = None
+    noise_std: float | None = None
     device: str = "auto"
     amp: str | None = None
     # What to explain: these classes (indices or labels), or each image's top-k.
@@ -232,6 +234,8 @@ class JobOptions:
             "comparison_strength": self.comparison_strength,
             "comparison_weights": self.comparison_weights,
             "objective": self.objective,
+            "samples": self.samples,
+            "noise_std": self.noise_std,
         }
         return {name: value for name, value in given.items() if value is not None}
 

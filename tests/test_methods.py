@@ -77,13 +77,18 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
         "finercam",
         "shapleycam",
         "refinecam",
+        "sscam",
+        "iscam",
+        "smoothgradcam++",
     }
     assert set(METHODS) == wanted
     assert next(iter(METHODS)) == "gradcam"
     for name, cls in METHODS.items():
-        assert cls.name == name and cls.summary and cls.formula
+        assert cls.name == name and cls.paper and cls.summary and cls.formula  # README table
     assert METHODS["ablationcam"].uses_head and not METHODS["ablationcam"].needs_gradients
     assert METHODS["scorecam"].needs_full_forwards
+    assert METHODS["sscam"].needs_full_forwards and METHODS["iscam"].needs_full_forwards
+    assert {n for n, c in METHODS.items() if c.reruns_with_gradients} == {"smoothgradcam++"}
     assert METHODS["cam"].requires_gap_linear_head
     assert {n for n, c in METHODS.items() if c.guided} == {"guided-backprop", "guided-gradcam"}
     assert {n for n, c in METHODS.items() if c.second_order} == {"shapleycam"}
@@ -342,6 +347,88 @@ def test_scorecam_equals_the_paper_formula():
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
 
 
+def _score_cam_weights(model, x, a, target, masks_of):
+    """softmax_k mean_n y(x ⊙ masks_of(n, k, H_k)), H_k = minmax(up(A_k)), by hand."""
+    scores = []
+    for k in range(a.shape[0]):
+        up = torch.nn.functional.interpolate(a[None, k : k + 1], size=x.shape[2:], mode="bilinear")
+        mask = (up - up.min()) / (up.max() - up.min() + 1e-8)
+        per_n = [model(x * masks_of(n, k, mask))[0, target].detach() for n in range(3)]
+        scores.append(torch.stack(per_n).mean())
+    return torch.stack(scores).softmax(0)
+
+
+def _small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 5, 3, stride=2, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 3),
+    ).eval()
+
+
+def test_sscam_and_iscam_equal_their_formulas():
+    """SS-CAM (Wang et al. 2020): Score-CAM's masks plus N(0, σ²) noise, the scores averaged
+    over N samples; the noise of sample n for channel k is `mask_noise`'s row k (chunks of 32
+    channels: here one). IS-CAM (Naidu et al. 2020): masks scaled by c_n = n(n + 1) / 2N."""
+    from gradcam_cli.methods.score_family import mask_noise
+
+    model, x = _small_cnn(), noise(1, 3, 16, 16)
+    a = model[:2](x).detach()[0]  # [6, 8, 8]
+    for method, masks_of in {
+        "sscam": lambda n, k, mask: mask + mask_noise((6, 16, 16), 4, n, 0, 0.5)[k],
+        "iscam": lambda n, k, mask: (n + 1) * (n + 2) / 6 * mask,
+    }.items():
+        settings = {"samples": 3, "seed": 4, "noise_std": 0.5} if method == "sscam" else {}
+        settings["samples"] = 3
+        ours = run(model, x, "1", get_method(method, **settings), classes=[2]).maps["1"][0, 0]
+        w = _score_cam_weights(model, x, a, 2, masks_of)
+        expected = (w[:, None, None] * a).sum(0).clamp(min=0)
+        assert expected.max() > 0
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+        scorecam = run(model, x, "1", "scorecam", classes=[2]).maps["1"][0, 0]
+        assert not torch.allclose(ours, scorecam)
+
+
+def test_sscam_and_smooth_gradcam_pp_are_seeded():
+    model, x = _small_cnn(), noise(1, 3, 16, 16)
+
+    def smoothed(method, seed, **settings):
+        # Smooth Grad-CAM++ before the ReLU: after it, this head is linear, g the same for all x
+        layer = "1" if method == "sscam" else "0"
+        method = get_method(method, samples=2, seed=seed, **settings)
+        return run(model, x, layer, method, topk=2).maps[layer]
+
+    for method in ("sscam", "smoothgradcam++"):
+        assert torch.equal(smoothed(method, 3), smoothed(method, 3))
+        assert not torch.allclose(smoothed(method, 3), smoothed(method, 4))
+        assert not torch.allclose(smoothed(method, 3), smoothed(method, 3, noise_std=0.01))
+
+
+# -- Smooth Grad-CAM++ ---------------------------------------------------------------------------
+
+
+def test_smooth_gradcam_pp_keeps_the_split_and_on_one_noiseless_copy_is_gradcam_pp(resnet):
+    """Each noisy copy is one forward in which nothing before the layer records a graph (the
+    stem's output never requires grad) and one backward through the head only. With one
+    sample and noise 1e-9 the averaged powers are the image's own: the map is Grad-CAM++'s
+    (the same α, the same ReLU(g), the same A)."""
+    x, seen = noise(1, 3, 64, 64), []
+    handle = resnet.layer1.register_forward_hook(lambda m, a, out: seen.append(out.requires_grad))
+    try:
+        method = get_method("smoothgradcam++", samples=1, noise_std=1e-9)
+        ours = run(resnet, x, "layer3", method, topk=2).maps["layer3"]
+    finally:
+        handle.remove()
+    assert seen == [False, False]  # the image, then its noisy copy
+    plain = run(resnet, x, "layer3", "gradcam++", topk=2).maps["layer3"]
+    assert plain.amax(dim=(2, 3)).gt(0).all()
+    torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-5 * float(plain.max()))
+
+
 # -- CAM -----------------------------------------------------------------------------------------
 
 
@@ -572,8 +659,19 @@ EARLIER_LAYER = {
 }
 
 
-@pytest.mark.parametrize("layout", LAYOUT_MODELS)
-@pytest.mark.parametrize("method", list(METHODS))
+# Their least settings: SS-CAM's and Smooth Grad-CAM++'s noise is then still drawn per sample.
+CHEAP = {"sscam": {"samples": 2}, "iscam": {"samples": 2}, "smoothgradcam++": {"samples": 2}}
+# SS-CAM and IS-CAM are Score-CAM's masked forwards repeated (2·512 per image at resnet18's
+# layer4: a minute on this project's CPU); Score-CAM runs them there, they on the small layouts.
+EVERY_METHOD = [
+    (method, layout)
+    for method in METHODS
+    for layout in LAYOUT_MODELS
+    if not (method in ("sscam", "iscam") and layout == "resnet18")
+]
+
+
+@pytest.mark.parametrize(("method", "layout"), EVERY_METHOD)
 def test_every_method_is_batch_invariant_and_leaves_the_model_as_found(method, layout):
     build, layer, grid = LAYOUT_MODELS[layout]
     model = build()
@@ -592,6 +690,10 @@ def test_every_method_is_batch_invariant_and_leaves_the_model_as_found(method, l
     batched = explain_batch(model, x, layers, method=method, topk=2)
     assert_same_state(before, model_state(model))
     single = explain_batch(model, x[1:], layers, method=method, topk=2)
+    settings = CHEAP.get(method, {})
+    batched = run(model, x, layer, get_method(method, **settings), topk=2)
+    assert_same_state(before, model_state(model))
+    single = run(model, x[1:], layer, get_method(method, **settings), topk=2)
     assert torch.equal(single.targets[0], batched.targets[1])
     torch.testing.assert_close(single.maps[layer][0], batched.maps[layer][1], rtol=1e-3, atol=1e-5)
     h, w = (48, 48) if method == "guided-backprop" else grid
@@ -683,7 +785,7 @@ def test_score_cam_masks_the_image_with_the_activations_over_the_image_only():
     import torch.nn.functional as F
 
     from gradcam_cli.methods import LayerView
-    from gradcam_cli.methods.perturbation import _masked_scores
+    from gradcam_cli.methods.perturbation import masked_scores
 
     activations = torch.rand(1, 2, 4, 4)
     images = torch.rand(1, 3, 8, 8)
@@ -704,7 +806,7 @@ def test_score_cam_masks_the_image_with_the_activations_over_the_image_only():
         guided_gradients=[],
         frame=lambda maps: maps[..., :2, :],  # the image is the top half of the layer's grid
     )
-    _masked_scores(view)
+    masked_scores(view)
     upsampled = F.interpolate(activations[:, :, :2], size=(8, 8), mode="bilinear")[0]
     low = upsampled.amin(dim=(1, 2), keepdim=True)
     high = upsampled.amax(dim=(1, 2), keepdim=True)
@@ -766,6 +868,36 @@ def test_a_method_s_options_are_flags_and_recorded_only_when_given(tmp_path):
     )
     assert wrong.exit_code == 2
     assert "--k-sigma is an option of --method fem, not of --method gradcam" in wrong.output
+
+
+def test_options_shared_by_several_methods_are_checked_for_each_and_name_every_owner(tmp_path):
+    from gradcam_cli.methods import method_option_help
+
+    with pytest.raises(UsageError, match="samples= is an option of method=sscam/iscam/smooth"):
+        check_method_options("gradcam", samples=3)
+    with pytest.raises(UsageError, match="samples= must be a whole number, 1 or more, got 0"):
+        check_method_options("iscam", samples=0)
+    with pytest.raises(UsageError, match="noise_std= is an option of method=sscam/smoothgrad"):
+        check_method_options("iscam", noise_std=0.5)
+    assert check_method_options("sscam", seed="2").settings == {
+        "samples": 35, "noise_std": 2.0, "seed": 2,
+    }  # fmt: skip
+    assert check_method_options("smoothgradcam++").settings["samples"] == 4  # its own default
+    seed_help = method_option_help("seed")
+    assert all(f"{m}: the seed of its" in seed_help for m in ("randomcam", "sscam"))
+    assert "smoothgradcam++: the seed of its noise; default 0" in seed_help
+    wrong = invoke(
+        "explain",
+        str(SCENES / "two_circle_star.png"),
+        "-m",
+        "demo:shapes",
+        "--samples",
+        "3",
+        "--out",
+        str(tmp_path / "a"),
+    )
+    assert wrong.exit_code == 2
+    assert "--samples is an option of --method sscam/iscam/smoothgradcam++, not of" in wrong.output
 
 
 def test_random_cam_is_seeded_and_draws_what_the_faithfulness_random_map_draws():

@@ -69,3 +69,16 @@ def seeded_uniform(
 
     generator = torch.Generator().manual_seed(seed)
     return low + (high - low) * torch.rand(shape, generator=generator)
+
+
+def seeded_normal(shape: tuple[int, ...], *key: int, std: float = 1.0) -> Tensor:
+    """Gaussian noise N(0, std²) from a CPU generator seeded by `key` (a seed, a sample, …;
+    mixed into one seed): the same values on every machine and device, and for every image
+    of a batch. SS-CAM's mask noise and Smooth Grad-CAM++'s image noise."""
+    import torch
+
+    seed = 0
+    for part in key:  # distinct keys → distinct seeds (for parts below 1,000,003)
+        seed = (seed * 1_000_003 + part) % (1 << 63)
+    generator = torch.Generator().manual_seed(seed)
+    return std * torch.randn(shape, generator=generator)

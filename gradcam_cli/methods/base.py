@@ -51,7 +51,8 @@ class MethodOption:
     default: float | str | None
     help: str
     choices: tuple[str, ...] = ()
-    integer: bool = False  # a whole number, 0 and up (a seed); else a positive number
+    integer: bool = False  # a whole number, `least` and up (a seed, a count); else positive
+    least: int = 0
 
     def checked(self, method: str, value: object) -> float | str:
         if self.choices:
@@ -66,8 +67,10 @@ class MethodOption:
         except (TypeError, ValueError):
             number = float("nan")
         if self.integer:
-            if not (math.isfinite(number) and number >= 0 and number == int(number)):
-                raise UsageError(f"{self.name}= must be a whole number, 0 or more, got {value}")
+            if not (math.isfinite(number) and number >= self.least and number == int(number)):
+                raise UsageError(
+                    f"{self.name}= must be a whole number, {self.least} or more, got {value}"
+                )
             return int(number)
         if not (math.isfinite(number) and number > 0):
             raise UsageError(f"{self.name}= must be a positive number, got {value}")
@@ -80,11 +83,14 @@ def method_option_names() -> list[str]:
 
 
 def method_option_help(name: str) -> str:
-    """The help of a method's own option, with its choices and default (`--help`)."""
-    option = next(o for cls in METHODS.values() for o in cls.options if o.name == name)
-    choices = f": {', '.join(option.choices)}" if option.choices else ""
-    default = "" if option.default is None else f"; default {option.default}"
-    return f"{option.help}{choices}{default}"
+    """The help of a method's own option, with its choices and default (`--help`); an option
+    that several methods take (`seed`) has each one's help, in the registry's order."""
+    parts = []
+    for option in (o for cls in METHODS.values() for o in cls.options if o.name == name):
+        choices = f": {', '.join(option.choices)}" if option.choices else ""
+        default = "" if option.default is None else f"; default {option.default}"
+        parts.append(f"{option.help}{choices}{default}")
+    return ". ".join(parts)
 
 
 def check_method_options(name: str, *, eigen_smooth: bool = False, **settings: object) -> CamMethod:
@@ -131,6 +137,16 @@ class LayerView:
     # Per target rank, H·A [B, C, h, w] with H = ∂²s/∂A² of the method's objective s, through
     # the head only (create_graph on the head's graph); second_order methods only.
     hessian_products: list[Tensor] = field(default_factory=list)
+    # Methods that `reruns_with_gradients`: images [B, 3, H, W] of the batch's shape → this
+    # layer's activations [B, C, h, w] on them and, per target rank, the gradients of the same
+    # targets' scores [B, C, h, w]: a new forward, and a backward through the head only.
+    gradients_at: Callable[[Tensor], tuple[Tensor, list[Tensor]]] = (
+        lambda images: _not_rerun()  # the engine gives it to those methods only
+    )
+
+
+def _not_rerun() -> tuple[Tensor, list[Tensor]]:
+    raise NotImplementedError("gradients_at is given to methods that reruns_with_gradients")
 
 
 class CamMethod:
@@ -145,6 +161,9 @@ class CamMethod:
     needs_full_forwards: ClassVar[bool] = False  # runs the whole model on modified images
     guided: ClassVar[bool] = False  # backward to the pixels with ReLU gradients clamped
     guided_layer_free: ClassVar[bool] = False  # the guided image is the same at every layer
+    # runs the whole model on other images of the batch's shape, with head-only gradients
+    # (`LayerView.gradients_at`: Smooth Grad-CAM++'s noisy copies)
+    reruns_with_gradients: ClassVar[bool] = False
     requires_gap_linear_head: ClassVar[bool] = False  # CAM's architecture after the layer
     projects: ClassVar[bool] = False  # always combines channels by their principal component
     supports_eigen_smooth: ClassVar[bool] = True
@@ -217,13 +236,18 @@ def check_layer_count(method: CamMethod, count: int) -> None:
 
 
 def cost_note(cls: type[CamMethod]) -> str:
-    """What a method costs beyond the one forward pass every method shares."""
+    """What a method costs beyond the one forward pass every method shares. N: its `samples`
+    option (SS-CAM's noisy masks, IS-CAM's steps, Smooth Grad-CAM++'s noisy images)."""
+    n = "N·" if any(option.name == "samples" for option in cls.options) else ""
     if cls.combines_layers:
         return "head-only backward from the earliest of its layers"
     if cls.second_order:
         return "head-only backward, and a head-only Hessian-vector product"
     if cls.needs_full_forwards:
-        return "C full forward passes per image, batched"
+        return f"{n}C full forward passes per image, batched"
+    if cls.reruns_with_gradients:
+        runs = "N full forward passes" if n else "one more full forward pass"
+        return f"{runs} per image, batched, each with a head-only backward per target"
     if cls.guided and cls.needs_gradients:
         return "head-only backward, and one full backward to the pixels"
     if cls.guided:

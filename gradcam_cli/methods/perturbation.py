@@ -3,6 +3,7 @@ channel zeroed) and Score-CAM (the whole model, the image masked by each channel
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .base import CamMethod, LayerView, register_method
@@ -77,31 +78,40 @@ class ScoreCAM(CamMethod):
     needs_full_forwards = True
 
     def maps(self, view: LayerView) -> Tensor:
-
-        masked = _masked_scores(view)  # [B, C, num_classes]
-        targets = view.targets
-        selected = masked.gather(2, targets[:, None, :].expand(-1, masked.shape[1], -1))
-        weights = selected.softmax(dim=1)  # over channels; a baseline score would cancel
-        return self.combine_weighted(view, weights)
+        return self.combine_weighted(view, softmax_weights(view, masked_scores(view)))
 
 
-def _masked_scores(view: LayerView) -> Tensor:
-    """[B, C, num_classes]: the scores of each image masked by each of its upsampled channels."""
+def softmax_weights(view: LayerView, masked: Tensor) -> Tensor:
+    """Score-CAM's weights [B, C, K]: the softmax over channels of the targets' scores in
+    `masked` [B, C, num_classes] (a baseline score, the same for every channel, would cancel)."""
+    targets = view.targets
+    selected = masked.gather(2, targets[:, None, :].expand(-1, masked.shape[1], -1))
+    return selected.softmax(dim=1)
+
+
+# (masks [n, H, W] of channels start … start + n − 1, in [0, 1], start) → the masks to use.
+MaskTransform = Callable[["Tensor", int], "Tensor"]
+
+
+def masked_scores(view: LayerView, transform: MaskTransform | None = None) -> Tensor:
+    """[B, C, num_classes]: the scores of each image masked by each of its upsampled channels,
+    min-max scaled, then changed by `transform` where given (SS-CAM's noise, IS-CAM's scale)."""
     import torch
     import torch.nn.functional as F
 
     images, activations = view.images, view.activations.float()
     size = tuple(images.shape[2:])
-    per_image = []
-    for b in range(images.shape[0]):
-        parts = []
-        for start in range(0, activations.shape[1], FORWARD_CHUNK):
+    per_image: list[list[Tensor]] = [[] for _ in range(images.shape[0])]
+    # chunks outer, images inner: a transform's draw for a chunk serves every image in a row
+    for start in range(0, activations.shape[1], FORWARD_CHUNK):
+        for b, parts in enumerate(per_image):
             chunk = view.frame(activations[b : b + 1, start : start + FORWARD_CHUNK])
             masks = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)[0]
             low = masks.amin(dim=(1, 2), keepdim=True)
             high = masks.amax(dim=(1, 2), keepdim=True)
             masks = (masks - low) / (high - low + 1e-8)  # a constant channel masks everything
+            if transform is not None:
+                masks = transform(masks, start)
             rows = torch.full((masks.shape[0],), b, dtype=torch.long, device=images.device)
             parts.append(view.forward(images[b] * masks[:, None].to(images.dtype), rows).float())
-        per_image.append(torch.cat(parts))
-    return torch.stack(per_image)
+    return torch.stack([torch.cat(parts) for parts in per_image])
