@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .allocator import tune_allocator
-from .errors import LayerError, first_line
+from .errors import LayerError, UsageError, first_line
 from .guided import guided_relus
 from .layers import LayerRef, resolve_layer
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
@@ -275,6 +275,10 @@ def _explain_view(
         )
     gradients = _gradients(scores, targets, captures) if method.needs_gradients else {}
     guided_gradients = _guided_gradients(model, images, targets, scoring) if method.guided else []
+    backward_maps = None
+    if method.full_backward:  # layer-free: once for every layer
+        scores_of = _recorded_scores(model, scoring)
+        backward_maps = method.backward_maps(model, images, targets, scores_of)
     scores = scores.detach()
     maps = {}
     for capture in captures:
@@ -293,6 +297,12 @@ def _explain_view(
             layer=str(capture.ref),
             eigen_smooth=settings.eigen_smooth,
             frame=scoring.frame,
+            backward_maps=backward_maps,
+            explain_images=(
+                _images_explainer(model, capture.ref, settings)
+                if method.explains_other_images
+                else None
+            ),
         )
         maps[str(capture.ref)] = scoring.frame(method.maps(view))
     return _ViewResult(scoring, scores, targets, maps, guided_gradients)
@@ -335,6 +345,38 @@ def _guided_gradients(
         )[0]
         for rank in range(ranks)
     ]
+
+
+def _recorded_scores(model: nn.Module, scoring: Scoring) -> Callable[[torch.Tensor], torch.Tensor]:
+    """pixels [B, 3, H, W] → scores [B, T], recorded (full_backward methods)."""
+
+    def scores_of(pixels: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(pixels.shape[0], device=pixels.device)
+        return scoring.scores(model(pixels), rows)
+
+    return scores_of
+
+
+def _images_explainer(
+    model: nn.Module, ref: LayerRef, settings: _Settings
+) -> Callable[[CamMethod, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """explains_other_images methods: another method's maps at this layer, and probabilities,
+    for other images and the targets given for them (one `_explain_view` per call)."""
+
+    def explain(
+        method: CamMethod, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if settings.task.name != "classification":
+            raise UsageError(
+                f"method='{settings.method.name}' explains other images made from the input "
+                f"(patches), where only a classifier's classes still mean the same; "
+                f"task='{settings.task.name}' needs another method"
+            )
+        sub = replace(settings, method=method, layers=(ref,))
+        result = _explain_view(model, images, sub, targets)
+        return result.maps[str(ref)], result.scoring.probabilities()
+
+    return explain
 
 
 def _forward_scores(

@@ -17,6 +17,7 @@ from .projection import first_principal_component
 
 if TYPE_CHECKING:
     from torch import Tensor
+    from torch.nn import Module
 
 METHODS: dict[str, type[CamMethod]] = {}
 
@@ -52,6 +53,7 @@ class MethodOption:
     help: str
     choices: tuple[str, ...] = ()
     integer: bool = False  # a whole number, 0 and up (a seed); else a positive number
+    maximum: float | None = None  # a positive number's upper bound, inclusive (a fraction: 1)
 
     def checked(self, method: str, value: object) -> float | str:
         if self.choices:
@@ -71,6 +73,8 @@ class MethodOption:
             return int(number)
         if not (math.isfinite(number) and number > 0):
             raise UsageError(f"{self.name}= must be a positive number, got {value}")
+        if self.maximum is not None and number > self.maximum:
+            raise UsageError(f"{self.name}= must be at most {self.maximum:g}, got {value}")
         return number
 
 
@@ -128,6 +132,14 @@ class LayerView:
     # Maps [B, K, h, w] → the part of them over the images (a detector pads the input it
     # resizes: Score-CAM's masks must cover the image, not the padding). Identity otherwise.
     frame: Callable[[Tensor], Tensor] = lambda maps: maps
+    # full_backward methods: their maps [B, K, H, W] from `CamMethod.backward_maps`, computed
+    # once per batch (they do not depend on the layer). None otherwise.
+    backward_maps: Tensor | None = None
+    # explains_other_images methods: (a method, images [N, 3, h, w], their targets [N, K]) →
+    # (that method's maps at this layer [N, K, h', w'], the images' probabilities [N, T]): one
+    # forward and that method's own work (Grad-CAM: a head-only backward) per image, batched
+    # as given. Classification only. None otherwise.
+    explain_images: Callable[[CamMethod, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
 
 
 class CamMethod:
@@ -144,6 +156,12 @@ class CamMethod:
     requires_gap_linear_head: ClassVar[bool] = False  # CAM's architecture after the layer
     projects: ClassVar[bool] = False  # always combines channels by their principal component
     supports_eigen_smooth: ClassVar[bool] = True
+    # Its own backward through the whole model to the pixels, once per batch (layer-free):
+    # `backward_maps` gives the engine its maps (FullGrad).
+    full_backward: ClassVar[bool] = False
+    # Runs another method on other images made from the input (SESS's patches): the engine
+    # hands it `LayerView.explain_images`.
+    explains_other_images: ClassVar[bool] = False
     options: ClassVar[tuple[MethodOption, ...]] = ()  # its own settings, with their defaults
 
     def __init__(self, **settings: object):
@@ -186,9 +204,28 @@ class CamMethod:
         """Guided methods: the input-resolution image per target, [B, K, 3, H, W]."""
         raise NotImplementedError
 
+    def backward_maps(
+        self,
+        model: Module,
+        images: Tensor,
+        targets: Tensor,
+        scores_of: Callable[[Tensor], Tensor],
+    ) -> Tensor:
+        """full_backward methods: maps [B, K, H, W] for `targets` [B, K] from their own backward
+        to the pixels; `scores_of(pixels)` runs the model, recording, → scores [B, T]. Any hook
+        it registers on `model` it removes, also on errors."""
+        raise NotImplementedError
+
 
 def cost_note(cls: type[CamMethod]) -> str:
     """What a method costs beyond the one forward pass every method shares."""
+    if cls.explains_other_images:
+        return (
+            "P patches per image (scales × windows): one forward and the base method's "
+            "head-only backward each, batched"
+        )
+    if cls.full_backward:
+        return "one full backward to the pixels, keeping every bias layer's output gradient"
     if cls.needs_full_forwards:
         return "C full forward passes per image, batched"
     if cls.guided and cls.needs_gradients:
