@@ -346,6 +346,32 @@ def explain(
         int | None,
         typer.Option("--seed", metavar="N", help=f"{method_option_help('seed')}."),
     ] = None,
+    scales: Annotated[
+        int | None,
+        typer.Option("--scales", metavar="N", help=f"{method_option_help('scales')}."),
+    ] = None,
+    scale_step: Annotated[
+        float | None,
+        typer.Option("--scale-step", metavar="F", help=f"{method_option_help('scale_step')}."),
+    ] = None,
+    window_stride: Annotated[
+        float | None,
+        typer.Option(
+            "--window-stride", metavar="F", help=f"{method_option_help('window_stride')}."
+        ),
+    ] = None,
+    keep_patches: Annotated[
+        float | None,
+        typer.Option("--keep-patches", metavar="F", help=f"{method_option_help('keep_patches')}."),
+    ] = None,
+    fusion: Annotated[
+        str | None,
+        typer.Option("--fusion", metavar="HOW", help=f"{method_option_help('fusion')}."),
+    ] = None,
+    base_method: Annotated[
+        str | None,
+        typer.Option("--base-method", metavar="NAME", help=f"{method_option_help('base_method')}."),
+    ] = None,
     target: Annotated[
         list[str] | None,
         typer.Option(
@@ -736,6 +762,12 @@ def explain(
             kernel=kernel,
             kernel_gamma=kernel_gamma,
             seed=seed,
+            scales=scales,
+            scale_step=scale_step,
+            window_stride=window_stride,
+            keep_patches=keep_patches,
+            fusion=fusion,
+            base_method=base_method,
             device=device,
             amp=amp,
             targets=target or (),

@@ -139,6 +139,12 @@ PARAMETER_FLAGS = {
     "kernel": "--kernel",
     "kernel_gamma": "--kernel-gamma",
     "seed": "--seed",
+    "scales": "--scales",
+    "scale_step": "--scale-step",
+    "window_stride": "--window-stride",
+    "keep_patches": "--keep-patches",
+    "fusion": "--fusion",
+    "base_method": "--base-method",
     "min_score": "--min-score",
     "region": "--region",
 }

@@ -77,6 +77,12 @@ class JobOptions:
     kernel: str | None = None
     kernel_gamma: float | None = None
     seed: int | None = None
+    scales: int | None = None
+    scale_step: float | None = None
+    window_stride: float | None = None
+    keep_patches: float | None = None
+    fusion: str | None = None
+    base_method: str | None = None
     device: str = "auto"
     amp: str | None = None
     # What to explain: these classes (indices or labels), or each image's top-k.
@@ -224,6 +230,12 @@ class JobOptions:
             "kernel": self.kernel,
             "kernel_gamma": self.kernel_gamma,
             "seed": self.seed,
+            "scales": self.scales,
+            "scale_step": self.scale_step,
+            "window_stride": self.window_stride,
+            "keep_patches": self.keep_patches,
+            "fusion": self.fusion,
+            "base_method": self.base_method,
         }
         return {name: value for name, value in given.items() if value is not None}
 

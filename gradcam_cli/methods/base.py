@@ -87,7 +87,9 @@ def method_option_help(name: str) -> str:
     """The help of a method's own option, with its choices and default (`--help`)."""
     option = next(o for cls in METHODS.values() for o in cls.options if o.name == name)
     choices = f": {', '.join(option.choices)}" if option.choices else ""
-    default = "" if option.default is None else f"; default {option.default}"
+    value = option.default
+    shown = f"{value:.4g}" if isinstance(value, float) else value  # 2/7: 0.2857
+    default = "" if value is None else f"; default {shown}"
     return f"{option.help}{choices}{default}"
 
 

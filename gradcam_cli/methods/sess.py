@@ -1,4 +1,4 @@
-"""SESS: a base method's maps of sliding windows over rescaled copies of the image, fused."""
+"""sess: a base method's maps of sliding windows over rescaled copies of the image, fused."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class SESS(CamMethod):
 
     name = "sess"
     summary = (
-        "SESS: a base method (Grad-CAM) over sliding windows of the image at several scales, "
+        "sess: a base method (Grad-CAM) over sliding windows of the image at several scales, "
         "fused (patches × forward + head-only backward)"
     )
     formula = (
@@ -57,26 +57,26 @@ class SESS(CamMethod):
     needs_gradients = False
     explains_other_images = True
     options = (
-        MethodOption("scales", 12, "SESS: how many scales the image is resized to", integer=True),
+        MethodOption("scales", 12, "sess: how many scales the image is resized to", integer=True),
         MethodOption(
             "scale_step",
             2 / 7,
-            "SESS: each scale's shorter side is this many windows larger than the last",
+            "sess: each scale's shorter side is this many windows larger than the last",
         ),
         MethodOption(
             "window_stride",
             1.0,
-            "SESS: the sliding window's stride, in windows (1: side by side)",
+            "sess: the sliding window's stride, in windows (1: side by side)",
             maximum=1.0,
         ),
         MethodOption(
             "keep_patches",
             1.0,
-            "SESS: the share of the patches, highest probability of the target first, fused",
+            "sess: the share of the patches, highest probability of the target first, fused",
             maximum=1.0,
         ),
-        MethodOption("fusion", "mean", "SESS: how the patches' maps are fused", ("mean", "max")),
-        MethodOption("base_method", "gradcam", "SESS: the method run on each patch", BASE_METHODS),
+        MethodOption("fusion", "mean", "sess: how the patches' maps are fused", ("mean", "max")),
+        MethodOption("base_method", "gradcam", "sess: the method run on each patch", BASE_METHODS),
     )
 
     def __init__(self, **settings: object):
