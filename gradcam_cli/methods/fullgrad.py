@@ -28,8 +28,8 @@ class FullGrad(CamMethod):
     name = "fullgrad"
     summary = "FullGrad: input-gradient ⊙ input plus every conv/BN bias's gradient (full backward)"
     formula = (
-        "Σ_RGB s(|∂y/∂x ⊙ x|) + Σ_layers up(Σ_c s(|b_c ∂y/∂z_c|)), s: min-max per channel; "
-        "at input resolution"
+        "Σ_RGB s(abs(∂y/∂x ⊙ x)) + Σ_layers up(Σ_c s(abs(b_c ∂y/∂z_c))), s = min-max per "
+        "channel; at input resolution"
     )
     needs_gradients = False
     full_backward = True

@@ -42,7 +42,7 @@ class SESS(CamMethod):
     then blurred (Gaussian, 11×11, σ = 5). At input resolution, like pytorch-grad-cam's SESS.
 
     Each patch costs one forward and the base method's head-only backward, batched: with the
-    defaults (12 scales) about 150 patches for a square image.
+    defaults (12 scales, side-by-side windows) 122 patches for a 224² image.
     """
 
     name = "sess"
@@ -51,8 +51,8 @@ class SESS(CamMethod):
         "fused (patches × forward + head-only backward)"
     )
     formula = (
-        "blur(fuse_patches p: up(w_p · minmax(up(base map of p)))), "
-        "w_p = P(y | p) / max_p P(y | p); at input resolution"
+        "blur(mean or max over patches p of up(w_p · minmax(up(base map of p)))), "
+        "w_p = prob_y(p) / max_p prob_y(p); at input resolution"
     )
     needs_gradients = False
     explains_other_images = True
