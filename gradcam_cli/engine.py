@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .allocator import tune_allocator
-from .errors import LayerError, UsageError, first_line
+from .errors import LayerError, first_line
 from .guided import guided_relus
 from .layers import LayerRef, resolve_layer
 from .layouts import Layout, NotSpatialError, declared_prefix_tokens, infer_layout
@@ -199,6 +199,7 @@ def explain_batch(
         get_task(task),
         request,
     )
+    method.check_task(settings.task.name)
     with frozen_eval(model), torch.enable_grad():
         first = _explain_view(model, images, settings)
         maps, guided_gradients = first.maps, first.guided_gradients
@@ -361,17 +362,12 @@ def _images_explainer(
     model: nn.Module, ref: LayerRef, settings: _Settings
 ) -> Callable[[CamMethod, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """explains_other_images methods: another method's maps at this layer, and probabilities,
-    for other images and the targets given for them (one `_explain_view` per call)."""
+    for other images and the targets given for them (one `_explain_view` per call). Their
+    check_task keeps them to tasks whose targets mean the same on those images."""
 
     def explain(
         method: CamMethod, images: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if settings.task.name != "classification":
-            raise UsageError(
-                f"method='{settings.method.name}' explains other images made from the input "
-                f"(patches), where only a classifier's classes still mean the same; "
-                f"task='{settings.task.name}' needs another method"
-            )
         sub = replace(settings, method=method, layers=(ref,))
         result = _explain_view(model, images, sub, targets)
         return result.maps[str(ref)], result.scoring.probabilities()

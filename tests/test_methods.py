@@ -858,12 +858,12 @@ def test_sess_with_one_scale_is_the_base_map_upsampled_scaled_and_blurred(resnet
 
     from gradcam_cli.methods.sess import gaussian_blur
 
-    x = noise(2, 3, 64, 64)
+    x = noise(2, 3, 48, 48)
     for base in ("gradcam", "layercam"):
         sess = get_method("sess", scales=1, base_method=base)
         ours = run(resnet, x, "layer3", sess, topk=2)
         plain = run(resnet, x, "layer3", base, topk=2).maps["layer3"]
-        up = F.interpolate(plain, size=(64, 64), mode="bilinear", align_corners=False)
+        up = F.interpolate(plain, size=(48, 48), mode="bilinear", align_corners=False)
         low = up.amin(dim=(2, 3), keepdim=True)
         high = up.amax(dim=(2, 3), keepdim=True)
         expected = gaussian_blur((up - low) / (high - low + 1e-7))
@@ -917,9 +917,15 @@ def test_sess_is_refused_for_a_segmentation_model_and_leaves_it_as_found():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1))
     before = model_state(model)
-    with pytest.raises(UsageError, match="only a classifier's classes.*task='segmentation'"):
+    with pytest.raises(UsageError, match="only a classifier's classes .* task='segmentation'"):
         run(model, noise(1, 3, 16, 16), "0", get_method("sess", scales=1), task="segmentation")
     assert_same_state(before, model_state(model))
+    from gradcam_cli import Explainer
+    from gradcam_cli.preprocess import Preprocess
+
+    preprocess = Preprocess(input_size=(16, 16), resize_shorter=16, resize_mode="keep")
+    with pytest.raises(UsageError, match="method='sess' explains patches"):  # before any image
+        Explainer(model, "0", method="sess", task="segmentation", preprocess=preprocess)
 
 
 def test_fullgrad_and_sess_from_the_cli(photo):

@@ -172,6 +172,10 @@ class CamMethod:
         self.settings.update(settings)
         self.given = dict(settings)  # what a report records: the settings given
 
+    def check_task(self, task: str) -> None:
+        """Refuse, before any work, a task (tasks/: classification, segmentation, detection)
+        whose targets the method cannot explain; every task by default."""
+
     def maps(self, view: LayerView) -> Tensor:
         import torch
 

@@ -84,6 +84,14 @@ class SESS(CamMethod):
         if self._number("scales") < 1:
             raise UsageError(f"scales= must be 1 or more, got {self.settings['scales']}")
 
+    def check_task(self, task: str) -> None:
+        if task != "classification":
+            raise UsageError(
+                f"method='sess' explains patches of the image, where only a classifier's "
+                f"classes still mean the same (a detection or a region does not carry over); "
+                f"task='{task}' needs another method"
+            )
+
     def _number(self, key: str) -> float:
         return float(self.settings[key])  # type: ignore[arg-type]  # a checked number
 
