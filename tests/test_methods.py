@@ -105,6 +105,11 @@ def test_unknown_method_and_eigen_smooth_on_guided_backprop_are_usage_errors():
     with pytest.raises(UsageError, match="eigen_smooth=True combines"):
         check_method_options("guided-backprop", eigen_smooth=True)
     assert check_method_options("guided-gradcam", eigen_smooth=True).name == "guided-gradcam"
+    with pytest.raises(
+        UsageError,
+        match="method='fullgrad' has no layer channels to combine; drop eigen_smooth=True$",
+    ):
+        check_method_options("fullgrad", eigen_smooth=True)
 
 
 def test_methods_module_does_not_import_torch():

@@ -106,9 +106,11 @@ def check_method_options(name: str, *, eigen_smooth: bool = False, **settings: o
         settings[key] = own[key].checked(name, value)
     method = cls(**settings)
     if eigen_smooth and not method.supports_eigen_smooth:
+        # Guided Grad-CAM is guided backpropagation with layer channels; FullGrad has no such twin.
+        other = ", or use method='guided-gradcam'" if cls.guided else ""
         raise UsageError(
             f"eigen_smooth=True combines a layer's channels, and method='{name}' has no layer "
-            "channels to combine; drop eigen_smooth=True, or use method='guided-gradcam'"
+            f"channels to combine; drop eigen_smooth=True{other}"
         )
     return method
 
