@@ -186,16 +186,17 @@ def _explain_patches(
     resized = F.interpolate(
         images, size=scale.size, mode="bilinear", align_corners=False, antialias=shrinking
     )
-    patches = torch.stack(
-        [resized[:, :, y : y + window, x : x + window] for y, x in scale.corners], 1
-    ).flatten(0, 1)  # [B · n, 3, window, window], image by image
-    rows = targets.repeat_interleave(len(scale.corners), 0)  # [B · n, K]
+    # (image, corner) pairs, image by image; a chunk's patches are cut when it runs, so that
+    # memory holds one chunk of patches, not the scale's.
+    pairs = [(b, y, x) for b in range(batch) for y, x in scale.corners]
     maps, probabilities = [], []
-    for start in range(0, patches.shape[0], PATCH_CHUNK):
-        chunk = slice(start, start + PATCH_CHUNK)
-        patch_maps, patch_probabilities = view.explain_images(base, patches[chunk], rows[chunk])
+    for start in range(0, len(pairs), PATCH_CHUNK):
+        chunk = pairs[start : start + PATCH_CHUNK]
+        patches = torch.stack([resized[b, :, y : y + window, x : x + window] for b, y, x in chunk])
+        rows = targets[torch.tensor([b for b, _, _ in chunk], device=targets.device)]
+        patch_maps, patch_probabilities = view.explain_images(base, patches, rows)
         maps.append(patch_maps.float())
-        probabilities.append(patch_probabilities.float().gather(1, rows[chunk]))
+        probabilities.append(patch_probabilities.float().gather(1, rows))
     n = len(scale.corners)
     return (
         torch.cat(maps).unflatten(0, (batch, n)),
