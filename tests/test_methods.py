@@ -945,3 +945,28 @@ def test_fullgrad_and_sess_from_the_cli(photo):
     )
     assert wrong.exit_code == 2
     assert "--scales is an option of --method sess, not of --method gradcam" in wrong.output
+
+
+class _SquareOnly(nn.Module):
+    """Refuses a square input: the image (16×24) passes, SESS's square patches do not."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.norm, self.head = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        if x.shape[2] == x.shape[3]:
+            raise RuntimeError("square inputs are not for me")
+        return self.head(self.norm(self.conv(x)).mean((2, 3)))
+
+
+def test_sess_leaves_the_model_as_found_when_a_patch_fails():
+    model = _SquareOnly()
+    model.train()
+    model.conv.weight.requires_grad_(False)
+    model.head.weight.grad = torch.ones_like(model.head.weight)
+    before = model_state(model)
+    with pytest.raises(RuntimeError, match="square inputs are not for me"):
+        run(model, noise(2, 3, 16, 24), "norm", get_method("sess", scales=1))
+    assert_same_state(before, model_state(model))  # the patches' hooks removed too
