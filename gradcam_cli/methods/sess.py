@@ -1,4 +1,4 @@
-"""sess: a base method's maps of sliding windows over rescaled copies of the image, fused."""
+"""SESS: a base method's maps of sliding windows over rescaled copies of the image, fused."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ class SESS(CamMethod):
     highest kept one (the `keep_patches` highest-scoring patches are kept), laid back where the
     patch came from, fused (the mean over the patches whose map is positive there, or the max),
     then blurred (Gaussian, 11×11, σ = 5). At input resolution, like pytorch-grad-cam's SESS.
+    The probability is the report's: the softmax of the logits, or the model's own output where
+    it ends in a softmax (pytorch-grad-cam would apply a second one).
 
     Each patch costs one forward and the base method's head-only backward, batched: with the
     defaults (12 scales, side-by-side windows) 122 patches for a 224² image.
@@ -47,7 +49,7 @@ class SESS(CamMethod):
 
     name = "sess"
     summary = (
-        "sess: a base method (Grad-CAM) over sliding windows of the image at several scales, "
+        "SESS: a base method (Grad-CAM) over sliding windows of the image at several scales, "
         "fused (patches × forward + head-only backward)"
     )
     formula = (
