@@ -378,6 +378,32 @@ def explain(
         float | None,
         typer.Option("--noise-std", metavar="S", help=f"{method_option_help('noise_std')}."),
     ] = None,
+    scales: Annotated[
+        int | None,
+        typer.Option("--scales", metavar="N", help=f"{method_option_help('scales')}."),
+    ] = None,
+    scale_step: Annotated[
+        float | None,
+        typer.Option("--scale-step", metavar="F", help=f"{method_option_help('scale_step')}."),
+    ] = None,
+    window_stride: Annotated[
+        float | None,
+        typer.Option(
+            "--window-stride", metavar="F", help=f"{method_option_help('window_stride')}."
+        ),
+    ] = None,
+    keep_patches: Annotated[
+        float | None,
+        typer.Option("--keep-patches", metavar="F", help=f"{method_option_help('keep_patches')}."),
+    ] = None,
+    fusion: Annotated[
+        str | None,
+        typer.Option("--fusion", metavar="HOW", help=f"{method_option_help('fusion')}."),
+    ] = None,
+    base_method: Annotated[
+        str | None,
+        typer.Option("--base-method", metavar="NAME", help=f"{method_option_help('base_method')}."),
+    ] = None,
     target: Annotated[
         list[str] | None,
         typer.Option(
@@ -774,6 +800,12 @@ def explain(
             objective=objective,
             samples=samples,
             noise_std=noise_std,
+            scales=scales,
+            scale_step=scale_step,
+            window_stride=window_stride,
+            keep_patches=keep_patches,
+            fusion=fusion,
+            base_method=base_method,
             device=device,
             amp=amp,
             targets=target or (),

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -206,6 +206,7 @@ def explain_batch(
         get_task(task),
         request,
     )
+    method.check_task(settings.task.name)
     with frozen_eval(model), torch.enable_grad():
         first = _explain_view(model, images, settings)
         maps, guided_gradients = first.maps, first.guided_gradients
@@ -284,6 +285,10 @@ def _explain_view(
         _gradients(scores, targets, captures, method) if method.needs_gradients else ({}, {})
     )
     guided_gradients = _guided_gradients(model, images, targets, scoring) if method.guided else []
+    backward_maps = None
+    if method.full_backward:  # layer-free: once for every layer
+        scores_of = _recorded_scores(model, scoring)
+        backward_maps = method.backward_maps(model, images, targets, scores_of)
     scores = scores.detach()
     maps = {}
     for capture in captures:
@@ -304,6 +309,12 @@ def _explain_view(
             frame=scoring.frame,
             hessian_products=hessian_products.get(str(capture.ref), []),
             **_rerun(model, capture.ref, scoring, targets, method),
+            backward_maps=backward_maps,
+            explain_images=(
+                _images_explainer(model, capture.ref, settings)
+                if method.explains_other_images
+                else None
+            ),
         )
         maps[str(capture.ref)] = scoring.frame(method.maps(view))
     return _ViewResult(scoring, scores, targets, method.combine_layers(maps), guided_gradients)
@@ -388,6 +399,33 @@ def _guided_gradients(
         )[0]
         for rank in range(ranks)
     ]
+
+
+def _recorded_scores(model: nn.Module, scoring: Scoring) -> Callable[[torch.Tensor], torch.Tensor]:
+    """pixels [B, 3, H, W] → scores [B, T], recorded (full_backward methods)."""
+
+    def scores_of(pixels: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(pixels.shape[0], device=pixels.device)
+        return scoring.scores(model(pixels), rows)
+
+    return scores_of
+
+
+def _images_explainer(
+    model: nn.Module, ref: LayerRef, settings: _Settings
+) -> Callable[[CamMethod, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """explains_other_images methods: another method's maps at this layer, and probabilities,
+    for other images and the targets given for them (one `_explain_view` per call). Their
+    check_task keeps them to tasks whose targets mean the same on those images."""
+
+    def explain(
+        method: CamMethod, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sub = replace(settings, method=method, layers=(ref,))
+        result = _explain_view(model, images, sub, targets)
+        return result.maps[str(ref)], result.scoring.probabilities()
+
+    return explain
 
 
 def _forward_scores(

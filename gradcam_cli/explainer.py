@@ -133,6 +133,7 @@ class Explainer:
         self.method = check_method_options(
             method, eigen_smooth=eigen_smooth, **(method_settings or {})
         )
+        self.method.check_task(self.task.name)
         self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
         self.device = _device_for(loaded.model, device)
         self.amp = amp

@@ -83,6 +83,12 @@ class JobOptions:
     objective: str | None = None
     samples: int | None = None
     noise_std: float | None = None
+    scales: int | None = None
+    scale_step: float | None = None
+    window_stride: float | None = None
+    keep_patches: float | None = None
+    fusion: str | None = None
+    base_method: str | None = None
     device: str = "auto"
     amp: str | None = None
     # What to explain: these classes (indices or labels), or each image's top-k.
@@ -236,6 +242,12 @@ class JobOptions:
             "objective": self.objective,
             "samples": self.samples,
             "noise_std": self.noise_std,
+            "scales": self.scales,
+            "scale_step": self.scale_step,
+            "window_stride": self.window_stride,
+            "keep_patches": self.keep_patches,
+            "fusion": self.fusion,
+            "base_method": self.base_method,
         }
         return {name: value for name, value in given.items() if value is not None}
 

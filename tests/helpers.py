@@ -240,6 +240,24 @@ def random_model(spec: str) -> nn.Module:
     return torchvision.models.get_model(name, weights=None).eval()
 
 
+def with_random_statistics(model: nn.Module, seed: int = 3) -> nn.Module:
+    """The model, in eval mode, its BatchNorm2d layers given random affine parameters and
+    running statistics: a random-init network's are 1, 0, 0, 1, which make every BN's
+    effective bias β − γμ/σ zero (FullGrad would see no bias at all)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                shape = module.weight.shape
+                module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(shape, generator=generator) * 0.2)
+                module.running_mean.copy_(torch.randn(shape, generator=generator) * 0.2)
+                module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
+    return model.eval()
+
+
 def textbook_hooks(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int]):
     """A, ∂y/∂A and the logits the textbook way: a forward hook and a tensor hook, then
     loss.backward() through a copy of the whole model with every parameter trainable."""

@@ -19,6 +19,7 @@ from helpers import (
     model_state,
     random_model,
     textbook_hooks,
+    with_random_statistics,
 )
 from PIL import Image
 from torch import nn
@@ -80,6 +81,8 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
         "sscam",
         "iscam",
         "smoothgradcam++",
+        "fullgrad",
+        "sess",
     }
     assert set(METHODS) == wanted
     assert next(iter(METHODS)) == "gradcam"
@@ -93,6 +96,8 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
     assert {n for n, c in METHODS.items() if c.guided} == {"guided-backprop", "guided-gradcam"}
     assert {n for n, c in METHODS.items() if c.second_order} == {"shapleycam"}
     assert {n for n, c in METHODS.items() if c.combines_layers} == {"refinecam"}
+    assert {n for n, c in METHODS.items() if c.full_backward} == {"fullgrad"}
+    assert {n for n, c in METHODS.items() if c.explains_other_images} == {"sess"}
 
 
 def test_register_method_refuses_a_duplicate_name():
@@ -110,6 +115,11 @@ def test_unknown_method_and_eigen_smooth_on_guided_backprop_are_usage_errors():
     with pytest.raises(UsageError, match="eigen_smooth=True combines"):
         check_method_options("guided-backprop", eigen_smooth=True)
     assert check_method_options("guided-gradcam", eigen_smooth=True).name == "guided-gradcam"
+    with pytest.raises(
+        UsageError,
+        match="method='fullgrad' has no layer channels to combine; drop eigen_smooth=True$",
+    ):
+        check_method_options("fullgrad", eigen_smooth=True)
 
 
 def test_methods_module_does_not_import_torch():
@@ -660,7 +670,12 @@ EARLIER_LAYER = {
 
 
 # Their least settings: SS-CAM's and Smooth Grad-CAM++'s noise is then still drawn per sample.
-CHEAP = {"sscam": {"samples": 2}, "iscam": {"samples": 2}, "smoothgradcam++": {"samples": 2}}
+CHEAP = {
+    "sscam": {"samples": 2},
+    "iscam": {"samples": 2},
+    "smoothgradcam++": {"samples": 2},
+    "sess": {"scales": 2},  # its 12: ~130 patches
+}
 # SS-CAM and IS-CAM are Score-CAM's masked forwards repeated (2·512 per image at resnet18's
 # layer4: a minute on this project's CPU); Score-CAM runs them there, they on the small layouts.
 EVERY_METHOD = [
@@ -669,6 +684,9 @@ EVERY_METHOD = [
     for layout in LAYOUT_MODELS
     if not (method in ("sscam", "iscam") and layout == "resnet18")
 ]
+
+
+INPUT_RESOLUTION = {"guided-backprop", "fullgrad", "sess"}  # their maps: the input's size
 
 
 @pytest.mark.parametrize(("method", "layout"), EVERY_METHOD)
@@ -693,7 +711,7 @@ def test_every_method_is_batch_invariant_and_leaves_the_model_as_found(method, l
     single = explain_batch(model, x[1:], layers, method=chosen, topk=2)
     assert torch.equal(single.targets[0], batched.targets[1])
     torch.testing.assert_close(single.maps[layer][0], batched.maps[layer][1], rtol=1e-3, atol=1e-5)
-    h, w = (48, 48) if method == "guided-backprop" else grid
+    h, w = (48, 48) if method in INPUT_RESOLUTION else grid
     assert batched.maps[layer].shape == (2, 2, h, w)
     assert bool((batched.maps[layer] >= 0).all())
     # FEM on n ≤ 5 positions: no value lies 2σ above its mean (at most √(n − 1) σ), so 0
@@ -1090,3 +1108,189 @@ def test_refinecam_writes_one_map_named_after_its_layers(tmp_path):
     )
     assert one.exit_code == 2
     assert "--method refinecam multiplies the maps of several layers" in one.output
+
+
+# -- FullGrad and SESS -----------------------------------------------------------------------------
+
+
+def test_fullgrad_s_parts_add_up_to_the_score_on_a_piecewise_linear_network():
+    """The paper's completeness: y = ∂y/∂x · x + Σ_b ∂y/∂z · b (+ the Linear's bias, which has
+    no position), with BN's bias the one its running statistics make (β − γμ/σ). This checks
+    which layers are counted and their biases; test_peers checks the map made of the parts."""
+    from gradcam_cli.methods.fullgrad import _BiasOutputs, bias_layers
+
+    torch.manual_seed(0)
+    model = with_random_statistics(
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4, 5, 3, bias=False),
+            nn.BatchNorm2d(5),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(5, 3),
+        )  # fmt: skip
+    )
+    assert bias_layers(model) == [model[0], model[1], model[4]]  # not the bias-free conv
+    recorder = _BiasOutputs()
+    handles = [layer.register_forward_hook(recorder) for layer in bias_layers(model)]
+    x = noise(1, 3, 9, 9).requires_grad_(True)
+    y = model(x)[0, 2]
+    for handle in handles:
+        handle.remove()
+    grads = torch.autograd.grad(y, [x, *recorder.outputs])
+    parts = (grads[0] * x).sum() + sum(
+        (bias[None, :, None, None] * grad).sum()
+        for bias, grad in zip(recorder.biases, grads[1:], strict=True)
+    )
+    torch.testing.assert_close(parts + model[8].bias[2], y, rtol=1e-5, atol=1e-5)
+
+
+def test_fullgrad_is_layer_free_and_at_input_resolution(resnet):
+    net, x = with_random_statistics(copy.deepcopy(resnet)), noise(1, 3, 48, 48)
+    result = explain_batch(net, x, ["layer3", "layer4"], method="fullgrad", topk=2)
+    assert result.maps["layer3"].shape == (1, 2, 48, 48)
+    torch.testing.assert_close(result.maps["layer3"], result.maps["layer4"])
+    assert not torch.equal(result.maps["layer3"][:, 0], result.maps["layer3"][:, 1])
+
+
+class _FailsWhenRecorded(nn.Module):
+    """Raises in FullGrad's own forward (its input requires grad), after its hooks are on."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.norm, self.head = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        features = self.norm(self.conv(x))
+        if x.requires_grad:
+            raise RuntimeError("no full backward today")
+        return self.head(features.mean((2, 3)))
+
+
+def test_fullgrad_leaves_the_model_as_found_when_its_backward_fails():
+    model = _FailsWhenRecorded()
+    model.train()
+    model.conv.weight.requires_grad_(False)
+    model.head.weight.grad = torch.ones_like(model.head.weight)
+    before = model_state(model)
+    with pytest.raises(RuntimeError, match="no full backward today"):
+        run(model, noise(2, 3, 8, 8), "norm", "fullgrad")
+    assert_same_state(before, model_state(model))  # hooks removed, flags and modes restored
+
+
+def test_sess_with_one_scale_is_the_base_map_upsampled_scaled_and_blurred(resnet):
+    """One scale, the window the image's side: one patch, the image itself, weight 1."""
+    import torch.nn.functional as F
+
+    from gradcam_cli.methods.sess import gaussian_blur
+
+    x = noise(2, 3, 48, 48)
+    sess = get_method("sess", scales=1, base_method="layercam")
+    ours = run(resnet, x, "layer3", sess, topk=2)
+    plain = run(resnet, x, "layer3", "layercam", topk=2).maps["layer3"]
+    up = F.interpolate(plain, size=(48, 48), mode="bilinear", align_corners=False)
+    low = up.amin(dim=(2, 3), keepdim=True)
+    high = up.amax(dim=(2, 3), keepdim=True)
+    expected = gaussian_blur((up - low) / (high - low + 1e-7))
+    torch.testing.assert_close(ours.maps["layer3"], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_sess_patch_grid_follows_the_scales_and_the_stride():
+    from gradcam_cli.methods.sess import patch_grid
+
+    grid = patch_grid((100, 150), scales=3, scale_step=0.5, window_stride=1.0)
+    assert grid.window == 100
+    assert [s.size for s in grid.scales] == [(100, 150), (150, 225), (200, 300)]
+    assert grid.scales[0].corners == ((0, 0), (0, 50))  # the last window ends at the border
+    assert grid.scales[2].corners[:3] == ((0, 0), (0, 100), (0, 200))
+    assert grid.patches == 2 + 2 * 3 + 2 * 3
+    half = patch_grid((100, 100), scales=1, scale_step=0.5, window_stride=0.5)
+    assert half.scales[0].corners == ((0, 0),)  # a window as large as the image: one patch
+
+
+def test_sess_options_are_checked_and_refused_for_other_methods():
+    with pytest.raises(UsageError, match="scales= is an option of method=sess, not of"):
+        check_method_options("gradcam", scales=3)
+    with pytest.raises(UsageError, match="keep_patches= must be at most 1, got 1.5"):
+        check_method_options("sess", keep_patches=1.5)
+    with pytest.raises(UsageError, match="scales= must be 1 or more, got 0"):
+        check_method_options("sess", scales=0)
+    with pytest.raises(UsageError, match="base_method='scorecam' is not one of"):
+        check_method_options("sess", base_method="scorecam")  # C forwards per patch: refused
+    method = check_method_options("sess", fusion="max", window_stride="0.5")
+    assert (method.settings["fusion"], method.settings["window_stride"]) == ("max", 0.5)
+    assert method.settings["scales"] == 12 and method.given == {
+        "fusion": "max",
+        "window_stride": 0.5,
+    }
+
+
+def test_sess_keeps_only_the_highest_scoring_patches_when_asked(resnet):
+    from gradcam_cli.methods.sess import _patch_weights
+
+    probabilities = torch.tensor([[[0.2], [0.0], [0.4], [0.1]]])  # [B, P, K]
+    kept = _patch_weights(probabilities, 0.5)[0, :, 0]
+    torch.testing.assert_close(kept, torch.tensor([0.5, 0.0, 1.0, 0.0]))
+    torch.testing.assert_close(_patch_weights(torch.zeros(1, 3, 1), 1.0), torch.ones(1, 3, 1))
+    x = noise(1, 3, 48, 48)  # 5 patches at 2 scales; 2 kept
+    every = run(resnet, x, "layer4", get_method("sess", scales=2)).maps["layer4"]
+    fewer = run(resnet, x, "layer4", get_method("sess", scales=2, keep_patches=0.3)).maps["layer4"]
+    assert not torch.allclose(every, fewer)
+
+
+def test_sess_is_refused_for_a_segmentation_model_and_leaves_it_as_found():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1))
+    before = model_state(model)
+    with pytest.raises(UsageError, match="only a classifier's classes .* task='segmentation'"):
+        run(model, noise(1, 3, 16, 16), "0", get_method("sess", scales=1), task="segmentation")
+    assert_same_state(before, model_state(model))
+    from gradcam_cli import Explainer
+    from gradcam_cli.preprocess import Preprocess
+
+    preprocess = Preprocess(input_size=(16, 16), resize_shorter=16, resize_mode="keep")
+    with pytest.raises(UsageError, match="method='sess' explains patches"):  # before any image
+        Explainer(model, "0", method="sess", task="segmentation", preprocess=preprocess)
+
+
+def test_fullgrad_and_sess_from_the_cli(photo):
+    full = explain("--method", "fullgrad", "--out", "a", "--save-raw")
+    raw = np.load(photo / "a" / full["results"][0]["explanations"][0]["raw"])
+    assert raw.shape == (64, 64) and raw.max() > 0  # the input's size, as guided-backprop's
+    sess = explain("--method", "sess", "--scales", "2", "--fusion", "max", "--out", "b")
+    assert sess["method_options"]["scales"] == 2 and sess["method_options"]["fusion"] == "max"
+    wrong = invoke(
+        *("explain", "wide.jpg", "-m", "torchvision:resnet18", "--no-pretrained"),
+        *("--scales", "2", "--out", "c"),
+    )
+    assert wrong.exit_code == 2
+    assert "--scales is an option of --method sess, not of --method gradcam" in wrong.output
+
+
+class _SquareOnly(nn.Module):
+    """Refuses a square input: the image (16×24) passes, SESS's square patches do not."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.norm, self.head = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        if x.shape[2] == x.shape[3]:
+            raise RuntimeError("square inputs are not for me")
+        return self.head(self.norm(self.conv(x)).mean((2, 3)))
+
+
+def test_sess_leaves_the_model_as_found_when_a_patch_fails():
+    model = _SquareOnly()
+    model.train()
+    model.conv.weight.requires_grad_(False)
+    model.head.weight.grad = torch.ones_like(model.head.weight)
+    before = model_state(model)
+    with pytest.raises(RuntimeError, match="square inputs are not for me"):
+        run(model, noise(2, 3, 16, 24), "norm", get_method("sess", scales=1))
+    assert_same_state(before, model_state(model))  # the patches' hooks removed too

@@ -742,3 +742,115 @@ def test_smooth_gradcam_pp_differs_from_torchcam_only_in_three_named_terms():
     np.testing.assert_allclose(reference, theirs.numpy(), rtol=1e-4, atol=1e-5 * theirs.max())
     assert_agree(ours_map, mine.numpy())
     np.testing.assert_allclose(ours_map, mine.numpy(), rtol=1e-4, atol=1e-5 * mine.max())
+
+
+# -- FullGrad and SESS (pytorch-grad-cam 1.5.7) --------------------------------------------------
+
+
+def pgc_fullgrad_raw(net: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
+    """pytorch-grad-cam's FullGrad map before its final min-max scaling."""
+    cam = pgc.FullGrad(copy.deepcopy(net), [])  # it finds its own bias layers
+    seen: list[np.ndarray] = []
+    original = cam.aggregate_multi_layers
+
+    def keep(per_layer):
+        seen.append(np.array(per_layer))
+        return original(per_layer)
+
+    cam.aggregate_multi_layers = keep
+    cam(x, [ClassifierOutputTarget(target)])
+    cam.activations_and_grads.release()
+    return seen[0][0, 0]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "timm:convnext_atto"])
+def test_fullgrad_agrees_with_pytorch_grad_cam(name):
+    """ResNet: BN biases with their statistics folded in, outputs changed in place after the
+    layer (ReLU, `+=`); ConvNeXt: conv biases, no BN. Both at input resolution."""
+    from helpers import with_random_statistics
+
+    net, x = with_random_statistics(copy.deepcopy(model(name))), image(64)
+    target = predicted(net, x)
+    reference = pgc_fullgrad_raw(net, x, target)
+    ours_map = our_map(net, x, "layer4" if name == "resnet18" else "stages.3", target, "fullgrad")
+    assert ours_map.shape == reference.shape == (64, 64)
+    assert_agree(ours_map, reference)
+    np.testing.assert_allclose(ours_map, reference, rtol=1e-4, atol=1e-5 * reference.max())
+
+
+def pgc_sess(net, layer, x, target, **kwargs) -> np.ndarray:
+    from pytorch_grad_cam.sess import SESS
+
+    net = copy.deepcopy(net)
+    return SESS(net, [dict(net.named_modules())[layer]], **kwargs)(
+        x, [ClassifierOutputTarget(target)]
+    )[0]
+
+
+@pytest.mark.parametrize(
+    ("peer", "settings"),
+    [
+        ({"num_scales": 2}, {"scales": 2}),
+        (
+            {"num_scales": 2, "pool": "max", "step_size": 48, "pre_filter_ratio": 0.5},
+            {"scales": 2, "fusion": "max", "window_stride": 0.5, "keep_patches": 0.5},
+        ),
+    ],
+)
+def test_sess_agrees_with_pytorch_grad_cam(peer, settings):
+    """Its own result (min-max scaled; its blur included): correlation is scale-free."""
+    from gradcam_cli.methods import get_method
+
+    net, x = model("resnet18"), image(96)
+    target = predicted(net, x)
+    reference = pgc_sess(net, "layer4", x, target, **peer)
+    ours_map = our_map(net, x, "layer4", target, get_method("sess", **settings))
+    assert_agree(ours_map, reference)
+    np.testing.assert_allclose(ours_map / ours_map.max(), reference, atol=1e-5)
+
+
+class _HalfPixelResize:
+    """OpenCV's `cv2` as pytorch-grad-cam's SESS uses it, its bilinear `resize` done by torch
+    (half-pixel centres, as ours)."""
+
+    INTER_LINEAR = 1
+
+    @staticmethod
+    def resize(array, size):
+        width, height = size
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+        return torch.nn.functional.interpolate(
+            tensor, size=(height, width), mode="bilinear", align_corners=False
+        )[0, 0].numpy()
+
+    @staticmethod
+    def GaussianBlur(*args):  # noqa: N802  (OpenCV's name)
+        import cv2
+
+        return cv2.GaussianBlur(*args)
+
+
+def test_sess_on_a_wide_image_differs_from_pytorch_grad_cam_only_by_opencv_s_resize(
+    monkeypatch,
+):
+    """The mean fusion counts, at each pixel, the patches whose laid-back map is > 0. Where a
+    resized frame's sample falls exactly on the border of a patch (here every 7th pixel: the
+    scale 144/112 = 9/7), OpenCV's double-precision coordinate lands 1e-15 inside it and counts
+    the patch, torch's lands on the border and does not: 0.99954 at 112², 0.99973 here. With
+    OpenCV's resize done by torch, pytorch-grad-cam's map is ours."""
+    import pytorch_grad_cam.sess as pgc_sess_module
+    import pytorch_grad_cam.utils.image as pgc_image
+
+    from gradcam_cli.methods import get_method
+
+    net = model("resnet18")
+    x = torch.randn(1, 3, 112, 150, generator=torch.Generator().manual_seed(1))
+    target = predicted(net, x)
+    monkeypatch.setattr(pgc_sess_module, "cv2", _HalfPixelResize)
+    monkeypatch.setattr(pgc_image, "cv2", _HalfPixelResize)
+    reference = pgc_sess(net, "layer3", x, target, base_method=pgc.GradCAMPlusPlus, num_scales=2)
+    sess = get_method("sess", scales=2, base_method="gradcam++")
+    ours_map = our_map(net, x, "layer3", target, sess)
+    assert ours_map.shape == (112, 150)
+    assert_agree(ours_map, reference)
+    np.testing.assert_allclose(ours_map / ours_map.max(), reference, atol=1e-5)

@@ -17,6 +17,7 @@ from .projection import first_principal_component
 
 if TYPE_CHECKING:
     from torch import Tensor
+    from torch.nn import Module
 
 METHODS: dict[str, type[CamMethod]] = {}
 
@@ -53,6 +54,7 @@ class MethodOption:
     choices: tuple[str, ...] = ()
     integer: bool = False  # a whole number, `least` and up (a seed, a count); else positive
     least: int = 0
+    maximum: float | None = None  # a positive number's upper bound, inclusive (a fraction: 1)
 
     def checked(self, method: str, value: object) -> float | str:
         if self.choices:
@@ -74,6 +76,8 @@ class MethodOption:
             return int(number)
         if not (math.isfinite(number) and number > 0):
             raise UsageError(f"{self.name}= must be a positive number, got {value}")
+        if self.maximum is not None and number > self.maximum:
+            raise UsageError(f"{self.name}= must be at most {self.maximum:g}, got {value}")
         return number
 
 
@@ -88,7 +92,9 @@ def method_option_help(name: str) -> str:
     parts = []
     for option in (o for cls in METHODS.values() for o in cls.options if o.name == name):
         choices = f": {', '.join(option.choices)}" if option.choices else ""
-        default = "" if option.default is None else f"; default {option.default}"
+        value = option.default
+        shown = f"{value:.4g}" if isinstance(value, float) else value  # 2/7: 0.2857
+        default = "" if value is None else f"; default {shown}"
         parts.append(f"{option.help}{choices}{default}")
     return ". ".join(parts)
 
@@ -106,9 +112,11 @@ def check_method_options(name: str, *, eigen_smooth: bool = False, **settings: o
         settings[key] = own[key].checked(name, value)
     method = cls(**settings)
     if eigen_smooth and not method.supports_eigen_smooth:
+        # Guided Grad-CAM is guided backpropagation with layer channels; FullGrad has no such twin.
+        other = ", or use method='guided-gradcam'" if cls.guided else ""
         raise UsageError(
             f"eigen_smooth=True combines a layer's channels, and method='{name}' has no layer "
-            "channels to combine; drop eigen_smooth=True, or use method='guided-gradcam'"
+            f"channels to combine; drop eigen_smooth=True{other}"
         )
     return method
 
@@ -143,6 +151,14 @@ class LayerView:
     gradients_at: Callable[[Tensor], tuple[Tensor, list[Tensor]]] = (
         lambda images: _not_rerun()  # the engine gives it to those methods only
     )
+    # full_backward methods: their maps [B, K, H, W] from `CamMethod.backward_maps`, computed
+    # once per batch (they do not depend on the layer). None otherwise.
+    backward_maps: Tensor | None = None
+    # explains_other_images methods: (a method, images [N, 3, h, w], their targets [N, K]) →
+    # (that method's maps at this layer [N, K, h', w'], the images' probabilities [N, T]): one
+    # forward and that method's own work (Grad-CAM: a head-only backward) per image, batched
+    # as given. Classification only. None otherwise.
+    explain_images: Callable[[CamMethod, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
 
 
 def _not_rerun() -> tuple[Tensor, list[Tensor]]:
@@ -169,6 +185,12 @@ class CamMethod:
     supports_eigen_smooth: ClassVar[bool] = True
     second_order: ClassVar[bool] = False  # also H·A, a Hessian-vector product through the head
     combines_layers: ClassVar[bool] = False  # one map from several layers' (combine_layers)
+    # Its own backward through the whole model to the pixels, once per batch (layer-free):
+    # `backward_maps` gives the engine its maps (FullGrad).
+    full_backward: ClassVar[bool] = False
+    # Runs another method on other images made from the input (SESS's patches): the engine
+    # hands it `LayerView.explain_images`.
+    explains_other_images: ClassVar[bool] = False
     options: ClassVar[tuple[MethodOption, ...]] = ()  # its own settings, with their defaults
 
     def __init__(self, **settings: object):
@@ -190,6 +212,10 @@ class CamMethod:
     def combine_layers(self, maps: dict[str, Tensor]) -> dict[str, Tensor]:
         """The maps [B, K, h, w] by layer → what is reported by layer: the same by default."""
         return maps
+
+    def check_task(self, task: str) -> None:
+        """Refuse, before any work, a task (tasks/: classification, segmentation, detection)
+        whose targets the method cannot explain; every task by default."""
 
     def maps(self, view: LayerView) -> Tensor:
         import torch
@@ -225,6 +251,18 @@ class CamMethod:
         """Guided methods: the input-resolution image per target, [B, K, 3, H, W]."""
         raise NotImplementedError
 
+    def backward_maps(
+        self,
+        model: Module,
+        images: Tensor,
+        targets: Tensor,
+        scores_of: Callable[[Tensor], Tensor],
+    ) -> Tensor:
+        """full_backward methods: maps [B, K, H, W] for `targets` [B, K] from their own backward
+        to the pixels; `scores_of(pixels)` runs the model, recording, → scores [B, T]. Any hook
+        it registers on `model` it removes, also on errors."""
+        raise NotImplementedError
+
 
 def check_layer_count(method: CamMethod, count: int) -> None:
     """A method that combines several layers' maps refuses fewer than two layers."""
@@ -243,6 +281,13 @@ def cost_note(cls: type[CamMethod]) -> str:
         return "head-only backward from the earliest of its layers"
     if cls.second_order:
         return "head-only backward, and a head-only Hessian-vector product"
+    if cls.explains_other_images:
+        return (
+            "P patches per image (scales × windows): one forward and the base method's "
+            "head-only backward each, batched"
+        )
+    if cls.full_backward:
+        return "one full backward to the pixels, keeping every bias layer's output gradient"
     if cls.needs_full_forwards:
         return f"{n}C full forward passes per image, batched"
     if cls.reruns_with_gradients:
