@@ -11,7 +11,9 @@ recorded graph: its output is kept as a graph node and its gradient comes from t
 The method (methods/) then turns each layer's A and gradients into maps. Methods that re-run
 part of the model get two callables: `head` runs only the part after the layer on activations
 they supply (Ablation-CAM), `forward` the whole model (Score-CAM). Guided methods get their own
-full backward to the pixels, with ReLU gradients clamped (guided.py). `aug_smooth` repeats all
+full backward to the pixels, with ReLU gradients clamped (guided.py). Attention methods
+(ViTs) get every block's attention weights (attention_capture.py), with the blocks' graph
+recorded from the first block where they differentiate them. `aug_smooth` repeats all
 of this on flipped and rescaled copies of the images and averages the maps mapped back.
 
 What a target is comes from the task (tasks/): a class of a classifier, a class's region of a
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .allocator import tune_allocator
+from .attention_capture import AttentionMaps, AttentionRecorder, attention_for
 from .errors import LayerError, first_line
 from .guided import guided_relus
 from .layers import LayerRef, resolve_layer
@@ -259,12 +262,14 @@ def _explain_view(
     scoring = settings.task.scoring(settings.request, settings.outputs_probabilities)
     captures = [_Capture(ref, images, scoring.frame_size) for ref in settings.layers]
     handles: list = []
-    with removing(handles), scoring.watch(model):
+    with removing(handles), scoring.watch(model), attention_for(model, method) as attention:
         for capture in captures:  # the modules resolve_layer found: no search by name
             handles.append(capture.ref.module.register_forward_hook(capture))
         output = model(images)
         for capture in captures:
             capture.check_calls()
+        if attention is not None:
+            attention.check_calls()
     scores = scoring.bind(output)
     if targets is None:
         targets = scoring.choose(scores.detach())
@@ -273,6 +278,7 @@ def _explain_view(
             f"the model's {settings.task.name} scores do not depend on layer "
             f"'{captures[0].ref}'; choose a layer that its output is computed from"
         )
+    recorded_scores = scores  # attention methods differentiate it themselves
     gradients = _gradients(scores, targets, captures) if method.needs_gradients else {}
     guided_gradients = _guided_gradients(model, images, targets, scoring) if method.guided else []
     scores = scores.detach()
@@ -293,9 +299,27 @@ def _explain_view(
             layer=str(capture.ref),
             eigen_smooth=settings.eigen_smooth,
             frame=scoring.frame,
+            attention=_attention_maps(attention, capture, recorded_scores, scoring),
         )
         maps[str(capture.ref)] = scoring.frame(method.maps(view))
     return _ViewResult(scoring, scores, targets, maps, guided_gradients)
+
+
+def _attention_maps(
+    recorder: AttentionRecorder | None,
+    capture: _Capture,
+    scores: torch.Tensor,
+    scoring: Scoring,
+) -> AttentionMaps | None:
+    """The blocks' attention for one target layer, on its grid (None: not recorded)."""
+    if recorder is None:
+        return None
+
+    def token_scores(output: torch.Tensor) -> torch.Tensor:
+        return scoring.scores(output, torch.arange(len(output), device=output.device))
+
+    assert capture.layout is not None  # after check_calls
+    return recorder.maps(capture.ref, capture.layout, scores, token_scores)
 
 
 def _gradients(

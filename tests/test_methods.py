@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+import timm
 import torch
 from helpers import (
     SCENES,
@@ -74,6 +75,9 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
         "fem",
         "kpcacam",
         "randomcam",
+        "rollout",
+        "transformer-attribution",
+        "legrad",
     }
     assert set(METHODS) == wanted
     assert next(iter(METHODS)) == "gradcam"
@@ -83,6 +87,12 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
     assert METHODS["scorecam"].needs_full_forwards
     assert METHODS["cam"].requires_gap_linear_head
     assert {n for n, c in METHODS.items() if c.guided} == {"guided-backprop", "guided-gradcam"}
+    attention = {n for n, c in METHODS.items() if c.needs_attention}
+    assert attention == {"rollout", "transformer-attribution", "legrad"}
+    assert {n for n in attention if METHODS[n].attention_gradients} == {
+        "transformer-attribution",
+        "legrad",
+    }
 
 
 def test_register_method_refuses_a_duplicate_name():
@@ -554,15 +564,29 @@ class TinyChannelsLast(nn.Module):
         return self.head(self.norm(self.conv(x).permute(0, 2, 3, 1)).mean((1, 2)))
 
 
+def tiny_vit() -> nn.Module:
+    """timm's test_vit with 8×8 patches: a real ViT (class token, timm Attention) at 48²."""
+    torch.manual_seed(0)
+    return timm.create_model("test_vit", pretrained=False, num_classes=5, patch_size=8, depth=2)
+
+
 LAYOUT_MODELS = {
     "resnet18": (lambda: random_model("resnet18"), "layer4", (2, 2)),
     "tokens": (TinyTokens, "norm", (6, 6)),
     "channels-last": (TinyChannelsLast, "norm", (12, 12)),
+    "vit": (tiny_vit, "blocks.1.norm1", (6, 6)),
 }
+# The attention methods read a ViT's blocks (the others are refused: test_attention.py), and
+# on the ViT the other methods are checked already in test_architectures.py.
+METHOD_LAYOUTS = [
+    (method, layout)
+    for method in METHODS
+    for layout in LAYOUT_MODELS
+    if METHODS[method].needs_attention == (layout == "vit")
+]
 
 
-@pytest.mark.parametrize("layout", LAYOUT_MODELS)
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize(("method", "layout"), METHOD_LAYOUTS)
 def test_every_method_is_batch_invariant_and_leaves_the_model_as_found(method, layout):
     build, layer, grid = LAYOUT_MODELS[layout]
     model = build()

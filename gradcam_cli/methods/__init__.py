@@ -16,7 +16,7 @@ from __future__ import annotations
 
 # The order the families register in is the order of `--method`'s choices and of the docs' table.
 # isort: off
-from . import gradient, eigen, activation, perturbation, guided_backprop  # noqa: F401
+from . import gradient, eigen, activation, perturbation, guided_backprop, attention  # noqa: F401
 # isort: on
 
 from .activation import seeded_uniform

@@ -18,6 +18,8 @@ from .projection import first_principal_component
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from ..attention_capture import AttentionMaps
+
 METHODS: dict[str, type[CamMethod]] = {}
 
 
@@ -128,6 +130,8 @@ class LayerView:
     # Maps [B, K, h, w] → the part of them over the images (a detector pads the input it
     # resizes: Score-CAM's masks must cover the image, not the padding). Identity otherwise.
     frame: Callable[[Tensor], Tensor] = lambda maps: maps
+    # A ViT's attention in every block (methods with needs_attention only; attention.py).
+    attention: AttentionMaps | None = None
 
 
 class CamMethod:
@@ -144,6 +148,8 @@ class CamMethod:
     requires_gap_linear_head: ClassVar[bool] = False  # CAM's architecture after the layer
     projects: ClassVar[bool] = False  # always combines channels by their principal component
     supports_eigen_smooth: ClassVar[bool] = True
+    needs_attention: ClassVar[bool] = False  # every block's attention weights (ViTs)
+    attention_gradients: ClassVar[bool] = False  # ... and the graph to differentiate them
     options: ClassVar[tuple[MethodOption, ...]] = ()  # its own settings, with their defaults
 
     def __init__(self, **settings: object):
@@ -191,6 +197,10 @@ def cost_note(cls: type[CamMethod]) -> str:
     """What a method costs beyond the one forward pass every method shares."""
     if cls.needs_full_forwards:
         return "C full forward passes per image, batched"
+    if cls.needs_attention and cls.attention_gradients:
+        return "the blocks recorded from the first; a backward to every block's attention"
+    if cls.needs_attention:
+        return "none: attention weights only (no gradient)"
     if cls.guided and cls.needs_gradients:
         return "head-only backward, and one full backward to the pixels"
     if cls.guided:
