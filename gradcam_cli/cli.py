@@ -346,6 +346,10 @@ def explain(
         int | None,
         typer.Option("--seed", metavar="N", help=f"{method_option_help('seed')}."),
     ] = None,
+    head_fusion: Annotated[
+        str | None,
+        typer.Option("--head-fusion", metavar="HOW", help=f"{method_option_help('head_fusion')}."),
+    ] = None,
     target: Annotated[
         list[str] | None,
         typer.Option(
@@ -736,6 +740,7 @@ def explain(
             kernel=kernel,
             kernel_gamma=kernel_gamma,
             seed=seed,
+            head_fusion=head_fusion,
             device=device,
             amp=amp,
             targets=target or (),

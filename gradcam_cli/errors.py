@@ -139,6 +139,7 @@ PARAMETER_FLAGS = {
     "kernel": "--kernel",
     "kernel_gamma": "--kernel-gamma",
     "seed": "--seed",
+    "head_fusion": "--head-fusion",
     "min_score": "--min-score",
     "region": "--region",
 }

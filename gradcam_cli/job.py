@@ -77,6 +77,7 @@ class JobOptions:
     kernel: str | None = None
     kernel_gamma: float | None = None
     seed: int | None = None
+    head_fusion: str | None = None
     device: str = "auto"
     amp: str | None = None
     # What to explain: these classes (indices or labels), or each image's top-k.
@@ -224,6 +225,7 @@ class JobOptions:
             "kernel": self.kernel,
             "kernel_gamma": self.kernel_gamma,
             "seed": self.seed,
+            "head_fusion": self.head_fusion,
         }
         return {name: value for name, value in given.items() if value is not None}
 
