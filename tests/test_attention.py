@@ -215,6 +215,25 @@ def test_fused_attention_is_restored_after_the_call_and_after_an_exception():
     assert all(p.requires_grad for p in model.parameters())
 
 
+class Doubled(nn.Module):
+    """A wrapper that changes the ViT's scores: LeGrad's projection would not be the model's."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return 2 * self.inner(x)
+
+
+def test_legrad_refuses_a_wrapper_whose_scores_are_not_the_vits_head():
+    model, x = Doubled(vit()), images(1)
+    with pytest.raises(LayerError, match="do not reproduce this model's scores"):
+        explained(model, x, "legrad", layer="inner.blocks.-1.norm1")
+    _, maps = explained(model, x, "rollout", layer="inner.blocks.-1.norm1")  # no head needed
+    assert maps.shape == (1, 1, 4, 4)
+
+
 def test_non_transformers_are_refused_with_what_to_use_instead():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=5).eval()

@@ -127,10 +127,13 @@ class LeGrad(AttentionMethod):
     formula = "mean_l mean_h,q ReLU(∂s^l/∂A^l)[keys = patches], s^l = head(norm(mean z^l)) (ViTs)"
     attention_gradients = True
 
+    def maps(self, view: LayerView) -> Tensor:
+        _check_the_head_reproduces_the_scores(_attention(view, self.name), self.name)
+        return super().maps(view)
+
     def map(self, attention: AttentionMaps, view: LayerView, rank: int) -> Tensor:
         import torch
 
-        _check_the_head_reproduces_the_scores(attention, self.name)
         maps = []
         for weights, tokens in zip(attention.weights, attention.tokens, strict=True):
             pooled = tokens.mean(dim=1, keepdim=True).expand_as(tokens)
