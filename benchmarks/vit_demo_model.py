@@ -4,10 +4,11 @@ A plain timm `VisionTransformer` (class token, 4 blocks of 3 heads, width 96, 12
 8×8 token grid) whose patch embedding is a hybrid stem, as in the ViT paper's hybrids (R50 +
 ViT): the demo CNN's first four convolutional stages (`demo:shapes`' `features[:15]`, its
 shipped weights, frozen; 16×16×64) and a trainable 2×2 stride-2 convolution to the tokens.
-Trained from scratch with the plain 16×16 projection, or with a 4-convolution stem, the ViT
-stayed at chance for its first 500 (resp. 100) steps on these scenes, and steps cost seconds
-on the shared 2-core machine; with the frozen stem only the tokens' projection and the
-transformer learn, in a few minutes. The blocks, their timm `Attention` and the head are
+Trained from scratch instead, with timm's 16×16 projection or with four stride-2
+convolutions, it was still at chance (loss ln 4, one thread, AdamW at 1e-3 or 2e-3, batches
+of 64) after 600 steps (resp. 200), minutes of this shared 2-core machine; with the frozen
+stem only the tokens' projection and the transformer learn: 99 % on the training batches
+in 600 steps, about 4 minutes. The blocks, their timm `Attention` and the head are
 timm's own, which is what the attention methods read. The CLI loads it as your own model
 (the demo's preprocessing must be given):
 
