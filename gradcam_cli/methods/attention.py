@@ -66,6 +66,11 @@ class AttentionRollout(AttentionMethod):
         ),
     )
 
+    def maps(self, view: LayerView) -> Tensor:
+        """One map, whatever the target: computed once, repeated for every rank."""
+        rolled = self.map(_attention(view, self.name), view, 0).clamp(min=0)
+        return rolled[:, None].expand(-1, view.targets.shape[1], -1, -1).contiguous()
+
     def map(self, attention: AttentionMaps, view: LayerView, rank: int) -> Tensor:
         import torch
 
