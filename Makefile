@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint docs demo demo-model demo-eval seg-demo bench-tasks bench-methods clean
+.PHONY: help install test lint docs demo demo-model demo-eval seg-demo vit-demo bench-tasks bench-methods clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ seg-demo: install  ## train a segmentation model on the demo scenes (~5 min) and
 	$(BIN)/python benchmarks/seg_demo.py --single 200 --pairs 100 --out seg_demo_out
 	@echo "weights, labels, example scene and the table (seg_demo.md) in seg_demo_out/"
 
+vit-demo: install  ## train a small ViT on the demo scenes, compare the attention methods' pointing game
+	$(BIN)/python benchmarks/vit_demo.py --single 200 --pairs 100 --out vit_demo_out
+	@echo "weights, labels and the table (vit_demo.md) in vit_demo_out/"
+
 bench-tasks: install  ## Grad-CAM's cost on deeplabv3 and Faster R-CNN, CPU (~4 min on 2 cores when idle)
 	$(BIN)/python benchmarks/task_cost.py
 
@@ -56,4 +60,4 @@ bench-methods: install  ## every method's CPU time per image on resnet50 vs Grad
 	$(BIN)/python benchmarks/method_cost.py
 
 clean:  ## remove outputs and caches (keeps .venv)
-	rm -rf demo_out seg_demo_out gradcam_out site .pytest_cache .ruff_cache .mypy_cache
+	rm -rf demo_out seg_demo_out vit_demo_out gradcam_out site .pytest_cache .ruff_cache .mypy_cache

@@ -404,6 +404,10 @@ def explain(
         str | None,
         typer.Option("--base-method", metavar="NAME", help=f"{method_option_help('base_method')}."),
     ] = None,
+    head_fusion: Annotated[
+        str | None,
+        typer.Option("--head-fusion", metavar="HOW", help=f"{method_option_help('head_fusion')}."),
+    ] = None,
     target: Annotated[
         list[str] | None,
         typer.Option(
@@ -806,6 +810,7 @@ def explain(
             keep_patches=keep_patches,
             fusion=fusion,
             base_method=base_method,
+            head_fusion=head_fusion,
             device=device,
             amp=amp,
             targets=target or (),

@@ -16,7 +16,9 @@ callables: `head` runs only the part after the layer on activations they supply 
 `forward` the whole model (Score-CAM), `gradients_at` the whole model on other images with this
 split again, for the same targets (Smooth Grad-CAM++'s noisy copies: the backward still walks
 the head only). Guided methods get their own full backward to the pixels,
-with ReLU gradients clamped (guided.py). `aug_smooth` repeats all of this on flipped and rescaled
+with ReLU gradients clamped (guided.py). Attention methods (ViTs) get every block's attention
+weights (attention_capture.py), with the blocks' graph recorded from the first block where they
+differentiate them. `aug_smooth` repeats all of this on flipped and rescaled
 copies of the images and averages the maps mapped back.
 
 What a target is comes from the task (tasks/): a class of a classifier, a class's region of a
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .allocator import tune_allocator
+from .attention_capture import AttentionMaps, AttentionRecorder, attention_for
 from .errors import LayerError, first_line
 from .guided import guided_relus
 from .layers import LayerRef, resolve_layer
@@ -267,12 +270,14 @@ def _explain_view(
     scoring = settings.task.scoring(settings.request, settings.outputs_probabilities)
     captures = [_Capture(ref, images, scoring.frame_size) for ref in settings.layers]
     handles: list = []
-    with removing(handles), scoring.watch(model):
+    with removing(handles), scoring.watch(model), attention_for(model, method) as attention:
         for capture in captures:  # the modules resolve_layer found: no search by name
             handles.append(capture.ref.module.register_forward_hook(capture))
         output = model(images)
         for capture in captures:
             capture.check_calls()
+        if attention is not None:
+            attention.check_calls()
     scores = scoring.bind(output)
     if targets is None:
         targets = scoring.choose(scores.detach())
@@ -281,6 +286,7 @@ def _explain_view(
             f"the model's {settings.task.name} scores do not depend on layer "
             f"'{captures[0].ref}'; choose a layer that its output is computed from"
         )
+    recorded_scores = scores  # attention methods differentiate it themselves
     gradients, hessian_products = (
         _gradients(scores, targets, captures, method) if method.needs_gradients else ({}, {})
     )
@@ -315,9 +321,27 @@ def _explain_view(
                 if method.explains_other_images
                 else None
             ),
+            attention=_attention_maps(attention, capture, recorded_scores, scoring),
         )
         maps[str(capture.ref)] = scoring.frame(method.maps(view))
     return _ViewResult(scoring, scores, targets, method.combine_layers(maps), guided_gradients)
+
+
+def _attention_maps(
+    recorder: AttentionRecorder | None,
+    capture: _Capture,
+    scores: torch.Tensor,
+    scoring: Scoring,
+) -> AttentionMaps | None:
+    """The blocks' attention for one target layer, on its grid (None: not recorded)."""
+    if recorder is None:
+        return None
+
+    def token_scores(output: torch.Tensor) -> torch.Tensor:
+        return scoring.scores(output, torch.arange(len(output), device=output.device))
+
+    assert capture.layout is not None  # after check_calls
+    return recorder.maps(capture.ref, capture.layout, scores, token_scores)
 
 
 def _gradients(

@@ -151,6 +151,7 @@ PARAMETER_FLAGS = {
     "keep_patches": "--keep-patches",
     "fusion": "--fusion",
     "base_method": "--base-method",
+    "head_fusion": "--head-fusion",
     "min_score": "--min-score",
     "region": "--region",
     "k": "--k",

@@ -162,7 +162,7 @@ class Explainer:
         self.labels = self._checked_labels(loaded.labels)
         if isinstance(self.task, SegmentationTask) and self.labels:
             self.task = SegmentationTask(background=background_classes(self.labels))
-        if self.method.requires_gap_linear_head:
+        if self.method.requires_gap_linear_head or self.method.needs_attention:
             self._check_method_on_a_probe_image()
 
     # -- set-up checks (all before any image is processed) ---------------------------------
@@ -186,7 +186,8 @@ class Explainer:
         return ref
 
     def _check_method_on_a_probe_image(self) -> None:
-        """Methods with architectural needs (CAM's head) fail here, before any image."""
+        """Methods with architectural needs (CAM's head, a ViT's attention) fail here, before
+        any image."""
         generator = torch.Generator().manual_seed(0)
         probe_image = torch.rand(1, 3, *self.loaded.preprocess.input_size, generator=generator)
         h, w = self.loaded.preprocess.input_size

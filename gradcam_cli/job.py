@@ -89,6 +89,7 @@ class JobOptions:
     keep_patches: float | None = None
     fusion: str | None = None
     base_method: str | None = None
+    head_fusion: str | None = None
     device: str = "auto"
     amp: str | None = None
     # What to explain: these classes (indices or labels), or each image's top-k.
@@ -248,6 +249,7 @@ class JobOptions:
             "keep_patches": self.keep_patches,
             "fusion": self.fusion,
             "base_method": self.base_method,
+            "head_fusion": self.head_fusion,
         }
         return {name: value for name, value in given.items() if value is not None}
 

@@ -1,14 +1,15 @@
-"""Leave the caller's model as we found it: modes, requires_grad and hooks, even on errors."""
+"""Leave the caller's model as we found it: modes, requires_grad, hooks and timm's fused-attention
+switch, even on errors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["frozen_eval", "removing"]
+__all__ = ["frozen_eval", "removing", "unfused_attention"]
 
 
 @contextmanager
@@ -41,3 +42,17 @@ def removing(handles: list[RemovableHandle]) -> Iterator[list[RemovableHandle]]:
         for handle in handles:
             handle.remove()
         handles.clear()
+
+
+@contextmanager
+def unfused_attention(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """timm attention modules with `fused_attn` off for the call (the fused kernel never forms
+    the attention weights that the attention methods read); every flag restored afterwards."""
+    flags = [(module, module.fused_attn) for module in modules]
+    try:
+        for module, _ in flags:
+            module.fused_attn = False  # type: ignore[assignment]  # a plain bool attribute
+        yield
+    finally:
+        for module, flag in flags:
+            module.fused_attn = flag  # type: ignore[assignment]

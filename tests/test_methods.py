@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+import timm
 import torch
 from helpers import (
     SCENES,
@@ -83,6 +84,9 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
         "smoothgradcam++",
         "fullgrad",
         "sess",
+        "rollout",
+        "transformer-attribution",
+        "legrad",
     }
     assert set(METHODS) == wanted
     assert next(iter(METHODS)) == "gradcam"
@@ -98,6 +102,12 @@ def test_registry_has_the_issue_methods_with_their_capabilities():
     assert {n for n, c in METHODS.items() if c.combines_layers} == {"refinecam"}
     assert {n for n, c in METHODS.items() if c.full_backward} == {"fullgrad"}
     assert {n for n, c in METHODS.items() if c.explains_other_images} == {"sess"}
+    attention = {n for n, c in METHODS.items() if c.needs_attention}
+    assert attention == {"rollout", "transformer-attribution", "legrad"}
+    assert {n for n in attention if METHODS[n].attention_gradients} == {
+        "transformer-attribution",
+        "legrad",
+    }
 
 
 def test_register_method_refuses_a_duplicate_name():
@@ -656,10 +666,17 @@ class TinyChannelsLast(nn.Module):
         return self.head(self.norm(self.conv(x).permute(0, 2, 3, 1)).mean((1, 2)))
 
 
+def tiny_vit() -> nn.Module:
+    """timm's test_vit with 8×8 patches: a real ViT (class token, timm Attention) at 48²."""
+    torch.manual_seed(0)
+    return timm.create_model("test_vit", pretrained=False, num_classes=5, patch_size=8, depth=2)
+
+
 LAYOUT_MODELS = {
     "resnet18": (lambda: random_model("resnet18"), "layer4", (2, 2)),
     "tokens": (TinyTokens, "norm", (6, 6)),
     "channels-last": (TinyChannelsLast, "norm", (12, 12)),
+    "vit": (tiny_vit, "blocks.1.norm1", (6, 6)),
 }
 # For methods that combine layers: an earlier layer, and the map size of the pair.
 EARLIER_LAYER = {
@@ -678,11 +695,14 @@ CHEAP = {
 }
 # SS-CAM and IS-CAM are Score-CAM's masked forwards repeated (2·512 per image at resnet18's
 # layer4: a minute on this project's CPU); Score-CAM runs them there, they on the small layouts.
+# The attention methods read a ViT's blocks (the others are refused: test_attention.py), and
+# on the ViT the other methods are checked already in test_architectures.py.
 EVERY_METHOD = [
     (method, layout)
     for method in METHODS
     for layout in LAYOUT_MODELS
-    if not (method in ("sscam", "iscam") and layout == "resnet18")
+    if METHODS[method].needs_attention == (layout == "vit")
+    and not (method in ("sscam", "iscam") and layout == "resnet18")
 ]
 
 

@@ -854,3 +854,31 @@ def test_sess_on_a_wide_image_differs_from_pytorch_grad_cam_only_by_opencv_s_res
     assert ours_map.shape == (112, 150)
     assert_agree(ours_map, reference)
     np.testing.assert_allclose(ours_map / ours_map.max(), reference, atol=1e-5)
+
+
+# -- torchcam: LeGrad -------------------------------------------------------------------------
+
+
+def test_legrad_agrees_with_torchcam_on_a_small_torchvision_vit():
+    """torchcam's LeGrad reads `self_attention: nn.MultiheadAttention` blocks and, by default,
+    scores them through torchvision's `encoder.ln` and `heads`: it runs on torchvision ViTs
+    only, not on timm's (whose attention is timm's own module). So: a small torchvision
+    VisionTransformer, random weights (its zero-initialised head drawn at random, else every
+    gradient is 0), every block a target as ours uses every block up to the layer's."""
+    from torchcam.methods import LeGrad
+
+    torch.manual_seed(0)
+    net = torchvision.models.VisionTransformer(
+        image_size=64, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64,
+        num_classes=10,
+    ).eval()  # fmt: skip
+    nn.init.normal_(net.heads.head.weight, std=0.2)
+    x = image(64)
+    target = predicted(net, x)
+    peer_net = copy.deepcopy(net)
+    with LeGrad(peer_net, list(peer_net.encoder.layers)) as extractor:
+        reference = extractor(target, peer_net(x), normalized=False)[0][0].detach().numpy()
+    ours_map = our_map(net, x, "encoder.layers.encoder_layer_2.ln_1", target, "legrad")
+    assert ours_map.shape == (8, 8)
+    assert_agree(ours_map, reference)
+    np.testing.assert_allclose(ours_map, reference, rtol=1e-4, atol=1e-6 * reference.max())

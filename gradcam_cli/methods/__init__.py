@@ -19,6 +19,7 @@ from __future__ import annotations
 from . import gradient, eigen, activation, perturbation, guided_backprop  # noqa: F401
 from . import comparative, second_order, multilayer, score_family, smooth  # noqa: F401
 from . import fullgrad, sess  # noqa: F401
+from . import attention  # noqa: F401
 # isort: on
 
 from .activation import seeded_uniform

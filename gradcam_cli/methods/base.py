@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from torch import Tensor
     from torch.nn import Module
 
+    from ..attention_capture import AttentionMaps
+
 METHODS: dict[str, type[CamMethod]] = {}
 
 
@@ -159,6 +161,8 @@ class LayerView:
     # forward and that method's own work (Grad-CAM: a head-only backward) per image, batched
     # as given. Classification only. None otherwise.
     explain_images: Callable[[CamMethod, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+    # A ViT's attention in every block (methods with needs_attention only; attention.py).
+    attention: AttentionMaps | None = None
 
 
 def _not_rerun() -> tuple[Tensor, list[Tensor]]:
@@ -191,6 +195,8 @@ class CamMethod:
     # Runs another method on other images made from the input (SESS's patches): the engine
     # hands it `LayerView.explain_images`.
     explains_other_images: ClassVar[bool] = False
+    needs_attention: ClassVar[bool] = False  # every block's attention weights (ViTs)
+    attention_gradients: ClassVar[bool] = False  # ... and the graph to differentiate them
     options: ClassVar[tuple[MethodOption, ...]] = ()  # its own settings, with their defaults
 
     def __init__(self, **settings: object):
@@ -293,6 +299,10 @@ def cost_note(cls: type[CamMethod]) -> str:
     if cls.reruns_with_gradients:
         runs = "N full forward passes" if n else "one more full forward pass"
         return f"{runs} per image, batched, each with a head-only backward per target"
+    if cls.needs_attention and cls.attention_gradients:
+        return "the blocks recorded from the first; a backward to every block's attention"
+    if cls.needs_attention:
+        return "none: attention weights only (no gradient)"
     if cls.guided and cls.needs_gradients:
         return "head-only backward, and one full backward to the pixels"
     if cls.guided:
