@@ -6,8 +6,8 @@
 torchvision `resnet50` with seeded random weights (nothing is downloaded), layer `layer4` (7×7),
 one 224×224 image (the sample photo, resized and normalised as ImageNet models expect), batch 1,
 `Explainer(model, "layer4", method=NAME, method_settings=...)(x)` — the raw maps, from the
-preprocessed tensor — timed call by call: one warm-up call (none when the first call takes over
-20 s: warming up would double a long run for a few per cent), then calls until BUDGET_S seconds
+preprocessed tensor — timed call by call: one warm-up call (when the first call takes over 20 s,
+it is the one measure: warming up would double a long run for a few per cent), then calls until BUDGET_S seconds
 have passed or MAX_CALLS were made; the median. Plain inference (`model(x)` under
 `torch.no_grad()`) is timed the same way, as the floor. Torch uses as many threads as the
 process has cores.
@@ -76,7 +76,9 @@ def timed(call, budget_s: float, max_calls: int) -> tuple[float, int]:
     start = time.perf_counter()
     call()
     first = time.perf_counter() - start
-    times = [] if first < NO_WARMUP_AFTER_S else [first]
+    if first >= NO_WARMUP_AFTER_S:  # long enough to be its own measure: one call
+        return first, 1
+    times: list[float] = []
     begun = time.perf_counter()
     while len(times) < max_calls and (not times or time.perf_counter() - begun < budget_s):
         start = time.perf_counter()

@@ -28,11 +28,9 @@ both), or, for a model pooling the patches, the mean of the patch rows.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -43,14 +41,10 @@ from .layers import LayerRef
 from .layouts import Layout
 from .modelstate import removing, unfused_attention
 
-if TYPE_CHECKING:
-    from .methods import CamMethod
-
 __all__ = [
     "AttentionMaps",
     "AttentionRecorder",
     "VisionTransformerParts",
-    "attention_for",
     "find_vision_transformer",
     "record_attention",
 ]
@@ -325,12 +319,3 @@ def record_attention(
     with unfused_attention(fused), removing(handles):
         handles.extend(recorder.hooks())
         yield recorder
-
-
-def attention_for(
-    model: nn.Module, method: CamMethod
-) -> contextlib.AbstractContextManager[AttentionRecorder | None]:
-    """record_attention for the methods that read attention (`needs_attention`), else nothing."""
-    if not method.needs_attention:
-        return contextlib.nullcontext()
-    return record_attention(model, method.name, gradients=method.attention_gradients)

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .report.names import CONCEPTS_NAME
+
 if TYPE_CHECKING:
     from .explainer import ImageInput
 
 __all__ = ["SCHEMA_VERSION", "CONCEPTS_NAME", "Vote", "Concept", "ImageConcepts", "ConceptResult"]
 
 SCHEMA_VERSION = 1  # of concepts.json
-CONCEPTS_NAME = "concepts.json"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ matrix [N, T] over slots, so that all of the above is the same for the three.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .allocator import tune_allocator
-from .attention_capture import AttentionMaps, AttentionRecorder, attention_for
+from .attention_capture import AttentionMaps, AttentionRecorder, record_attention
 from .errors import LayerError, first_line
 from .guided import guided_relus
 from .layers import LayerRef, resolve_layer
@@ -270,7 +271,7 @@ def _explain_view(
     scoring = settings.task.scoring(settings.request, settings.outputs_probabilities)
     captures = [_Capture(ref, images, scoring.frame_size) for ref in settings.layers]
     handles: list = []
-    with removing(handles), scoring.watch(model), attention_for(model, method) as attention:
+    with removing(handles), scoring.watch(model), _attention_for(model, method) as attention:
         for capture in captures:  # the modules resolve_layer found: no search by name
             handles.append(capture.ref.module.register_forward_hook(capture))
         output = model(images)
@@ -619,3 +620,12 @@ def _unit_max(maps: torch.Tensor) -> torch.Tensor:
     """Each [h, w] map divided by its maximum; an all-zero map stays zero."""
     peak = maps.amax(dim=(2, 3), keepdim=True)
     return torch.where(peak > 0, maps / peak.clamp(min=torch.finfo(maps.dtype).tiny), 0.0)
+
+
+def _attention_for(
+    model: nn.Module, method: CamMethod
+) -> contextlib.AbstractContextManager[AttentionRecorder | None]:
+    """record_attention for the methods that read attention (`needs_attention`), else nothing."""
+    if not method.needs_attention:
+        return contextlib.nullcontext()
+    return record_attention(model, method.name, gradients=method.attention_gradients)

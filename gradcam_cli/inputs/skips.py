@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 from ..comparison import COMPARISON_NAME
-from ..conceptresult import CONCEPTS_NAME
 from ..report import REPORT_HEAD_BYTES, is_report_head, is_report_name
+from ..report.names import CONCEPTS_NAME
 from .filekinds import is_image_name, open_regular
 
 _HELD = {

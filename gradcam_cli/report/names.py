@@ -1,5 +1,6 @@
 """The report's file names: `predictions.json`, and `predictions.K-of-N.json` for one share of a
-run split with `--shard K/N` (`gradcam merge` finds the shares by this name)."""
+run split with `--shard K/N` (`gradcam merge` finds the shares by this name); and `concepts.json`,
+`gradcam concepts`' report (a later search for inputs leaves a folder holding one alone)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ __all__ = [
     "shard_report_name",
     "is_report_name",
     "has_shard_reports",
+    "CONCEPTS_NAME",
 ]
 
 REPORT_NAME = "predictions.json"
 SHARD_REPORT = re.compile(r"predictions\.(\d+)-of-(\d+)\.json")
+CONCEPTS_NAME = "concepts.json"
 
 
 def shard_report_name(shard: tuple[int, int] | None) -> str:
