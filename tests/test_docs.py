@@ -184,3 +184,13 @@ def test_the_readme_links_only_to_files_that_exist():
     assert paths
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, missing
+
+
+def test_the_readme_method_table_is_the_registry_with_measured_costs():
+    from gradcam_cli.methods import METHODS, readme_table
+
+    costs = json.loads((ROOT / "benchmarks/results/method_cost.json").read_text(encoding="utf-8"))
+    missing = [name for name in METHODS if name not in costs["methods"]]
+    assert not missing, f"measure them: benchmarks/method_cost.py --methods {','.join(missing)}"
+    section = README.split("## Methods\n")[1].split("\n## ")[0]
+    assert readme_table(costs) in section, "regenerate with gradcam_cli.methods.readme_table()"

@@ -320,7 +320,7 @@ def methods_table() -> str:
     """docs/methods.md's method table, from the registry (tests/test_docs.py keeps them equal)."""
     lines = ["| method | map | cost beyond one forward |", "|---|---|---|"]
     for name, cls in METHODS.items():
-        lines.append(f"| `{name}` | {cls.formula} | {cost_note(cls)} |")
+        lines.append(f"| `{name}` | {_cell(cls.formula)} | {cost_note(cls)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -337,14 +337,23 @@ def readme_table(costs: dict) -> str:
         row = costs["methods"][name]
         ratio = row["ms"] / models[row["model"]]["gradcam_ms"]
         where = "" if row["model"] == "resnet50" else f" on {row['model']}"
-        given = ", ".join(f"{key}={value}" for key, value in row.get("settings", {}).items())
-        where += f", {given}" if given else ""
-        time = f"{_milliseconds(row['ms'])}{where} ({ratio:.2f}×)"
-        lines.append(f"| `{name}` | {cls.paper} | {cls.formula} | {cost_note(cls)} | {time} |")
+        given = [f"{key}={value}" for key, value in row.get("settings", {}).items()]
+        if "layers" in row:
+            given.insert(0, f"`{row['layers']}`")
+        where += f", {', '.join(given)}" if given else ""
+        times = f"{ratio:,.0f}×" if ratio >= 100 else f"{ratio:.2f}×"
+        time = f"{_milliseconds(row['ms'])}{where} ({times})"
+        row_cells = [f"`{name}`", cls.paper, _cell(cls.formula), cost_note(cls), time]
+        lines.append(f"| {' | '.join(row_cells)} |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table's cell: a bar (|g|) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def _milliseconds(ms: float) -> str:
     if ms >= 120_000:
         return f"{ms / 60_000:.1f} min"
-    return f"{ms / 1000:.1f} s" if ms >= 10_000 else f"{ms:.0f} ms"
+    return f"{ms / 1000:.1f} s" if ms >= 1_000 else f"{ms:.0f} ms"
