@@ -15,7 +15,7 @@ import shlex
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -1312,19 +1312,9 @@ def sanity(
     with _exit_codes(verbose), stop_signals(), data_stdout() as stdout:
         if progress.on_terminal():
             _log(f"loading {model}…")
-        import time
-
         from .sanity import run_sanity
-        from .timing import RunStatus
 
-        with contextlib.ExitStack() as bars:  # a bar once the images are counted (a terminal)
-            bar, started = None, time.monotonic()
-
-            def show(done: int, total: int) -> None:
-                nonlocal bar
-                bar = bar or bars.enter_context(progress.ProgressBar(total))
-                bar.update(RunStatus(done, total, 0, 0, time.monotonic() - started))
-
+        with _counted_progress() as show:
             result, paths = run_sanity(
                 inputs,
                 model,
@@ -1534,19 +1524,9 @@ def concepts(
     with _exit_codes(verbose), stop_signals(), data_stdout() as stdout:
         if progress.on_terminal():
             _log(f"loading {model}…")
-        import time
-
         from .concepts import run_concepts
-        from .timing import RunStatus
 
-        with contextlib.ExitStack() as bars:  # a bar once the images are counted (a terminal)
-            bar, started = None, time.monotonic()
-
-            def show(done: int, total: int) -> None:
-                nonlocal bar
-                bar = bar or bars.enter_context(progress.ProgressBar(total))
-                bar.update(RunStatus(done, total, 0, 0, time.monotonic() - started))
-
+        with _counted_progress() as show:
             result, paths = run_concepts(
                 inputs,
                 model,
@@ -1580,6 +1560,25 @@ def concepts(
             votes = ", ".join(f"{v.label} {v.probability:.2f}" for v in concept.votes)
             _log(f"concept {concept.number}: {votes}")
     raise typer.Exit(EXIT_SOME_FAILED if result.skipped else EXIT_OK)
+
+
+@contextlib.contextmanager
+def _counted_progress() -> Iterator[Callable[[int, int], None]]:
+    """`show(done, total)` for a run that counts its images first: a progress bar from the
+    first call on (on a terminal; progress.ProgressBar draws nothing elsewhere)."""
+    import time
+
+    from .timing import RunStatus
+
+    with contextlib.ExitStack() as bars:
+        bar, started = None, time.monotonic()
+
+        def show(done: int, total: int) -> None:
+            nonlocal bar
+            bar = bar or bars.enter_context(progress.ProgressBar(total))
+            bar.update(RunStatus(done, total, 0, 0, time.monotonic() - started))
+
+        yield show
 
 
 def _compare(base: Path, new: Path, out: Path, gates, *, page: bool, allow_method_change=False):

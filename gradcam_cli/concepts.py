@@ -552,48 +552,17 @@ def run_concepts(
     does, holding `out`'s lock for the whole run. Every check that can fail is made before the
     model is loaded or before any image, and nothing is written then."""
     from .concept_outputs import write_files
-    from .files import check_writable_dir
-    from .inputs import collect_inputs
-    from .job import refuse_when_nothing_exists
-    from .outlock import check_unlocked, output_lock
-    from .sanity import _file_name, _refuse_building_options
-    from .sources import load_model
+    from .folderrun import ModelOptions, find_run_inputs
+    from .outlock import output_lock
 
-    _refuse_building_options(
-        model,
-        pretrained=not pretrained,
-        weights=weights is not None,
-        num_classes=num_classes is not None,
-        labels_file=labels_file is not None,
-        input_size=input_size is not None,
-        resize=resize is not None,
-    )
+    building = ModelOptions(pretrained, weights, num_classes, labels_file, input_size, resize)
+    building.refuse_for_built(model)
     check_k(options.get("k", DEFAULT_K))
     check_top_classes(options.get("top_classes", DEFAULT_TOP_CLASSES))
     check_seed(options.get("seed", 0))
-    out = Path(out)
-    check_writable_dir(out)
-    check_unlocked(out)
-    args = [os.fspath(inputs)] if isinstance(inputs, str | os.PathLike) else inputs
-    items = collect_inputs(
-        [os.fspath(arg) for arg in args], stdin=stdin, out_dir=out, on_skip=on_note
-    )
-    refuse_when_nothing_exists(items)
-    missing = tuple((item.source, item.error or "") for item in items if item.error)
-    found = [item.path for item in items if not item.error]
-    if not found:
-        source, why = missing[0]
-        raise UsageError(f"none of the inputs can be read ({source}: {why})")
-    if isinstance(model, str):
-        model = load_model(
-            model,
-            pretrained=pretrained,
-            weights=_file_name(weights),
-            num_classes=num_classes,
-            labels_file=_file_name(labels_file),
-            input_size=input_size,
-            resize=resize,
-        )
+    run_inputs = find_run_inputs(inputs, out, stdin, on_note)
+    out, found, missing = run_inputs.out, run_inputs.found, run_inputs.missing
+    model = building.load(model)
     run = _Run(model, **options)
     if on_note is not None and run.explainer.layer_chosen_automatically:
         on_note(f"no layer= given: using '{run.ref}' (the last spatial layer the logits depend on)")

@@ -679,46 +679,16 @@ def run_sanity(
     Inputs that cannot be found or read are listed in `result.skipped`. Every check that can
     fail is made before the model is loaded or before any image, and nothing is written then.
     `on_note(line)` hears the inputs skipped inside `out` and the layer chosen automatically."""
-    from .files import check_writable_dir
-    from .inputs import collect_inputs
-    from .job import refuse_when_nothing_exists
-    from .outlock import check_unlocked, output_lock
-    from .sources import load_model
+    from .folderrun import ModelOptions, find_run_inputs
+    from .outlock import output_lock
 
-    _refuse_building_options(
-        model,
-        pretrained=not pretrained,
-        weights=weights is not None,
-        num_classes=num_classes is not None,
-        labels_file=labels_file is not None,
-        input_size=input_size is not None,
-        resize=resize is not None,
-    )
+    building = ModelOptions(pretrained, weights, num_classes, labels_file, input_size, resize)
+    building.refuse_for_built(model)
     check_mode(options.get("mode", "cascading"))
     check_threshold(options.get("threshold", DEFAULT_THRESHOLD))
-    out = Path(out)
-    check_writable_dir(out)
-    check_unlocked(out)
-    args = [os.fspath(inputs)] if isinstance(inputs, str | os.PathLike) else inputs
-    items = collect_inputs(
-        [os.fspath(arg) for arg in args], stdin=stdin, out_dir=out, on_skip=on_note
-    )
-    refuse_when_nothing_exists(items)
-    missing = tuple((item.source, item.error or "") for item in items if item.error)
-    found = [item.path for item in items if not item.error]
-    if not found:
-        source, why = missing[0]
-        raise UsageError(f"none of the inputs can be read ({source}: {why})")
-    if isinstance(model, str):
-        model = load_model(
-            model,
-            pretrained=pretrained,
-            weights=_file_name(weights),
-            num_classes=num_classes,
-            labels_file=_file_name(labels_file),
-            input_size=input_size,
-            resize=resize,
-        )
+    run_inputs = find_run_inputs(inputs, out, stdin, on_note)
+    out, found, missing = run_inputs.out, run_inputs.found, run_inputs.missing
+    model = building.load(model)
     check = _Check(model, **options)
     if on_note is not None and check.explainer.layer_chosen_automatically:
         layer = check.explainer.layers[0]
@@ -727,19 +697,3 @@ def run_sanity(
         result = check.run(found, progress)
         result = replace(result, skipped=missing + result.skipped)
         return result, _write_files(result, out, report)
-
-
-def _file_name(path: str | os.PathLike | None) -> str | None:
-    """A path as load_model takes it (a str stays as given: its messages quote it)."""
-    return None if path is None else os.fspath(path)
-
-
-def _refuse_building_options(model: object, **given: bool) -> None:
-    """Options that build a model apply to a model named by a string, not to one built."""
-    names = [f"{name}=" for name, set_ in given.items() if set_]
-    if names and not isinstance(model, str):
-        raise UsageError(
-            f"{', '.join(names)} build a model named by a string, and this model is built "
-            'already: name the model instead ("torchvision:resnet50"), or pass them to '
-            "load_model() and give its result"
-        )
