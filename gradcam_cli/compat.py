@@ -6,7 +6,11 @@
     with GradCAM(model=model, target_layers=[model.layer4]) as cam:
         grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)])  # [B, H, W]
 
-Every method both libraries have is here under pytorch-grad-cam's class name. A call returns
+Ten of pytorch-grad-cam's methods are here under its class names: GradCAM, GradCAMPlusPlus,
+XGradCAM, LayerCAM, HiResCAM, GradCAMElementWise, EigenCAM, EigenGradCAM, ScoreCAM and
+AblationCAM. Its newer ones (FullGrad, KPCA_CAM, ShapleyCAM, FinerCAM, FEM, RefineCAM, SESS,
+SegEigenCAM, RandomCAM) are in the registry, not here: `Explainer(model, layer, method=...)`
+with their options as `method_settings` (docs/methods.md). A call returns
 what pytorch-grad-cam returns: numpy float32 [B, H, W] in [0, 1] at the input's size, each
 layer's map min-max scaled per image and resized, then several layers averaged and scaled
 again. The maps come from the split engine (engine.py): gradients through the head only, so a
