@@ -59,6 +59,7 @@ from .errors import LayerError, TargetError, UnknownLayerError, UsageError
 from .layers import LayerRef, module_paths, resolve_layer
 from .logits import extract_logits
 from .methods import eigen, gradient, perturbation
+from .methods.scaling import unit_range
 from .modelstate import removing
 
 __all__ = [
@@ -445,8 +446,7 @@ def _as_images(input_tensor: torch.Tensor, model: nn.Module) -> torch.Tensor:
 
 def _scale(maps: torch.Tensor) -> torch.Tensor:
     """pytorch-grad-cam's `scale_cam_image`: per image, minus its minimum, over its maximum."""
-    maps = maps - maps.amin(dim=(-2, -1), keepdim=True)
-    return maps / (1e-7 + maps.amax(dim=(-2, -1), keepdim=True))
+    return unit_range(maps, eps=1e-7)
 
 
 def _aggregate(maps: list[torch.Tensor], size: tuple[int, int]) -> np.ndarray:

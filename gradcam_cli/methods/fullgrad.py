@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .base import CamMethod, LayerView, register_method
+from .scaling import unit_range
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -137,19 +138,12 @@ def _full_gradient_map(
     size = tuple(pixels.shape[2:])
     total = torch.zeros(pixels.shape[0], *size, device=pixels.device)
     if pixel_gradient is not None:
-        total += _channel_scaled((pixel_gradient * pixels.detach()).float().abs()).sum(1)
+        total += unit_range((pixel_gradient * pixels.detach()).float().abs()).sum(1)
     for bias, gradient in zip(biases, output_gradients, strict=True):
         if gradient is None:  # the target's score does not depend on this layer
             continue
         part = (bias.float()[None, :, None, None] * gradient.float()).abs()
         # Bilinear upsampling is linear: the channels' sum upsampled is their upsampled sum.
-        summed = _channel_scaled(part).sum(1, keepdim=True)
+        summed = unit_range(part).sum(1, keepdim=True)
         total += F.interpolate(summed, size=size, mode="bilinear", align_corners=False)[:, 0]
     return total
-
-
-def _channel_scaled(parts: Tensor) -> Tensor:
-    """Each channel [h, w] of [B, C, h, w] min-max scaled to [0, 1] (all-equal: 0)."""
-    low = parts.amin(dim=(2, 3), keepdim=True)
-    shifted = parts - low
-    return shifted / (shifted.amax(dim=(2, 3), keepdim=True) + 1e-7)

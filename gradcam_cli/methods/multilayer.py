@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from .base import register_method
 from .gradient import GradCAMPlusPlus
+from .scaling import unit_range
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -45,15 +46,8 @@ def multiplied(maps: list[Tensor], size: tuple[int, int] | None = None) -> Tenso
     if targets == 0:  # nothing to explain in this batch (a detector that kept no detection)
         return product
     for one in maps:
-        scaled = _min_max(one.float())
+        scaled = unit_range(one.float(), eps=1e-8)  # as the peers
         if tuple(scaled.shape[2:]) != size:
             scaled = F.interpolate(scaled, size=size, mode="bilinear", align_corners=False)
         product = product * scaled
     return product
-
-
-def _min_max(maps: Tensor) -> Tensor:
-    """Each [h, w] map scaled to [0, 1]; a constant map becomes 0 (as the peers' 1e-8 does)."""
-    low = maps.amin(dim=(2, 3), keepdim=True)
-    high = maps.amax(dim=(2, 3), keepdim=True)
-    return (maps - low) / (high - low + 1e-8)

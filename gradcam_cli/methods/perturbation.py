@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .base import CamMethod, LayerView, register_method
+from .scaling import unit_range
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -107,9 +108,7 @@ def masked_scores(view: LayerView, transform: MaskTransform | None = None) -> Te
         for b, parts in enumerate(per_image):
             chunk = view.frame(activations[b : b + 1, start : start + FORWARD_CHUNK])
             masks = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)[0]
-            low = masks.amin(dim=(1, 2), keepdim=True)
-            high = masks.amax(dim=(1, 2), keepdim=True)
-            masks = (masks - low) / (high - low + 1e-8)  # a constant channel masks everything
+            masks = unit_range(masks, eps=1e-8)  # a constant channel masks everything
             if transform is not None:
                 masks = transform(masks, start)
             rows = torch.full((masks.shape[0],), b, dtype=torch.long, device=images.device)

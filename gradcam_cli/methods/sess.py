@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from .base import CamMethod, LayerView, MethodOption, get_method, register_method
+from .scaling import unit_range
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -243,7 +244,7 @@ def _fuse(
     index = 0
     for scale, patch_maps in zip(grid.scales, maps, strict=True):
         for n, (y, x) in enumerate(scale.corners):
-            patch = _unit_range(
+            patch = unit_range(
                 F.interpolate(
                     patch_maps[:, n], size=(window, window), mode="bilinear", align_corners=False
                 )
@@ -261,12 +262,6 @@ def _fuse(
     if fusion == "max":
         return total
     return torch.where(counts > 0, total / counts.clamp(min=1), 0.0)
-
-
-def _unit_range(maps: Tensor) -> Tensor:
-    """Each [h, w] map of [N, K, h, w] min-max scaled to [0, 1] (all-equal: 0)."""
-    shifted = maps - maps.amin(dim=(2, 3), keepdim=True)
-    return shifted / (shifted.amax(dim=(2, 3), keepdim=True) + 1e-7)
 
 
 def gaussian_blur(maps: Tensor) -> Tensor:
