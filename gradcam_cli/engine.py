@@ -315,7 +315,11 @@ def _explain_view(
             eigen_smooth=settings.eigen_smooth,
             frame=scoring.frame,
             hessian_products=hessian_products.get(str(capture.ref), []),
-            **_rerun(model, capture.ref, scoring, targets, method),
+            gradients_at=(
+                _gradients_at(model, capture.ref, scoring, targets, method)
+                if method.reruns_with_gradients
+                else None
+            ),
             backward_maps=backward_maps,
             explain_images=(
                 _images_explainer(model, capture.ref, settings)
@@ -367,12 +371,16 @@ def _gradients(
         )
         for capture, grad in zip(captures, grads, strict=True):
             name = str(capture.ref)
-            zero = torch.zeros_like(capture.activations())
-            per_layer[name].append(zero if grad is None else capture.to_map(grad.detach()))
+            per_layer[name].append(_as_map(capture, None if grad is None else grad.detach()))
             if second:
-                product = _hessian_product(grad, capture.output())
-                products[name].append(zero if product is None else capture.to_map(product))
+                products[name].append(_as_map(capture, _hessian_product(grad, capture.output())))
     return per_layer, products
+
+
+def _as_map(capture: _Capture, tensor: torch.Tensor | None) -> torch.Tensor:
+    """A gradient (or H·A) at the layer as a map [B, C, h, w]; None (the objective does not
+    depend on the layer): zeros of A's shape."""
+    return torch.zeros_like(capture.activations()) if tensor is None else capture.to_map(tensor)
 
 
 def _hessian_product(grad: torch.Tensor | None, output: torch.Tensor) -> torch.Tensor | None:
@@ -386,14 +394,12 @@ def _hessian_product(grad: torch.Tensor | None, output: torch.Tensor) -> torch.T
     return None if product is None else product.detach()
 
 
-def _rerun(
+def _gradients_at(
     model: nn.Module, ref: LayerRef, scoring: Scoring, targets: torch.Tensor, method: CamMethod
-) -> dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]]:
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
     """LayerView's `gradients_at` for methods that re-run the model with gradients (Smooth
     Grad-CAM++): the same split on other images — a leaf at this layer, so the backward walks
     the head only — for the same targets, scored as the first forward's slots."""
-    if not method.reruns_with_gradients:
-        return {}
 
     def gradients_at(images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         capture = _Capture(ref, images, scoring.frame_size)
@@ -404,7 +410,7 @@ def _rerun(
         gradients, _ = _gradients(scores, targets, [capture], method)
         return capture.activations(), gradients[str(ref)]
 
-    return {"gradients_at": gradients_at}
+    return gradients_at
 
 
 def _guided_gradients(
@@ -413,8 +419,7 @@ def _guided_gradients(
     """Per target rank: guided ∂y/∂x [B, 3, H, W], from one forward with guided ReLUs."""
     pixels = images.detach().requires_grad_(True)  # a new tensor: the caller's is untouched
     with guided_relus():
-        rows = torch.arange(images.shape[0], device=images.device)
-        scores = scoring.scores(model(pixels), rows)
+        scores = _recorded_scores(model, scoring)(pixels)
     ranks = targets.shape[1]
     return [
         torch.autograd.grad(

@@ -152,12 +152,6 @@ class Explainer:
             names = [self.probe.default_layer()]
         self.layers = [self._checked_layer(name) for name in names]
         check_layer_count(self.method, len(self.layers))
-        if self.method.only_for_classifiers() and self.task.name != "classification":
-            raise UsageError(
-                f"method='{self.method.name}' as set up here compares the target class's score "
-                f"with other classes' scores, so it is for classifiers, and this is a "
-                f"{self.task.name} model; use method='gradcam'"
-            )
         self.num_classes = self._class_count(loaded.labels)
         self.labels = self._checked_labels(loaded.labels)
         if isinstance(self.task, SegmentationTask) and self.labels:

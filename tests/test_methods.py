@@ -1086,6 +1086,8 @@ def test_the_new_methods_options_and_needs_are_checked_before_any_image(resnet):
     for method, settings in [("finercam", {}), ("shapleycam", {"objective": "rest"})]:
         with pytest.raises(UsageError, match=f"method='{method}' .* for classifiers, .* segment"):
             Explainer(segmenter, "1", method=method, method_settings=settings, task="segmentation")
+    with pytest.raises(UsageError, match="method='finercam' .* for classifiers"):  # the engine too
+        run(segmenter, noise(1, 3, 16, 16), "features.1", "finercam", task="segmentation")
     assert Explainer(segmenter, "1", method="shapleycam", task="segmentation").method.name
 
 

@@ -150,9 +150,8 @@ class LayerView:
     # Methods that `reruns_with_gradients`: images [B, 3, H, W] of the batch's shape → this
     # layer's activations [B, C, h, w] on them and, per target rank, the gradients of the same
     # targets' scores [B, C, h, w]: a new forward, and a backward through the head only.
-    gradients_at: Callable[[Tensor], tuple[Tensor, list[Tensor]]] = (
-        lambda images: _not_rerun()  # the engine gives it to those methods only
-    )
+    # None otherwise.
+    gradients_at: Callable[[Tensor], tuple[Tensor, list[Tensor]]] | None = None
     # full_backward methods: their maps [B, K, H, W] from `CamMethod.backward_maps`, computed
     # once per batch (they do not depend on the layer). None otherwise.
     backward_maps: Tensor | None = None
@@ -163,10 +162,6 @@ class LayerView:
     explain_images: Callable[[CamMethod, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
     # A ViT's attention in every block (methods with needs_attention only; attention.py).
     attention: AttentionMaps | None = None
-
-
-def _not_rerun() -> tuple[Tensor, list[Tensor]]:
-    raise NotImplementedError("gradients_at is given to methods that reruns_with_gradients")
 
 
 class CamMethod:
@@ -210,10 +205,6 @@ class CamMethod:
         head's graph): by default the target's own score. Any function of the scores keeps
         the backward through the head only."""
         return scores.gather(1, targets[:, rank : rank + 1])[:, 0]
-
-    def only_for_classifiers(self) -> bool:
-        """True where the objective compares a class's score with other classes' scores."""
-        return False
 
     def combine_layers(self, maps: dict[str, Tensor]) -> dict[str, Tensor]:
         """The maps [B, K, h, w] by layer → what is reported by layer: the same by default."""
@@ -268,6 +259,17 @@ class CamMethod:
         to the pixels; `scores_of(pixels)` runs the model, recording, → scores [B, T]. Any hook
         it registers on `model` it removes, also on errors."""
         raise NotImplementedError
+
+
+def refuse_comparing_classes(method: CamMethod, task: str) -> None:
+    """`check_task` of a method whose objective compares the target class's score with other
+    classes' scores: classifiers only."""
+    if task != "classification":
+        raise UsageError(
+            f"method='{method.name}' as set up here compares the target class's score with "
+            f"other classes' scores, so it is for classifiers, and this is a {task} model; "
+            "use method='gradcam'"
+        )
 
 
 def check_layer_count(method: CamMethod, count: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from .base import MethodOption, register_method
+from .base import MethodOption, refuse_comparing_classes, register_method
 from .gradient import GradCAM
 
 if TYPE_CHECKING:
@@ -63,8 +63,8 @@ class FinerCAM(GradCAM):
         if self.comparisons < 1:
             raise UsageError("comparisons= must be 1 or more for method='finercam', got 0")
 
-    def only_for_classifiers(self) -> bool:
-        return True
+    def check_task(self, task: str) -> None:
+        refuse_comparing_classes(self, task)
 
     def objective(self, scores: Tensor, targets: Tensor, rank: int) -> Tensor:
         target = targets[:, rank : rank + 1]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import CamMethod, LayerView, MethodOption, register_method
+from .base import CamMethod, LayerView, MethodOption, refuse_comparing_classes, register_method
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -40,8 +40,9 @@ class ShapleyCAM(CamMethod):
         ),
     )
 
-    def only_for_classifiers(self) -> bool:
-        return self.settings["objective"] == "rest"
+    def check_task(self, task: str) -> None:
+        if self.settings["objective"] == "rest":  # the logit alone means the same for any task
+            refuse_comparing_classes(self, task)
 
     def objective(self, scores: Tensor, targets: Tensor, rank: int) -> Tensor:
         score = super().objective(scores, targets, rank)

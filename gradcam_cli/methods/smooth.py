@@ -54,6 +54,7 @@ class SmoothGradCAMPlusPlus(CamMethod):
         seed = int(self.settings["seed"])  # type: ignore[call-overload]
         std = float(self.settings["noise_std"])  # type: ignore[arg-type]  # a checked number
         images = view.images
+        assert view.gradients_at is not None, "the engine hands it (reruns_with_gradients)"
         per_sample = [  # N × K × g [B, C, h, w], one forward and K head-only backwards each
             view.gradients_at(images + image_noise(images, seed, n, std))[1] for n in range(samples)
         ]
