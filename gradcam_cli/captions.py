@@ -6,9 +6,11 @@ rebuilt from `predictions.json` alone, and the two places always say the same th
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 __all__ = [
+    "without_accents",
     "NORMALIZATION_MEANINGS",
     "probability_text",
     "prediction_text",
@@ -128,3 +130,10 @@ def rules_text(gate: Mapping | None) -> str | None:
 
 def _number(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
+
+
+def without_accents(text: str) -> str:
+    """Pillow's built-in font covers ASCII: accents dropped rather than drawn as boxes (the
+    sanity and concepts figures; the panel keeps other scripts, panel._drawable)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))

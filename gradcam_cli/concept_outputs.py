@@ -19,12 +19,12 @@ figure, and concepts.json — NumPy and Pillow, no pyplot, no OpenCV.
 from __future__ import annotations
 
 import json
-import unicodedata
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .captions import without_accents
 from .conceptresult import CONCEPTS_NAME, ConceptResult, ImageConcepts
 from .render import colormap_lut, normalize_map, place_map
 
@@ -100,8 +100,8 @@ def _with_legend(picture: Image.Image, result: ConceptResult, record: ImageConce
     for j, (text, share) in enumerate(lines):
         x, y = picture.width + gap, gap + j * row
         draw.rectangle((x, y, x + swatch, y + swatch), fill=tuple(int(c) for c in colours[j]))
-        draw.text((x + swatch + gap, y), _drawable(text), font=font, fill=INK)
-        share_x = x + swatch + gap + font.getlength(_drawable(text)) + gap
+        draw.text((x + swatch + gap, y), without_accents(text), font=font, fill=INK)
+        share_x = x + swatch + gap + font.getlength(without_accents(text)) + gap
         draw.text((share_x, y), share, font=font, fill=MUTED)
     return canvas
 
@@ -120,7 +120,7 @@ def concept_figure(result: ConceptResult, number: int) -> Image.Image:
     canvas = Image.new("RGB", (width, top + rows * cell_h + 8), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     title = f"concept {number} of {result.k} at {result.layer}: {_votes_text(concept.votes)}"
-    draw.text((8, 8), _drawable(title), font=font, fill=INK)
+    draw.text((8, 8), without_accents(title), font=font, fill=INK)
     draw.rectangle((8, 32, 8 + 16, 32 + 16), fill=tuple(int(c) for c in colour))
     note = f"the {len(shown)} image(s) where it has the largest share" if shown else "in no image"
     draw.text((32, 34), note, font=small, fill=MUTED)
@@ -164,15 +164,9 @@ def _font(size: int):
     return ImageFont.load_default(size=size)
 
 
-def _drawable(text: str) -> str:
-    """Pillow's built-in font covers ASCII: accents dropped rather than drawn as boxes."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
 def _fitted(text: str, font, width: float) -> str:
     """`text` cut to `width` pixels, with '...' where it was cut."""
-    text = _drawable(text)
+    text = without_accents(text)
     if font.getlength(text) <= width:
         return text
     while text and font.getlength(text + "...") > width:

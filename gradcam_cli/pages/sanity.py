@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import base64
 import io
-import unicodedata
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..captions import without_accents
 from ..render import colormap_lut
 from ..sanityresult import SanityResult
 from .document import errors_section, escaped, fixed, page_document, summary_list
@@ -71,7 +71,7 @@ def draw_figure(result: SanityResult) -> Image.Image:
         _line(draw, [(x, y_at(median)) for x, median, _, _ in points], MEASURE_COLOURS[name])
     draw.rectangle((x0, y0, x1, y1), outline=INK, width=s)
     for i, label in enumerate(labels):
-        _verticaltext(canvas, _drawable(label), font, x_at(i), y1 + 8 * s)
+        _verticaltext(canvas, without_accents(label), font, x_at(i), y1 + 8 * s)
     draw = ImageDraw.Draw(canvas)
     _legend(draw, small, result.mode, x1 + 18 * s, y0)
     return canvas.resize((canvas.width // s, canvas.height // s), Image.Resampling.LANCZOS)
@@ -89,12 +89,6 @@ def _points(result: SanityResult, measure: str, x_at) -> list[tuple[float, float
 
 def _font(size: int):
     return ImageFont.load_default(size=size)
-
-
-def _drawable(text: str) -> str:
-    """Pillow's built-in font covers ASCII: accents dropped rather than drawn as boxes."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
 def _axis_low(result: SanityResult) -> float:
@@ -115,10 +109,10 @@ def _title(draw, result: SanityResult, font, small, left: int) -> None:
         f"gradcam sanity: {result.method} on {name} ({result.layer}), {result.mode} "
         f"randomisation, {len(result.images)} image(s)"
     )
-    draw.text((left, 12 * s), _drawable(title), font=font, fill=INK)
+    draw.text((left, 12 * s), without_accents(title), font=font, fill=INK)
     colour = PASS_COLOUR if result.passed else FAIL_COLOUR
     width = WIDTH * s - left - 16 * s
-    for row, text in enumerate(_wrapped(_drawable(result.verdict()), small, width)[:2]):
+    for row, text in enumerate(_wrapped(without_accents(result.verdict()), small, width)[:2]):
         draw.text((left, (36 + 16 * row) * s), text, font=small, fill=colour)
 
 
