@@ -338,6 +338,13 @@ def pointing_game(
     return _summary(name, found, seconds)
 
 
+def centre_bump(height: int, width: int) -> np.ndarray:
+    """A centred Gaussian, σ a quarter of the shorter side: the centre's pointing game."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    sigma = 0.25 * min(height, width)
+    return np.exp(-((yy - (height - 1) / 2) ** 2 + (xx - (width - 1) / 2) ** 2) / (2 * sigma**2))
+
+
 def baselines(
     scenes: Sequence[Scene], probs: np.ndarray, grid: tuple[int, int] = (8, 8)
 ) -> list[Pointing]:
@@ -345,9 +352,7 @@ def baselines(
     Gaussian (σ a quarter of the side: the centre's pointing game), a seeded random map on the
     last stage's grid, and the model's own probability map for the class."""
     height, width = probs.shape[-2:]
-    yy, xx = np.mgrid[0:height, 0:width]
-    sigma = 0.25 * min(height, width)
-    centre = np.exp(-((yy - (height - 1) / 2) ** 2 + (xx - (width - 1) / 2) ** 2) / (2 * sigma**2))
+    centre = centre_bump(height, width)
     rng = np.random.default_rng(SEED)
     rows: dict[str, list[tuple[bool, bool, float]]] = {
         "baseline: model's own p(class) map": [],
@@ -403,13 +408,20 @@ def table(run: dict[str, Any], pixels: PixelFigures, rows: Sequence[Pointing]) -
         "| map | hit, 1 object | hit, 2 objects | hit, all | energy in mask | time |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    return "\n".join(lines + pointing_rows(rows)) + "\n"
+
+
+def pointing_rows(rows: Sequence[Pointing]) -> list[str]:
+    """The pointing-game table's rows (map, hits, energy, time), as seg_demo and vit_demo
+    print them."""
+    lines = []
     for row in rows:
         seconds = "" if row.seconds is None else f"{row.seconds:.1f} s"
         lines.append(
             f"| {row.name} | {_pct(row.hit_single)} | {_pct(row.hit_pairs)} | {_pct(row.hit)} "
             f"| {_pct(row.energy)} | {seconds} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,7 +46,7 @@ from gradcam_cli.localization import localize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import cpu_name  # noqa: E402
-from seg_demo import Pointing, _pct, _summary, held_out  # noqa: E402
+from seg_demo import Pointing, _pct, _summary, centre_bump, held_out, pointing_rows  # noqa: E402
 from vit_demo_model import (  # noqa: E402
     LABELS,
     PREPROCESS,
@@ -171,9 +171,7 @@ def baselines(scenes: Sequence[Scene]) -> list[Pointing]:
     """Maps that explain nothing, scored as the explanations are: a centred Gaussian (σ a
     quarter of the side) and a seeded random map on the token grid."""
     height, width = scenes[0].masks[0].shape
-    yy, xx = np.mgrid[0:height, 0:width]
-    sigma = 0.25 * min(height, width)
-    centre = np.exp(-((yy - (height - 1) / 2) ** 2 + (xx - (width - 1) / 2) ** 2) / (2 * sigma**2))
+    centre = centre_bump(height, width)
     rng = np.random.default_rng(SEED)
     rows: dict[str, list[tuple[bool, bool, float]]] = {
         "baseline: centre (Gaussian bump)": [],
@@ -216,13 +214,7 @@ def table(run: dict[str, Any], rows: Sequence[Pointing]) -> str:
         "| map | hit, 1 object | hit, 2 objects | hit, all | energy in mask | time |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for row in rows:
-        seconds = "" if row.seconds is None else f"{row.seconds:.1f} s"
-        lines.append(
-            f"| {row.name} | {_pct(row.hit_single)} | {_pct(row.hit_pairs)} | {_pct(row.hit)} "
-            f"| {_pct(row.energy)} | {seconds} |"
-        )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + pointing_rows(rows)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

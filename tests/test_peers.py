@@ -85,10 +85,9 @@ def our_map(net, x, layer, target, method, **kw) -> np.ndarray:
 # -- the peers' raw maps ----------------------------------------------------------------------
 
 
-def pgc_raw(cam_class, net, layer, x, target, *, eigen_smooth=False, **kwargs) -> np.ndarray:
-    """pytorch-grad-cam's map before its ReLU, resize and min-max scaling."""
-    net = copy.deepcopy(net)  # it calls .eval() and may swap modules
-    cam = cam_class(net, [dict(net.named_modules())[layer]], **kwargs)
+def kept_cam_images(cam) -> list[np.ndarray]:
+    """pytorch-grad-cam's `get_cam_image` wrapped: each map it computes (before its ReLU,
+    resize and min-max scaling) is kept in the list returned, in call order."""
     seen: list[np.ndarray] = []
     original = cam.get_cam_image
 
@@ -97,6 +96,14 @@ def pgc_raw(cam_class, net, layer, x, target, *, eigen_smooth=False, **kwargs) -
         return seen[-1]
 
     cam.get_cam_image = keep
+    return seen
+
+
+def pgc_raw(cam_class, net, layer, x, target, *, eigen_smooth=False, **kwargs) -> np.ndarray:
+    """pytorch-grad-cam's map before its ReLU, resize and min-max scaling."""
+    net = copy.deepcopy(net)  # it calls .eval() and may swap modules
+    cam = cam_class(net, [dict(net.named_modules())[layer]], **kwargs)
+    seen = kept_cam_images(cam)
     cam(x, [ClassifierOutputTarget(target)], eigen_smooth=eigen_smooth)
     cam.activations_and_grads.release()
     return seen[0][0]
@@ -386,14 +393,7 @@ def _pgc_finer_raw(net, layer, x, target, **kwargs) -> np.ndarray:
     `get_cam_image`), with the comparison classes it picks itself for `target_idx`."""
     net = copy.deepcopy(net)
     cam = pgc.FinerCAM(net, [dict(net.named_modules())[layer]])
-    seen: list[np.ndarray] = []
-    original = cam.base_cam.get_cam_image
-
-    def keep(*args, **kw):
-        seen.append(np.array(original(*args, **kw)))
-        return seen[-1]
-
-    cam.base_cam.get_cam_image = keep
+    seen = kept_cam_images(cam.base_cam)
     cam(x, target_idx=target, **kwargs)
     cam.base_cam.activations_and_grads.release()
     return seen[0][0]
@@ -439,14 +439,7 @@ def _pgc_shapley_raw(net, layer, x, target_object) -> np.ndarray:
     gradients are views once create_graph is on)."""
     net = copy.deepcopy(net)
     cam = pgc.ShapleyCAM(net, [dict(net.named_modules())[layer]])
-    seen: list[np.ndarray] = []
-    original = cam.get_cam_image
-
-    def keep(*args, **kw):
-        seen.append(np.array(original(*args, **kw)))
-        return seen[-1]
-
-    cam.get_cam_image = keep
+    seen = kept_cam_images(cam)
     cam(x, [target_object])
     for handle in cam.activations_and_grads.handles:
         handle.remove()
